@@ -1,0 +1,182 @@
+"""The `pix2dance` command: argparse subcommands, and the only reader of argv.
+
+Each subcommand parses its options here and calls one function of the module that does the work,
+with explicit arguments. Heavy modules are imported inside the handlers, so `pix2dance --help`
+and argument errors are instant. A `UserError` anywhere ends the command with one line on stderr
+and exit status 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from engine.errors import UserError
+
+log = logging.getLogger("pix2dance")
+
+
+def _frames_range(text: str) -> tuple[int, int]:
+    """'A:B' -> (A, B), an inclusive frame range."""
+    try:
+        a, b = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A:B (two frame numbers), got {text!r}") from None
+    if b < a:
+        raise argparse.ArgumentTypeError(f"frame range {text!r} ends before it starts")
+    return a, b
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to run the generator (auto: cuda when available)")
+
+
+# --- handlers: one per subcommand --------------------------------------------------------------
+
+def cmd_dataset(a: argparse.Namespace) -> None:
+    from engine import dataset
+    dataset.build(a.videos, a.out, fps=a.fps, size=a.size, pose_model=a.pose_model,
+                  val_fraction=a.val_fraction, quiet=a.quiet)
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from engine import train
+    train.run(a.dataset, a.out, steps=a.steps, size=a.size, ngf=a.ngf, batch=a.batch, device=a.device,
+              seed=a.seed, quiet=a.quiet)
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from engine import evaluate
+    evaluate.run(a.run, a.data, a.out, split=a.split, device=a.device, pose_model=a.pose_model, quiet=a.quiet)
+
+
+def cmd_serve(a: argparse.Namespace) -> None:
+    from engine import server
+    server.main(a.runs, bind=a.bind, device=a.device, curve_secret=a.curve_secret,
+                curve_clients=a.curve_clients, quiet=a.quiet)
+
+
+def cmd_keys(a: argparse.Namespace) -> None:
+    from engine import server
+    server.make_keys(a.out)
+
+
+def cmd_render(a: argparse.Namespace) -> None:
+    from engine import render
+    render.run(a.run, a.motion, a.out, fps=a.fps, frames=a.frames, armature=a.armature, camera=a.camera,
+               mapping=a.mapping, engine=a.engine, side_by_side=a.side_by_side, png=a.png,
+               device=a.device, pose_model=a.pose_model, verbose=a.verbose, quiet=a.quiet)
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from engine import demo
+    demo.run(a.out, quick=a.quick, device=a.device, quiet=a.quiet)
+
+
+def cmd_addon(a: argparse.Namespace) -> None:
+    from engine import addon_build
+    addon_build.build(a.out)
+
+
+# --- the parser -------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pix2dance",
+        description="See new choreography danced by a real dancer: build a training set from a dance "
+                    "video, train a pix2pix generator, and render skeletons from Blender, BVH or video.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    common.add_argument("--verbose", action="store_true", help="debug logging (and bpy's own output)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add = lambda name, help: sub.add_parser(name, help=help, description=help, parents=[common])  # noqa: E731
+
+    p = add("dataset", "build a training set (skeleton, frame pairs) from dance videos")
+    p.add_argument("videos", nargs="+", type=Path, metavar="VIDEO", help="videos of one dancer")
+    p.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    p.add_argument("--fps", type=float, default=10.0, help="frames sampled per second of video (default 10)")
+    p.add_argument("--size", type=int, default=256, help="square image size in pixels (default 256)")
+    p.add_argument("--pose-model", type=Path, help="MediaPipe pose landmarker .task file")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="last part of each clip kept for validation")
+    p.set_defaults(func=cmd_dataset)
+
+    p = add("train", "train (or resume) the pix2pix generator on a dataset")
+    p.add_argument("dataset", type=Path, metavar="DATASET_DIR")
+    p.add_argument("--out", required=True, type=Path, help="run folder (rerunning resumes)")
+    p.add_argument("--steps", type=int, default=20000, help="total steps of the run")
+    p.add_argument("--size", type=int, help="image size (default: the dataset's)")
+    p.add_argument("--ngf", type=int, default=64, help="generator width")
+    p.add_argument("--batch", type=int, default=1, help="batch size")
+    p.add_argument("--seed", type=int, help="deterministic seed")
+    _device_arg(p)
+    p.set_defaults(func=cmd_train)
+
+    p = add("eval", "measure a run on a dataset split: SSIM, PSNR, L1, pose error, flicker")
+    p.add_argument("run", type=Path, metavar="RUN_DIR")
+    p.add_argument("--data", required=True, type=Path, help="dataset folder")
+    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--out", required=True, type=Path, help="report folder to write")
+    p.add_argument("--pose-model", type=Path, help="MediaPipe pose landmarker .task file")
+    _device_arg(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = add("serve", "serve trained dancers over ZeroMQ")
+    p.add_argument("runs", nargs="*", type=Path, metavar="RUN_DIR", help="runs to serve (default: the demo model)")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ address (default loopback)")
+    p.add_argument("--curve-secret", type=Path, help="server secret key file (from `pix2dance keys`)")
+    p.add_argument("--curve-clients", type=Path, help="folder of allowed client public keys")
+    _device_arg(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = add("keys", "make CURVE key pairs for a server and a client")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_keys)
+
+    p = add("render", "render a motion (.blend, .bvh, .npz, video) as the trained dancer")
+    p.add_argument("run", type=Path, metavar="RUN_DIR")
+    p.add_argument("--motion", required=True, type=Path, help=".blend, .bvh, .npz, .mp4 or .mov")
+    p.add_argument("--out", required=True, type=Path, help="OUT.mp4, or a folder for PNG frames")
+    p.add_argument("--fps", type=float, help="output rate (default: the source's)")
+    p.add_argument("--frames", type=_frames_range, help="inclusive range A:B of the resampled source frames")
+    p.add_argument("--armature", help="armature object name in a .blend")
+    p.add_argument("--camera", help="camera object name in a .blend")
+    p.add_argument("--mapping", type=Path, help="bone-mapping JSON (the add-on's format)")
+    p.add_argument("--engine", help="render through a running engine at this address")
+    p.add_argument("--side-by-side", action="store_true", help="source beside the generated dancer")
+    p.add_argument("--png", action="store_true", help="also write PNG frames beside the mp4")
+    p.add_argument("--pose-model", type=Path, help="MediaPipe pose landmarker .task file (video sources)")
+    _device_arg(p)
+    p.set_defaults(func=cmd_render)
+
+    p = add("demo", "the whole product end to end on a synthetic dancer")
+    p.add_argument("--out", type=Path, default=Path("demo-output"))
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
+    _device_arg(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = add("addon", "build the Blender extension .zip (pyzmq wheels bundled)")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_addon)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s")
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"pix2dance {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pix2dance {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
