@@ -74,10 +74,10 @@ def to_dancer(keypoints: np.ndarray, mode: str, source_size: tuple[int, int], ta
     return out
 
 
-def smooth(keypoints: np.ndarray, fps: float, window_s: float = 0.25, order: int = 2) -> np.ndarray:
+def smooth(keypoints: np.ndarray, fps: float, window_s: float = 0.4, order: int = 2) -> np.ndarray:
     """Savitzky-Golay smoothing of a (N, J, 3) track from video, joint by joint.
 
-    A window of about a quarter second removes MediaPipe's frame-to-frame jitter while following
+    A window of about 0.4 s removes MediaPipe's frame-to-frame jitter while following
     real motion: a Savitzky-Golay filter fits a local polynomial, so it does not lag like a moving
     average. Runs of frames where a joint is unseen are filled by interpolation before filtering
     and keep their low visibility. Rigs are exact: do not smooth them.

@@ -1,0 +1,79 @@
+"""Shared test fixtures: paths to the real media in ../shared, and a tiny untrained run.
+
+Data from ../shared is referenced by path (PIX2DANCE_SAMPLES overrides ../shared/data). When it is
+missing, tests that need it skip on a developer's machine but fail when CI is set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = Path(os.environ.get("PIX2DANCE_SAMPLES", ROOT.parent / "shared" / "data"))
+MODELS = Path(os.environ.get("PIX2DANCE_MODELS", ROOT.parent / "shared" / "models"))
+PYTHON = sys.executable
+
+
+def need(path: Path) -> Path:
+    """The path if it exists; otherwise fail under CI, skip elsewhere."""
+    if not path.exists():
+        message = f"test data missing: {path}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def sample(relative: str) -> Path:
+    """A file under ../shared/data, e.g. sample('video/dancer_room.mp4')."""
+    return need(SAMPLES / relative)
+
+
+@pytest.fixture(scope="session")
+def pose_model() -> Path:
+    """The lite MediaPipe pose model (fast enough for tests)."""
+    return need(MODELS / "pose_landmarker_lite.task")
+
+
+@pytest.fixture(scope="session")
+def full_pose_model() -> Path:
+    return need(MODELS / "pose_landmarker_full.task")
+
+
+def standing_pose(size: int = 256):
+    """A front-facing standing pose, (J, 3) in pixels of a size x size image: a known input."""
+    import numpy as np
+    from engine.joints import INDEX, NUM_JOINTS
+    at = {"nose": (128, 40), "neck": (128, 70), "right_shoulder": (108, 70), "left_shoulder": (148, 70),
+          "right_elbow": (100, 100), "left_elbow": (156, 100), "right_wrist": (96, 130), "left_wrist": (160, 130),
+          "mid_hip": (128, 140), "right_hip": (118, 140), "left_hip": (138, 140), "right_knee": (118, 180),
+          "left_knee": (138, 180), "right_ankle": (118, 220), "left_ankle": (138, 220), "right_eye": (124, 36),
+          "left_eye": (132, 36), "right_ear": (120, 38), "left_ear": (136, 38), "right_toe": (114, 228),
+          "left_toe": (142, 228), "right_heel": (120, 224), "left_heel": (136, 224)}
+    kp = np.ones((NUM_JOINTS, 3), np.float32)
+    for name, xy in at.items():
+        kp[INDEX[name], :2] = xy
+    kp[:, :2] *= size / 256
+    return kp
+
+
+def make_tiny_run(run_dir: Path, size: int = 64, ngf: int = 8, seed: int = 0) -> Path:
+    """An untrained generator in a valid run directory: for serving and rendering plumbing tests."""
+    import torch
+    from engine.joints import JOINTS, body_stats
+    from engine.networks import Generator
+    from engine.runs import save_generator
+    torch.manual_seed(seed)
+    stats = body_stats([standing_pose(256)])
+    config = {"size": size, "ngf": ngf, "joints": list(JOINTS), "stats": stats, "stats_size": 256}
+    save_generator(run_dir, Generator(size=size, ngf=ngf), config)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("run") / "tiny")
