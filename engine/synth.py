@@ -1,0 +1,499 @@
+"""A synthetic dancer rendered headless with bpy: training video plus its exact 2D skeleton.
+
+The demo and the ground-truth benchmark need a dancer whose true skeleton is known to the pixel,
+and a second, unseen dance by the same dancer to test on. This module builds one from code, in a
+fresh Blender scene:
+
+- an armature with generic bone names (`upper_arm.L`, `shin.R`, `spine`, `head`, ...) and a body of
+  primitives parented to its bones, coloured so that left and right differ (left limbs blue, right
+  limbs red) and so do front and back (a bright chest patch and a face in front, a dark back, hair
+  behind the head);
+- a procedural dance keyframed from code: every joint angle is a sum of slow sinusoids with seeded
+  frequencies, phases and amplitudes, plus hip travel and whole-body turning. The "train" and
+  "test" choreographies draw from different seeds, so the test dance is motion the model never saw;
+- a camera, studio lighting and a floor, rendered with Workbench (~0.1 s a frame on a CPU).
+
+The 2D ground truth comes from `blender_addon.projection.project_frames`, the very code the add-on
+uses to send a rig's skeleton to the engine, so the synthetic truth and a user's rig agree.
+
+    clip = make_clip("out/train", frames=240, size=256, seed=0, choreography="train")
+    clip.video        # out/train/clip.mp4
+    clip.keypoints    # (240, J, 3) float32 in video pixels, frame i of the video = row i
+    python -m engine.synth OUT_DIR --frames 240 --size 256 --choreography test   # the same, from a shell
+
+OUT_DIR also gets `frames/000000.png ...`, `keypoints.npz` (the `.npz` that `render --motion`
+accepts: keypoints, size, fps) and `dancer.blend` (the animated scene, for the add-on or
+`pix2dance render --motion`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.atomic import atomic_dir
+from engine.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHOREOGRAPHIES = ("train", "test")
+ARMATURE, CAMERA = "Dancer", "Camera"
+
+# Rest pose, metres, dancer facing -Y (towards the camera), z up. Left is +X: the dancer's left
+# appears on the right of the picture when they face us, as in a video.
+# name: (head, tail, parent)
+BONES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], str | None]] = {
+    "hips": ((0, 0, 0.95), (0, 0, 1.10), None),
+    "spine": ((0, 0, 1.10), (0, 0, 1.28), "hips"),
+    "chest": ((0, 0, 1.28), (0, 0, 1.50), "spine"),
+    "neck": ((0, 0, 1.50), (0, 0, 1.60), "chest"),
+    "head": ((0, 0, 1.60), (0, 0, 1.84), "neck"),
+}
+for _s, _x in (("L", 1.0), ("R", -1.0)):
+    BONES.update({
+        f"shoulder.{_s}": ((0.04 * _x, 0, 1.46), (0.19 * _x, 0, 1.46), "chest"),
+        f"upper_arm.{_s}": ((0.19 * _x, 0, 1.46), (0.21 * _x, 0, 1.17), f"shoulder.{_s}"),
+        f"forearm.{_s}": ((0.21 * _x, 0, 1.17), (0.22 * _x, -0.01, 0.91), f"upper_arm.{_s}"),
+        f"hand.{_s}": ((0.22 * _x, -0.01, 0.91), (0.225 * _x, -0.01, 0.78), f"forearm.{_s}"),
+        f"thigh.{_s}": ((0.10 * _x, 0, 0.95), (0.10 * _x, -0.01, 0.52), "hips"),
+        f"shin.{_s}": ((0.10 * _x, -0.01, 0.52), (0.10 * _x, 0.01, 0.09), f"thigh.{_s}"),
+        f"foot.{_s}": ((0.10 * _x, 0.01, 0.09), (0.10 * _x, -0.12, 0.03), f"shin.{_s}"),
+        f"toe.{_s}": ((0.10 * _x, -0.12, 0.03), (0.10 * _x, -0.19, 0.03), f"foot.{_s}"),
+    })
+_CONNECTED = {"spine", "chest", "neck", "head"} | {f"{b}.{s}" for b in ("upper_arm", "forearm", "hand", "shin", "foot", "toe") for s in "LR"}
+
+# Colours (linear RGB). Left cool, right warm (like the skeleton drawing), trunk dark with a bright
+# front, so a back view looks different from a front view.
+SKIN, HAIR = (0.85, 0.55, 0.40), (0.10, 0.05, 0.02)
+LEFT, LEFT_DARK = (0.05, 0.25, 0.90), (0.02, 0.08, 0.35)
+RIGHT, RIGHT_DARK = (0.90, 0.08, 0.05), (0.35, 0.03, 0.02)
+TORSO, CHEST_PATCH, PELVIS = (0.06, 0.08, 0.10), (1.00, 0.85, 0.05), (0.25, 0.25, 0.28)
+FLOOR, SKY = (0.55, 0.55, 0.50), (0.62, 0.70, 0.80)
+_SOLE = 0.03          # height of the toe bone above the sole of the shoe, metres
+
+# Pose channels: (bone, euler axis 0..2, low, high) in degrees. Signs follow the bones' local axes
+# for roll 0 (see the module test): for a bone pointing down, +X swings it backwards (away from
+# the camera), and +Z swings it towards -X (so a left arm abducts with -Z, a right arm with +Z).
+CHANNELS: tuple[tuple[str, int, float, float], ...] = (
+    ("upper_arm.L", 0, -110, 40), ("upper_arm.L", 2, -150, -5),
+    ("upper_arm.R", 0, -110, 40), ("upper_arm.R", 2, 5, 150),
+    ("forearm.L", 0, -120, 0), ("forearm.R", 0, -120, 0),
+    ("thigh.L", 0, -60, 25), ("thigh.L", 2, -35, 0),
+    ("thigh.R", 0, -60, 25), ("thigh.R", 2, 0, 35),
+    ("shin.L", 0, 0, 90), ("shin.R", 0, 0, 90),
+    ("foot.L", 0, -20, 25), ("foot.R", 0, -20, 25),
+    ("spine", 1, -25, 25), ("spine", 2, -12, 12), ("spine", 0, -20, 10),
+    ("chest", 1, -20, 20), ("head", 1, -35, 35), ("head", 0, -20, 20),
+)
+
+
+@dataclass
+class SynthClip:
+    """A rendered synthetic clip: the video, its exact skeleton and where its frames are."""
+    video: Path                 # clip.mp4
+    keypoints: np.ndarray       # (N, J, 3) float32 in video pixels; row i is video frame i
+    frames_dir: Path            # frames/000000.png ... (RGB, size x size)
+    fps: float
+    size: int
+    blend: Path | None = None   # dancer.blend: the animated scene
+
+
+@dataclass
+class Dance:
+    """A seeded procedural choreography: per channel, a sum of sinusoids (Hz, phase, weight)."""
+    freqs: np.ndarray           # (C, K) Hz
+    phases: np.ndarray          # (C, K) radians
+    weights: np.ndarray         # (C, K), each row sums to 1
+    turn_speed: float           # whole-body turns per second (signed)
+    turn_wobble: float          # extra turning sway, radians
+    sway: float                 # sideways hip travel, metres
+
+
+def make_dance(seed: int, choreography: str) -> Dance:
+    """The choreography for (seed, 'train' | 'test'): the two never share a random stream."""
+    if choreography not in CHOREOGRAPHIES:
+        raise UserError(f"choreography must be one of {CHOREOGRAPHIES}, got {choreography!r}")
+    rng = np.random.default_rng([seed, CHOREOGRAPHIES.index(choreography), 8])
+    c, k = len(CHANNELS), 3
+    weights = rng.uniform(0.2, 1.0, (c, k))
+    return Dance(freqs=rng.uniform(0.15, 0.9, (c, k)), phases=rng.uniform(0, 2 * math.pi, (c, k)),
+                 weights=weights / weights.sum(1, keepdims=True),
+                 turn_speed=float(rng.choice([-1, 1]) * rng.uniform(0.08, 0.16)),
+                 turn_wobble=float(rng.uniform(0.3, 0.8)),
+                 sway=float(rng.uniform(0.1, 0.3)))
+
+
+def dance_pose(dance: Dance, t: float) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """At time t seconds: channel angles (C,) in radians, body turn (radians), hip travel (x, y) m.
+
+    The hips' height is not part of the dance: keyframe_dance keeps the feet on the floor.
+    """
+    wave = (dance.weights * np.sin(2 * math.pi * dance.freqs * t + dance.phases)).sum(1)   # (C,) in [-1, 1]
+    # Sharpen towards the ends of each range a little, so extreme poses (arms up, deep knees) occur.
+    wave = np.clip(1.3 * wave, -1, 1)
+    lo = np.array([c[2] for c in CHANNELS])
+    hi = np.array([c[3] for c in CHANNELS])
+    angles = np.radians(lo + (hi - lo) * (wave + 1) / 2)
+    turn = 2 * math.pi * dance.turn_speed * t + dance.turn_wobble * math.sin(2 * math.pi * 0.23 * t + dance.phases[0, 0])
+    hip = (dance.sway * math.sin(2 * math.pi * 0.17 * t + dance.phases[1, 0]),
+           0.15 * math.sin(2 * math.pi * 0.11 * t + dance.phases[2, 0]))
+    return angles, turn, hip
+
+
+# --- the scene ---------------------------------------------------------------------------------
+
+def _bpy():
+    try:
+        import bpy
+    except ImportError as e:                     # pragma: no cover - bpy is a hard dependency
+        raise UserError(f"the synthetic dancer needs Blender's bpy module ({e})") from None
+    return bpy
+
+
+def build_rig(bpy, scene):
+    """The armature object (rest pose from BONES), linked to the scene."""
+    data = bpy.data.armatures.new(ARMATURE)
+    arm = bpy.data.objects.new(ARMATURE, data)
+    scene.collection.objects.link(arm)
+    bpy.context.view_layer.objects.active = arm
+    bpy.ops.object.mode_set(mode="EDIT")
+    for name, (head, tail, parent) in BONES.items():
+        bone = data.edit_bones.new(name)
+        bone.head, bone.tail, bone.roll = head, tail, 0.0
+        if parent:
+            bone.parent = data.edit_bones[parent]
+            bone.use_connect = name in _CONNECTED
+    bpy.ops.object.mode_set(mode="OBJECT")
+    for pb in arm.pose.bones:
+        pb.rotation_mode = "XYZ"
+    return arm
+
+
+def _primitive(bpy, kind: str, **kw):
+    if kind == "cylinder":
+        bpy.ops.mesh.primitive_cylinder_add(vertices=16, **kw)
+    elif kind == "sphere":
+        bpy.ops.mesh.primitive_uv_sphere_add(segments=16, ring_count=8, **kw)
+    else:
+        bpy.ops.mesh.primitive_cube_add(**kw)
+    return bpy.context.object
+
+
+def _attach(bpy, arm, obj, bone_name: str, colour) -> None:
+    """Parent obj to a bone keeping its rest-pose world placement; give it an object colour."""
+    from mathutils import Matrix
+    bone = arm.data.bones[bone_name]
+    world = obj.matrix_world.copy()
+    obj.parent = arm
+    obj.parent_type = "BONE"
+    obj.parent_bone = bone_name
+    # A bone child sits at the bone's tail: undo that (and the bone's rest frame) once.
+    tail = arm.matrix_world @ bone.matrix_local @ Matrix.Translation((0, bone.length, 0))
+    obj.matrix_parent_inverse = tail.inverted()
+    obj.matrix_world = world
+    obj.color = (*colour, 1.0)
+
+
+def _limb(bpy, arm, bone_name: str, radius: float, colour, taper: float = 0.85) -> None:
+    """A cylinder (with a ball at its start) along a bone, in the rest pose."""
+    from mathutils import Vector
+    head, tail, _ = BONES[bone_name]
+    a, b = Vector(head), Vector(tail)
+    axis = b - a
+    cyl = _primitive(bpy, "cylinder", radius=radius, depth=axis.length, location=(a + b) / 2)
+    cyl.rotation_mode = "QUATERNION"
+    cyl.rotation_quaternion = Vector((0, 0, 1)).rotation_difference(axis.normalized())
+    cyl.scale = (1, 1, 1)
+    bpy.context.view_layer.update()
+    _attach(bpy, arm, cyl, bone_name, colour)
+    ball = _primitive(bpy, "sphere", radius=radius * 1.08, location=a)
+    bpy.context.view_layer.update()
+    _attach(bpy, arm, ball, bone_name, colour)
+
+
+def build_body(bpy, arm) -> None:
+    """Primitives parented to the bones, coloured left/right and front/back."""
+    for s, col, dark in (("L", LEFT, LEFT_DARK), ("R", RIGHT, RIGHT_DARK)):
+        _limb(bpy, arm, f"upper_arm.{s}", 0.055, col)
+        _limb(bpy, arm, f"forearm.{s}", 0.045, col)
+        _limb(bpy, arm, f"thigh.{s}", 0.080, dark)
+        _limb(bpy, arm, f"shin.{s}", 0.060, dark)
+        hand = _primitive(bpy, "sphere", radius=0.055, location=BONES[f"hand.{s}"][0])
+        hand.scale = (0.8, 0.6, 1.3)
+        hand.location.z -= 0.05
+        bpy.context.view_layer.update()
+        _attach(bpy, arm, hand, f"hand.{s}", SKIN)
+        (fx, fy, fz), _, _ = BONES[f"foot.{s}"]
+        shoe = _primitive(bpy, "cube", size=1, location=(fx, fy - 0.08, 0.045))
+        shoe.scale = (0.10, 0.26, 0.09)
+        bpy.context.view_layer.update()
+        _attach(bpy, arm, shoe, f"foot.{s}", col)
+    # Trunk: a dark chest and belly, a bright patch on the front only, grey shorts.
+    for bone, loc, scale, colour in (("chest", (0, 0, 1.38), (0.40, 0.22, 0.28), TORSO),
+                                     ("spine", (0, 0, 1.18), (0.32, 0.19, 0.22), TORSO),
+                                     ("hips", (0, 0, 1.00), (0.36, 0.22, 0.18), PELVIS),
+                                     ("chest", (0, -0.112, 1.38), (0.24, 0.02, 0.16), CHEST_PATCH)):
+        box = _primitive(bpy, "cube", size=1, location=loc)
+        box.scale = scale
+        bpy.context.view_layer.update()
+        _attach(bpy, arm, box, bone, colour)
+    neck = _primitive(bpy, "cylinder", radius=0.05, depth=0.12, location=(0, 0, 1.55))
+    bpy.context.view_layer.update()
+    _attach(bpy, arm, neck, "neck", SKIN)
+    head = _primitive(bpy, "sphere", radius=0.11, location=(0, 0, 1.71))
+    head.scale = (0.9, 1.0, 1.1)
+    hair = _primitive(bpy, "sphere", radius=0.115, location=(0, 0.03, 1.74))
+    hair.scale = (0.92, 1.0, 1.05)
+    nose = _primitive(bpy, "sphere", radius=0.025, location=(0, -0.105, 1.70))
+    eyes = [_primitive(bpy, "sphere", radius=0.018, location=(x, -0.092, 1.74)) for x in (0.04, -0.04)]
+    bpy.context.view_layer.update()
+    for obj, colour in ((head, SKIN), (hair, HAIR), (nose, RIGHT), *((e, (0.02, 0.02, 0.02)) for e in eyes)):
+        _attach(bpy, arm, obj, "head", colour)
+
+
+def build_stage(bpy, scene, size: int):
+    """Camera, floor, sky and Workbench settings; returns the camera object."""
+    cam = bpy.data.objects.new(CAMERA, bpy.data.cameras.new(CAMERA))
+    scene.collection.objects.link(cam)
+    cam.data.lens = 35.0
+    cam.data.sensor_fit = "VERTICAL"
+    cam.location = (0.0, -4.4, 1.0)
+    cam.rotation_euler = (math.radians(90.5), 0.0, 0.0)
+    scene.camera = cam
+    bpy.ops.mesh.primitive_plane_add(size=20, location=(0, 0, 0))
+    bpy.context.object.color = (*FLOOR, 1.0)
+    world = bpy.data.worlds.new("Sky")
+    world.color = SKY
+    scene.world = world
+    scene.render.engine = "BLENDER_WORKBENCH"
+    shading = scene.display.shading
+    shading.light, shading.studio_light = "STUDIO", "Default"
+    shading.color_type = "OBJECT"
+    shading.show_shadows = True
+    shading.shadow_intensity = 0.4
+    scene.display.render_aa = "FXAA"        # 0.11 s a 256 px frame with shadows; "8" takes 0.4 s
+    scene.render.resolution_x = scene.render.resolution_y = size
+    scene.render.resolution_percentage = 100
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.image_settings.color_mode = "RGB"
+    scene.render.film_transparent = False
+    return cam
+
+
+def keyframe_dance(arm, dance: Dance, frames: int, fps: float, view_layer) -> None:
+    """Keyframe every frame 0..frames-1 of the dance on the rig (bones, root travel and turning).
+
+    After posing, the hips are lowered or raised so the lowest point of either foot touches the
+    floor: the dancer crouches and stands instead of floating.
+    """
+    pose = arm.pose.bones
+    feet = [pose[f"{b}.{s}"] for b in ("foot", "toe") for s in "LR"]
+    for f in range(frames):
+        angles, turn, hip = dance_pose(dance, f / fps)
+        touched = set()
+        for (bone, axis, _, _), angle in zip(CHANNELS, angles):
+            pose[bone].rotation_euler[axis] = angle
+            touched.add(bone)
+        # The hips bone points up (roll 0): its local axes are world x, z and -y.
+        pose["hips"].location = (hip[0], 0.0, -hip[1])
+        arm.rotation_euler = (0.0, 0.0, turn)
+        view_layer.update()
+        lowest = min(min((arm.matrix_world @ pb.head).z, (arm.matrix_world @ pb.tail).z) for pb in feet)
+        pose["hips"].location = (hip[0], _SOLE - lowest, -hip[1])
+        for bone in touched:
+            pose[bone].keyframe_insert("rotation_euler", frame=f)
+        pose["hips"].keyframe_insert("location", frame=f)
+        arm.keyframe_insert("rotation_euler", frame=f)
+
+
+def new_scene(size: int, frames: int, fps: float):
+    """A fresh, empty Blender file with the stage, the rig and the body; (bpy, scene, arm, cam)."""
+    bpy = _bpy()
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    scene.frame_start, scene.frame_end = 0, frames - 1
+    scene.render.fps = int(round(fps))
+    scene.render.fps_base = scene.render.fps / fps
+    cam = build_stage(bpy, scene, size)
+    arm = build_rig(bpy, scene)
+    build_body(bpy, arm)
+    return bpy, scene, arm, cam
+
+
+def render_frames(bpy, scene, frames_dir: Path, frames: int, quiet: bool = False) -> None:
+    """Render frames 0..frames-1 to frames_dir/000000.png ... with Workbench."""
+    from tqdm import tqdm
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    for f in tqdm(range(frames), desc="render synthetic dancer", unit="frame", disable=quiet, leave=False):
+        scene.frame_set(f)
+        scene.render.filepath = str(frames_dir / f"{f:06d}.png")
+        bpy.ops.render.render(write_still=True)
+
+
+# Where each canonical joint sits on the rig, in the rest pose: (bone, world point). Used only
+# when the add-on's projection module is not importable (see ground_truth).
+def _rest_points() -> dict[str, tuple[str, tuple[float, float, float]]]:
+    pts = {"nose": ("head", (0.0, -0.13, 1.70))}
+    for s, side, x in (("L", "left", 1.0), ("R", "right", -1.0)):
+        pts.update({
+            f"{side}_shoulder": (f"upper_arm.{s}", BONES[f"upper_arm.{s}"][0]),
+            f"{side}_elbow": (f"forearm.{s}", BONES[f"forearm.{s}"][0]),
+            f"{side}_wrist": (f"hand.{s}", BONES[f"hand.{s}"][0]),
+            f"{side}_hip": (f"thigh.{s}", BONES[f"thigh.{s}"][0]),
+            f"{side}_knee": (f"shin.{s}", BONES[f"shin.{s}"][0]),
+            f"{side}_ankle": (f"foot.{s}", BONES[f"foot.{s}"][0]),
+            f"{side}_toe": (f"toe.{s}", BONES[f"toe.{s}"][1]),
+            f"{side}_heel": (f"foot.{s}", (0.10 * x, 0.06, 0.02)),
+            f"{side}_eye": ("head", (0.04 * x, -0.10, 1.74)),
+            f"{side}_ear": ("head", (0.10 * x, 0.0, 1.71)),
+        })
+    return pts
+
+
+def _project_fallback(scene, arm, cam, frames: int) -> np.ndarray:
+    """Project the rig's joints with bpy_extras, (N, J, 3) in render pixels; face seen if facing us."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+    from engine.joints import FACE, INDEX, NUM_JOINTS
+    w, h = scene.render.resolution_x, scene.render.resolution_y
+    local = {name: (bone, arm.data.bones[bone].matrix_local.inverted() @ Vector(p))
+             for name, (bone, p) in _rest_points().items()}
+    out = np.ones((frames, NUM_JOINTS, 3), np.float32)
+    for f in range(frames):
+        scene.frame_set(f)
+        world = {name: arm.matrix_world @ arm.pose.bones[bone].matrix @ p for name, (bone, p) in local.items()}
+        world["neck"] = (world["left_shoulder"] + world["right_shoulder"]) / 2
+        world["mid_hip"] = (world["left_hip"] + world["right_hip"]) / 2
+        for name, co in world.items():
+            v = world_to_camera_view(scene, cam, co)
+            out[f, INDEX[name], :2] = (v.x * w, (1 - v.y) * h)
+        head = arm.matrix_world @ arm.pose.bones["head"].matrix
+        forward = (head.to_3x3() @ Vector((0, 0, 1))).normalized()      # the face's normal
+        seen = forward.dot((cam.matrix_world.translation - head.translation).normalized()) > -0.2
+        if not seen:
+            out[f, [INDEX[n] for n in FACE], 2] = 0.0
+    return out
+
+
+def ground_truth(scene, arm, cam, frames: int) -> np.ndarray:
+    """The exact canonical skeleton of frames 0..frames-1, (N, J, 3) in render pixels.
+
+    The add-on's own projection (the code that sends a rig's skeleton to the engine) when it is
+    importable; otherwise a direct projection of the same bone points.
+    """
+    try:
+        from blender_addon import mapping, projection
+    except ImportError:
+        log.debug("blender_addon.projection not importable: projecting the rig directly")
+        return _project_fallback(scene, arm, cam, frames)
+    table = mapping.auto_map(arm)
+    kp = projection.project_frames(scene, arm, cam, table, list(range(frames)))
+    return np.asarray(kp, dtype=np.float32)
+
+
+def _quiet_blender(verbose: bool):
+    """Blender prints a line per rendered frame on the C side: silence fd 1 unless verbose."""
+    import contextlib
+    import os
+    if verbose:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def silence():
+        sys.stdout.flush()
+        saved = os.dup(1)
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+    return silence()
+
+
+def make_clip(out_dir: str | Path, frames: int = 240, size: int = 256, seed: int = 0,
+              choreography: str = "train", fps: float = 24.0, save_blend: bool = True,
+              quiet: bool = False, verbose: bool = False) -> SynthClip:
+    """Render a synthetic dance into out_dir (written atomically) and return what it holds."""
+    from engine import video
+    if frames < 1:
+        raise UserError(f"a clip needs at least one frame, got {frames}")
+    if size < 32 or size > 2048:
+        raise UserError(f"render size must be between 32 and 2048 pixels, got {size}")
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    dance = make_dance(seed, choreography)
+    with atomic_dir(out_dir) as tmp, _quiet_blender(verbose):
+        bpy, scene, arm, cam = new_scene(size, frames, fps)
+        keyframe_dance(arm, dance, frames, fps, bpy.context.view_layer)
+        render_frames(bpy, scene, tmp / "frames", frames, quiet)
+        keypoints = ground_truth(scene, arm, cam, frames)
+        if save_blend:
+            scene.frame_set(0)
+            bpy.ops.wm.save_as_mainfile(filepath=str(tmp / "dancer.blend"), compress=True)
+        images = (_read_rgb(p) for p in sorted((tmp / "frames").glob("*.png")))
+        video.write_video(tmp / "clip.mp4", images, fps)
+        np.savez(tmp / "keypoints.npz", keypoints=keypoints, size=np.int32(size), fps=np.float64(fps))
+    log.info("synthetic %s clip: %d frames at %d px in %.1f s -> %s", choreography, frames, size,
+             time.perf_counter() - started, out_dir)
+    return SynthClip(video=out_dir / "clip.mp4", keypoints=keypoints, frames_dir=out_dir / "frames",
+                     fps=fps, size=size, blend=(out_dir / "dancer.blend") if save_blend else None)
+
+
+def load_clip(out_dir: str | Path) -> SynthClip:
+    """A clip make_clip wrote earlier (for the demo's subprocess, and for reuse)."""
+    out_dir = Path(out_dir)
+    data = np.load(out_dir / "keypoints.npz")
+    blend = out_dir / "dancer.blend"
+    return SynthClip(video=out_dir / "clip.mp4", keypoints=data["keypoints"].astype(np.float32),
+                     frames_dir=out_dir / "frames", fps=float(data["fps"]), size=int(data["size"]),
+                     blend=blend if blend.exists() else None)
+
+
+def read_frames(clip: SynthClip) -> np.ndarray:
+    """All rendered frames of a clip, (N, size, size, 3) uint8 RGB."""
+    return np.stack([_read_rgb(p) for p in sorted(clip.frames_dir.glob("*.png"))])
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    import cv2
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"could not read rendered frame {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.synth OUT_DIR ...`: render one clip (runs bpy in its own process)."""
+    p = argparse.ArgumentParser(prog="python -m engine.synth", description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("--frames", type=int, default=240)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=float, default=24.0)
+    p.add_argument("--choreography", choices=CHOREOGRAPHIES, default="train")
+    p.add_argument("--no-blend", action="store_true", help="do not save dancer.blend")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--verbose", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s")
+    try:
+        make_clip(a.out, frames=a.frames, size=a.size, seed=a.seed, choreography=a.choreography, fps=a.fps,
+                  save_blend=not a.no_blend, quiet=a.quiet, verbose=a.verbose)
+    except UserError as e:
+        print(f"synth: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
