@@ -56,7 +56,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
 def cmd_serve(a: argparse.Namespace) -> None:
     from engine import server
     server.main(a.runs, bind=a.bind, device=a.device, curve_secret=a.curve_secret,
-                curve_clients=a.curve_clients, quiet=a.quiet)
+                curve_clients=a.curve_clients, quiet=a.quiet, max_batch=a.max_batch)
 
 
 def cmd_keys(a: argparse.Namespace) -> None:
@@ -126,13 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", "serve trained dancers over ZeroMQ")
     p.add_argument("runs", nargs="*", type=Path, metavar="RUN_DIR", help="runs to serve (default: the demo model)")
     p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ address (default loopback)")
-    p.add_argument("--curve-secret", type=Path, help="server secret key file (from `pix2dance keys`)")
-    p.add_argument("--curve-clients", type=Path, help="folder of allowed client public keys")
+    p.add_argument("--curve-secret", type=Path, help="server secret key file: KEYS/server.key_secret from "
+                   "`pix2dance keys --out KEYS` (required, with --curve-clients, for a non-loopback --bind)")
+    p.add_argument("--curve-clients", type=Path, help="folder of allowed client public keys: KEYS/clients")
+    p.add_argument("--max-batch", type=int, help="frames per generator call (default: 16 on cuda, 4 on cpu)")
     _device_arg(p)
     p.set_defaults(func=cmd_serve)
 
     p = add("keys", "make CURVE key pairs for a server and a client")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help=(
+        "writes DIR/server.key and DIR/server.key_secret (the server's pair), DIR/client.key and "
+        "DIR/client.key_secret (a client's pair) and DIR/clients/client.key (the allow-list). Serve with "
+        "--curve-secret DIR/server.key_secret --curve-clients DIR/clients; a client connects with "
+        "Client(address, curve=(DIR/server.key, DIR/client.key_secret)). Allow more clients by copying "
+        "their public .key files into DIR/clients. Existing keys are never overwritten."))
     p.set_defaults(func=cmd_keys)
 
     p = add("render", "render a motion (.blend, .bvh, .npz, video) as the trained dancer")
