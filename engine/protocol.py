@@ -1,0 +1,240 @@
+"""The pix2dance wire protocol, version 1: message layout, limits and checks (stdlib only).
+
+The Blender add-on ships this file beside client.py, so it imports nothing but the standard
+library: no numpy, no torch, no cv2, not even zmq. docs/protocol.md is the same spec with examples.
+
+Transport
+    The engine binds a ZeroMQ ROUTER socket (default tcp://127.0.0.1:5555); clients connect DEALER
+    sockets. Every message is multipart. There is no envelope delimiter: a DEALER sends
+    [header, binary...] and the ROUTER sees [identity, header, binary...]. (A REQ socket's empty
+    delimiter frame is accepted and echoed, so REQ works too.) Every request gets exactly one reply
+    with the same "id", sent to the socket that asked. Messages are never pickled.
+
+Frame 0: the header, a UTF-8 JSON object of at most MAX_HEADER bytes
+    {"v": 1, "id": "<request id, 1-128 chars>", "kind": "<kind>", ...kind-specific fields}
+    "v" is the protocol version and is in every header, requests and replies alike. A server
+    answers a request of another version with an error of code "version" (carrying its own "v").
+
+Frames 1..: binary data, each in its own frame (as jupyter_client does): never inside the JSON.
+
+Kinds (a reply has the kind of its request, or "error")
+    ping     request  {}                                   -> reply {"time": server unix time}
+    info     request  {}                                   -> reply {"protocol": 1, "server": "pix2dance X.Y",
+                      "models": [{"name", "size", "joints": [...], "stats", "stats_size", "device"}],
+                      "limits": {"max_frames", "max_size", "max_message"}}
+    render   request  {"model": name,
+                       "frames": [int, ...]            N frame ids (e.g. Blender frame numbers), echoed back
+                       "joints": [name, ...]           J joint names, the order of the keypoints' rows;
+                                                       canonical joints not listed count as unseen
+                       "source_size": [w, h]           pixels of the image the keypoints are in
+                       "normalize": {"mode": "frame" | "clip" | "none", "stats": null | {...}}
+                                                       stats: the source's body statistics
+                                                       (joints.body_stats: height, ankle_y, center_x,
+                                                       ankle_far, ankle_near, height_far, height_near)
+                       "output": {"format": "png" | "jpeg" | "raw", "size": null | int, "quality": 1-100}
+                       "dtype": "<f4", "shape": [N, J, 3]}
+                      frame 1: keypoints, little-endian float32, N x J x 3 (x, y, visibility), row-major
+                      -> reply {"model", "frames": [ids], "format", "width", "height", "channels": 3}
+                         frames 1..N: one image each, in request order: PNG or JPEG bytes, or raw RGB
+                         (height x width x 3 uint8, row-major)
+    error    reply    {"code": <code>, "message": "<one line>"}   and no binary frames
+
+Error codes
+    bad_message    frame 0 is not a JSON object of the right shape (the id is echoed when readable)
+    version        the request's "v" is not this server's; the reply carries the server's "v"
+    unknown_kind   a kind this server does not know
+    bad_request    a field is missing, of the wrong type or out of range, or the binary frames do
+                   not match the header (count, length, dtype, shape)
+    unknown_model  no such model on this server
+    too_large      more frames or pixels than the limits in "info" allow
+    busy           the server's queue is full: try again later
+    internal       the server failed; it keeps serving
+
+Limits: a server may lower them (see "info"). A message part larger than max_message is dropped
+by ZeroMQ (ZMQ_MAXMSGSIZE) and its sender disconnected: that message gets no reply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+VERSION = 1
+KINDS = ("ping", "info", "render")
+FORMATS = ("png", "jpeg", "raw")
+MODES = ("frame", "clip", "none")
+DTYPE = "<f4"
+STATS_KEYS = ("height", "ankle_y", "center_x", "ankle_far", "ankle_near", "height_far", "height_near")
+
+MAX_HEADER = 256 * 1024          # bytes of JSON in frame 0
+MAX_FRAMES = 1024                # frames in one render request
+MAX_JOINTS = 128                 # keypoint rows per frame
+MAX_SIZE = 4096                  # output image side in pixels
+MAX_SOURCE = 1 << 16             # source image side in pixels
+MAX_MESSAGE = 64 * 1024 * 1024   # bytes in one message part (ZMQ_MAXMSGSIZE)
+MAX_ID = 128                     # characters in a request id
+
+
+class ProtocolError(Exception):
+    """A message that breaks this spec: becomes an error reply with `code`."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.request_id = code, message, request_id
+
+
+@dataclass
+class RenderRequest:
+    """A checked render request; `keypoints` are the raw little-endian float32 bytes (N x J x 3)."""
+    id: str
+    model: str
+    frames: list[int]
+    joints: list[str]
+    source_size: tuple[int, int]
+    mode: str
+    stats: dict | None
+    format: str
+    size: int | None
+    quality: int
+    keypoints: bytes
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+def header(request_id: str, kind: str, **fields) -> bytes:
+    """Frame 0 of any message: compact UTF-8 JSON with "v", "id" and "kind" first."""
+    return json.dumps({"v": VERSION, "id": request_id, "kind": kind, **fields},
+                      separators=(",", ":"), allow_nan=False).encode()
+
+
+def error(request_id: str | None, code: str, message: str) -> list[bytes]:
+    """An error reply (one frame)."""
+    return [header(request_id, "error", code=code, message=message)]
+
+
+def render_request(request_id: str, model: str, frames: list[int], joints: list[str], keypoints: bytes, *,
+                   source_size: tuple[int, int], mode: str = "frame", stats: dict | None = None,
+                   fmt: str = "png", size: int | None = None, quality: int = 90) -> list[bytes]:
+    """The frames of a render request; keypoints: N x J x 3 little-endian float32 bytes."""
+    return [header(request_id, "render", model=model, frames=list(frames), joints=list(joints),
+                   source_size=[int(source_size[0]), int(source_size[1])],
+                   normalize={"mode": mode, "stats": stats},
+                   output={"format": fmt, "size": size, "quality": quality},
+                   dtype=DTYPE, shape=[len(frames), len(joints), 3]),
+            bytes(keypoints)]
+
+
+# --- decoding and checks ----------------------------------------------------------------------
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_header(frame: bytes, reply: bool = False) -> dict:
+    """Frame 0 -> dict with a str "id" and "kind"; ProtocolError("bad_message") otherwise.
+
+    reply: the message is a reply, where an error may carry "id": null (its request's was unreadable).
+    """
+    if len(frame) > MAX_HEADER:
+        raise ProtocolError("bad_message", f"header is {len(frame)} bytes, more than {MAX_HEADER}")
+    try:
+        # parse_constant: NaN and Infinity are not JSON; they must not reach the engine.
+        head = json.loads(bytes(frame).decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ProtocolError("bad_message", f"header is not UTF-8 JSON: {str(e)[:80]}") from None
+    if not isinstance(head, dict):
+        raise ProtocolError("bad_message", "header must be a JSON object")
+    rid = head.get("id")
+    if reply and rid is None and head.get("kind") == "error":
+        return head
+    if not isinstance(rid, str) or not 0 < len(rid) <= MAX_ID:
+        raise ProtocolError("bad_message", f'header needs "id", a string of 1-{MAX_ID} characters')
+    if not isinstance(head.get("kind"), str):
+        raise ProtocolError("bad_message", 'header needs "kind", a string', rid)
+    return head
+
+
+def check_version(head: dict) -> None:
+    v = head.get("v")
+    if v != VERSION or isinstance(v, bool):
+        raise ProtocolError("version", f"this peer speaks pix2dance protocol v{VERSION}, the message says v{v!r}",
+                            head.get("id"))
+
+
+def _bad(rid: str, message: str):
+    raise ProtocolError("bad_request", message, rid)
+
+
+def _int(value, name: str, lo: int, hi: int, rid: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        _bad(rid, f"{name} must be an integer in [{lo}, {hi}], got {str(value)[:40]}")
+    return value
+
+
+def _stats(value, rid: str) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        _bad(rid, "normalize.stats must be an object or null")
+    out = {}
+    for key in STATS_KEYS:
+        v = value.get(key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or abs(v) > 1e7:
+            _bad(rid, f"normalize.stats.{key} must be a finite number")
+        out[key] = float(v)
+    if min(out["height"], out["height_far"], out["height_near"]) <= 0:
+        _bad(rid, "normalize.stats heights must be positive")
+    out["frames"] = value.get("frames") if isinstance(value.get("frames"), int) else 1
+    return out
+
+
+def parse_render(head: dict, binary: list[bytes], *, max_frames: int = MAX_FRAMES,
+                 max_size: int = MAX_SIZE) -> RenderRequest:
+    """Check a render request's header and binary frames; ProtocolError with the reason if not valid."""
+    rid = head["id"]
+    model = head.get("model")
+    if not isinstance(model, str) or not model:
+        _bad(rid, '"model" must be a non-empty string')
+    frames = head.get("frames")
+    if not isinstance(frames, list) or not frames:
+        _bad(rid, '"frames" must be a non-empty list of frame ids')
+    if len(frames) > max_frames:
+        raise ProtocolError("too_large", f"{len(frames)} frames in one request; at most {max_frames}", rid)
+    for f in frames:
+        _int(f, "each frame id", -(1 << 53), 1 << 53, rid)
+    joints = head.get("joints")
+    if (not isinstance(joints, list) or not 0 < len(joints) <= MAX_JOINTS
+            or not all(isinstance(j, str) and 0 < len(j) <= 64 for j in joints)):
+        _bad(rid, f'"joints" must be a list of 1-{MAX_JOINTS} joint names')
+    if len(set(joints)) != len(joints):
+        _bad(rid, '"joints" lists a joint twice')
+    size = head.get("source_size")
+    if not isinstance(size, list) or len(size) != 2:
+        _bad(rid, '"source_size" must be [width, height]')
+    source_size = (_int(size[0], "source width", 1, MAX_SOURCE, rid), _int(size[1], "source height", 1, MAX_SOURCE, rid))
+    norm = head.get("normalize", {"mode": "frame"})
+    if not isinstance(norm, dict) or norm.get("mode") not in MODES:
+        _bad(rid, f'"normalize" must be {{"mode": one of {list(MODES)}, "stats": ...}}')
+    stats = _stats(norm.get("stats"), rid)
+    out = head.get("output", {})
+    if not isinstance(out, dict) or out.get("format", "png") not in FORMATS:
+        _bad(rid, f'"output" must be {{"format": one of {list(FORMATS)}, "size": ..., "quality": ...}}')
+    out_size = out.get("size")
+    if out_size is not None:
+        if isinstance(out_size, int) and not isinstance(out_size, bool) and out_size > max_size:
+            raise ProtocolError("too_large", f"output size {out_size} is over {max_size}", rid)
+        _int(out_size, "output.size", 16, max_size, rid)
+    quality = _int(out.get("quality", 90), "output.quality", 1, 100, rid)
+    if head.get("dtype", DTYPE) != DTYPE:
+        _bad(rid, f'keypoints must be little-endian float32 ("dtype": "{DTYPE}"), got {str(head.get("dtype"))[:20]!r}')
+    shape = [len(frames), len(joints), 3]
+    if head.get("shape", shape) != shape:
+        _bad(rid, f'"shape" {str(head.get("shape"))[:40]} does not match frames and joints {shape}')
+    if len(binary) != 1:
+        _bad(rid, f"a render request has exactly one binary frame (the keypoints), got {len(binary)}")
+    expected = len(frames) * len(joints) * 3 * 4
+    if len(binary[0]) != expected:
+        _bad(rid, f"keypoints frame is {len(binary[0])} bytes; N x J x 3 float32 = {expected}")
+    return RenderRequest(rid, model, list(frames), list(joints), source_size, norm["mode"], stats,
+                         out.get("format", "png"), out_size, quality, bytes(binary[0]))

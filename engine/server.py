@@ -1,0 +1,435 @@
+"""The engine server: a ZeroMQ ROUTER loop around one Predictor per served run.
+
+    pix2dance serve runs/anna runs/ben --bind tcp://127.0.0.1:5555
+    pix2dance keys --out keys && pix2dance serve RUN --bind tcp://0.0.0.0:5555 \\
+        --curve-secret keys/server.key_secret --curve-clients keys/clients
+
+The wire format is engine/protocol.py (and docs/protocol.md). Design, in two threads:
+
+- The main thread owns the ROUTER socket (ZeroMQ sockets are not thread-safe) and never runs the
+  generator. It reads every message, checks it (protocol.decode_header / parse_render), answers
+  `ping`, `info` and every error at once, and queues render jobs. So pings and info are answered
+  within milliseconds while a long render runs, and a bad message can only ever cost one error reply.
+- A worker thread runs inference. It takes frames from the queued jobs of one model, oldest first,
+  across requests, until a batch of `max_batch` is full (two clients sending 8-frame chunks share
+  one 16-frame batch on a GPU), draws skeletons, runs Predictor.generate, encodes the images and
+  hands each finished reply back over an inproc PAIR socket; the main thread's poller wakes on it
+  and forwards the reply to the ROUTER. torch and OpenCV release the GIL, so the main thread stays live.
+
+Every request gets exactly one reply: an error, or the result. Queues are bounded (at most
+`max_pending` frames waiting: beyond that a request gets a `busy` error) and so are messages
+(ZMQ_MAXMSGSIZE, the receive high-water mark, protocol.MAX_* limits). Nothing is unpickled:
+headers are JSON, keypoints raw float32. SIGTERM or Ctrl-C stop the loop, the worker and the
+sockets cleanly. Binding anything but loopback requires CURVE keys with an allow-list of clients
+(zmq.auth's ThreadAuthenticator); this is checked before torch or any model is loaded.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+from engine import __version__, protocol
+from engine.errors import UserError
+
+log = logging.getLogger("pix2dance.serve")
+
+DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
+SERVER_SECRET, SERVER_PUBLIC = "server.key_secret", "server.key"
+CLIENT_SECRET, CLIENT_PUBLIC = "client.key_secret", "client.key"
+CLIENTS = "clients"
+
+
+# --- checks that run before anything heavy is imported ---------------------------------------
+
+def is_loopback(bind: str) -> bool:
+    """True for tcp:// on a loopback address or name, and for local ipc:// and inproc:// endpoints."""
+    scheme, sep, rest = bind.partition("://")
+    if not sep or not rest:
+        raise UserError(f"--bind {bind!r}: expected tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555")
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp":
+        raise UserError(f"--bind {bind!r}: only tcp:// and ipc:// endpoints are served")
+    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
+    host = host.strip("[]")
+    if host in ("localhost", "lo"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False                 # "*", an interface name, a host name: reachable from outside
+
+
+def check_security(bind: str, curve_secret: Path | None, curve_clients: Path | None) -> bool:
+    """Whether CURVE is on; UserError if a non-loopback bind lacks keys or the keys are unusable."""
+    if (curve_secret is None) != (curve_clients is None):
+        raise UserError("--curve-secret and --curve-clients go together (make both with `pix2dance keys --out DIR`)")
+    if curve_secret is None:
+        if not is_loopback(bind):
+            raise UserError(f"refusing to bind {bind} without encryption: make keys with `pix2dance keys --out KEYS`, "
+                            f"then add --curve-secret KEYS/{SERVER_SECRET} --curve-clients KEYS/{CLIENTS}")
+        return False
+    is_loopback(bind)                # still validates the address
+    if not Path(curve_secret).is_file():
+        raise UserError(f"--curve-secret {curve_secret}: no such file (make keys with `pix2dance keys --out DIR`)")
+    if not Path(curve_clients).is_dir() or not any(Path(curve_clients).glob("*.key")):
+        raise UserError(f"--curve-clients {curve_clients}: not a folder of client public .key files")
+    return True
+
+
+def load_server_keys(curve_secret: Path) -> tuple[bytes, bytes]:
+    """(public, secret) from a zmq.auth secret certificate; UserError if it is not one."""
+    import zmq.auth
+    try:
+        public, secret = zmq.auth.load_certificate(str(curve_secret))
+    except (OSError, ValueError) as e:
+        raise UserError(f"--curve-secret {curve_secret}: not a key file ({e})") from None
+    if secret is None:
+        raise UserError(f"--curve-secret {curve_secret} holds only a public key; pass the .key_secret file")
+    return public, secret
+
+
+def make_keys(out: str | Path) -> Path:
+    """`pix2dance keys --out DIR`: a server and a client CURVE key pair, and the allow-list folder."""
+    import zmq.auth
+    out = Path(out)
+    targets = [SERVER_PUBLIC, SERVER_SECRET, CLIENT_PUBLIC, CLIENT_SECRET, f"{CLIENTS}/{CLIENT_PUBLIC}"]
+    if any((out / t).exists() for t in targets):
+        raise UserError(f"{out} already holds keys; keys are never overwritten: choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".keys.", dir=out))
+    try:
+        zmq.auth.create_certificates(tmp, "server")
+        zmq.auth.create_certificates(tmp, "client")
+        (tmp / CLIENTS).mkdir()
+        shutil.copy(tmp / CLIENT_PUBLIC, tmp / CLIENTS / CLIENT_PUBLIC)
+        for name in (SERVER_SECRET, CLIENT_SECRET):
+            os.chmod(tmp / name, 0o600)
+        (out / CLIENTS).mkdir(exist_ok=True)
+        for t in targets:                # publics first, so no secret is ever left without its pair
+            os.replace(tmp / t, out / t)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("keys written to %s\n  serve:  pix2dance serve RUN --bind tcp://0.0.0.0:5555 --curve-secret %s "
+             "--curve-clients %s\n  client: Client(address, curve=(%r, %r))", out, out / SERVER_SECRET,
+             out / CLIENTS, str(out / SERVER_PUBLIC), str(out / CLIENT_SECRET))
+    return out
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+@dataclass(eq=False)                        # identity, not field, equality: held in a deque
+class Job:
+    """One render request in the queue; frames [0, next) have been handed to the worker."""
+    identity: bytes
+    envelope: list[bytes]
+    request: protocol.RenderRequest
+    predictor: object
+    keypoints: object                       # (N, J, 3) float32 in canonical joint order
+    skeletons: object = None                # (N, S, S, 3) uint8, drawn on first use
+    frames: list = field(default_factory=list)
+    next: int = 0
+    done: int = 0
+    replied: bool = False
+
+    @property
+    def count(self) -> int:
+        return len(self.request.frames)
+
+
+class Server:
+    """ROUTER loop (main thread) + inference worker (one thread); see the module docstring."""
+
+    def __init__(self, predictors: list, bind: str, *, curve_keys: tuple[bytes, bytes] | None = None,
+                 curve_clients: Path | None = None, max_pending: int = 4096, max_message: int = protocol.MAX_MESSAGE):
+        self.models = {p.name: p for p in predictors}
+        self.max_pending = max_pending
+        self.max_message = max_message
+        self.ctx = zmq.Context()
+        self.auth = None
+        if curve_keys is not None:
+            from zmq.auth.thread import ThreadAuthenticator
+            self.auth = ThreadAuthenticator(self.ctx)
+            self.auth.start()
+            self.auth.configure_curve(domain="*", location=str(curve_clients))
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, max_message)
+        self.router.setsockopt(zmq.RCVHWM, 1000)
+        self.router.setsockopt(zmq.SNDHWM, 1000)
+        if curve_keys is not None:
+            self.router.curve_publickey, self.router.curve_secretkey = curve_keys
+            self.router.curve_server = True
+        try:
+            self.router.bind(bind)
+        except zmq.ZMQError as e:
+            self.close()
+            raise UserError(f"cannot bind {bind}: {e}") from None
+        self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        # Worker -> main thread: finished replies, [identity, *envelope, header, *images].
+        self.results = self.ctx.socket(zmq.PAIR)
+        self.results.bind(f"inproc://results-{id(self)}")
+        self._worker_out = self.ctx.socket(zmq.PAIR)
+        self._worker_out.connect(f"inproc://results-{id(self)}")
+        self.pending: deque[Job] = deque()
+        self.queued = 0                      # frames accepted and not yet replied to
+        self.cond = threading.Condition()
+        self.stopping = False
+        self.worker = threading.Thread(target=self._work, name="pix2dance-inference", daemon=True)
+
+    # main thread ------------------------------------------------------------------------------
+
+    def serve_forever(self, install_signals: bool = True) -> None:
+        if install_signals and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        self.worker.start()
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.results, zmq.POLLIN)
+        try:
+            while not self.stopping:
+                events = dict(poller.poll(200))
+                if self.results in events:
+                    self._forward_results()
+                if self.router in events:
+                    for _ in range(256):     # drain, but let results through between bursts
+                        try:
+                            msg = self.router.recv_multipart(zmq.NOBLOCK, copy=True)
+                        except zmq.Again:
+                            break
+                        self._handle(msg)
+        except KeyboardInterrupt:
+            log.info("interrupted")
+        finally:
+            self.stop()
+            self.close()
+            log.info("stopped")
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        if getattr(self, "worker", None) is not None and self.worker.is_alive():
+            self.worker.join(timeout=10)
+        if self.auth is not None:
+            self.auth.stop()
+        if getattr(self, "worker", None) is None or not self.worker.is_alive():
+            self.ctx.destroy(linger=0)
+
+    def _forward_results(self) -> None:
+        while True:
+            try:
+                reply = self.results.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.router.send_multipart(reply, copy=False)
+
+    def _send(self, identity: bytes, envelope: list[bytes], frames: list[bytes]) -> None:
+        try:
+            self.router.send_multipart([identity, *envelope, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError:                  # the peer is gone or not reading: its reply is dropped
+            pass
+
+    def _handle(self, msg: list[bytes]) -> None:
+        identity, rest = msg[0], msg[1:]
+        envelope: list[bytes] = []
+        if len(rest) > 1 and rest[0] == b"":   # a REQ socket's delimiter: accept and echo it
+            envelope, rest = [b""], rest[1:]
+        try:
+            if not rest:
+                raise protocol.ProtocolError("bad_message", "empty message")
+            head = protocol.decode_header(rest[0])
+            protocol.check_version(head)
+            reply = self._answer(identity, envelope, head, rest[1:])
+        except protocol.ProtocolError as e:
+            reply = protocol.error(e.request_id, e.code, e.message)
+        except Exception as e:               # a bug: answer, log, keep serving
+            log.exception("internal error on a request")
+            reply = protocol.error(None, "internal", f"{type(e).__name__}: {str(e)[:200]}")
+        if reply is not None:
+            self._send(identity, envelope, reply)
+
+    def _answer(self, identity: bytes, envelope: list[bytes], head: dict, binary: list[bytes]) -> list[bytes] | None:
+        """The reply to ping/info, None for a queued render (the worker answers it later)."""
+        rid, kind = head["id"], head["kind"]
+        if kind not in protocol.KINDS:
+            raise protocol.ProtocolError("unknown_kind", f"unknown kind {kind[:40]!r}; known: {list(protocol.KINDS)}", rid)
+        if kind in ("ping", "info") and binary:
+            raise protocol.ProtocolError("bad_request", f"{kind} takes no binary frames, got {len(binary)}", rid)
+        if kind == "ping":
+            return [protocol.header(rid, "ping", time=time.time())]
+        if kind == "info":
+            return [protocol.header(rid, "info", protocol=protocol.VERSION, server=f"pix2dance {__version__}",
+                                    models=[p.describe() for p in self.models.values()],
+                                    limits={"max_frames": protocol.MAX_FRAMES, "max_size": protocol.MAX_SIZE,
+                                            "max_message": self.max_message, "max_pending": self.max_pending})]
+        request = protocol.parse_render(head, binary)
+        predictor = self.models.get(request.model)
+        if predictor is None:
+            raise protocol.ProtocolError("unknown_model", f"no model {request.model[:60]!r} here; "
+                                         f"serving {sorted(self.models)}", rid)
+        keypoints = self._canonical(request, predictor.joints)
+        with self.cond:
+            if self.queued + request_count(request) > self.max_pending:
+                raise protocol.ProtocolError("busy", f"{self.queued} frames are queued; try again shortly", rid)
+            self.queued += request_count(request)
+            self.pending.append(Job(identity, envelope, request, predictor, keypoints))
+            self.cond.notify()
+        return None
+
+    @staticmethod
+    def _canonical(request: protocol.RenderRequest, joints: list[str]):
+        """The request's keypoints as (N, J_model, 3) float32; joints it does not list are unseen."""
+        import numpy as np
+        index = {name: i for i, name in enumerate(joints)}
+        unknown = [j for j in request.joints if j not in index]
+        if unknown:
+            raise protocol.ProtocolError("bad_request", f"unknown joints {unknown[:5]}; this model's joints are "
+                                         "listed by info", request.id)
+        raw = np.frombuffer(request.keypoints, dtype="<f4").reshape(len(request.frames), len(request.joints), 3)
+        kp = np.zeros((len(request.frames), len(joints), 3), np.float32)
+        kp[:, [index[j] for j in request.joints]] = raw
+        return kp
+
+    # worker thread ----------------------------------------------------------------------------
+
+    def _take_batch(self) -> list[tuple[Job, int, int]]:
+        """Under the lock: up to max_batch frames of the oldest job's model, across queued jobs."""
+        predictor = self.pending[0].predictor
+        room, batch = predictor.max_batch, []
+        for job in list(self.pending):
+            if room == 0:
+                break
+            if job.predictor is not predictor:
+                continue
+            take = min(room, job.count - job.next)
+            batch.append((job, job.next, job.next + take))
+            job.next += take
+            room -= take
+            if job.next == job.count:
+                self.pending.remove(job)
+        return batch
+
+    def _work(self) -> None:
+        while True:
+            with self.cond:
+                while not self.pending and not self.stopping:
+                    self.cond.wait()
+                if self.stopping:
+                    return
+                batch = self._take_batch()
+            try:
+                self._run_batch(batch)
+            except Exception as e:
+                log.exception("inference failed")
+                for job, _, _ in batch:
+                    self._finish(job, protocol.error(job.request.id, "internal", f"inference failed: "
+                                                     f"{type(e).__name__}: {str(e)[:200]}"))
+
+    def _run_batch(self, batch: list[tuple[Job, int, int]]) -> None:
+        import numpy as np
+        predictor = batch[0][0].predictor
+        ready = []
+        for job, start, stop in batch:
+            if job.replied:                  # failed earlier: its error reply is sent
+                continue
+            if job.skeletons is None:        # normalize over the whole request ("clip" stats), draw once
+                r = job.request
+                try:
+                    job.skeletons = predictor.skeletons(job.keypoints, r.source_size, r.mode, r.stats)
+                except ValueError as e:
+                    self._finish(job, protocol.error(r.id, "bad_request", str(e)[:200]))
+                    continue
+            ready.append((job, start, stop))
+        if not ready:
+            return
+        images = predictor.generate(np.concatenate([job.skeletons[a:b] for job, a, b in ready]))
+        at = 0
+        for job, start, stop in ready:
+            job.frames.extend(encode(img, job.request) for img in images[at:at + stop - start])
+            at += stop - start
+            job.done += stop - start
+            if job.done == job.count:
+                r = job.request
+                side = r.size or predictor.size
+                self._finish(job, [protocol.header(r.id, "render", model=r.model, frames=r.frames, format=r.format,
+                                                   width=side, height=side, channels=3), *job.frames])
+
+    def _finish(self, job: Job, reply: list[bytes]) -> None:
+        """Send a job's one reply (through the main thread) and free its place in the queue."""
+        with self.cond:
+            if job.replied:
+                return
+            job.replied = True
+            if job in self.pending:
+                self.pending.remove(job)
+            self.queued -= job.count
+            job.skeletons, job.frames = None, []
+        self._worker_out.send_multipart([job.identity, *job.envelope, *reply], copy=False)
+
+
+def request_count(request: protocol.RenderRequest) -> int:
+    return len(request.frames)
+
+
+def encode(image, request: protocol.RenderRequest) -> bytes:
+    """One (S, S, 3) uint8 RGB frame -> the requested size and format."""
+    import cv2
+    if request.size and request.size != image.shape[0]:
+        shrink = request.size < image.shape[0]
+        image = cv2.resize(image, (request.size, request.size),
+                           interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    if request.format == "raw":
+        return image.tobytes()
+    bgr = image[..., ::-1]
+    if request.format == "png":
+        ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    else:
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, request.quality])
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {request.format} image")
+    return data.tobytes()
+
+
+def resolve_runs(runs: list[Path] | None) -> list[Path]:
+    """The runs to serve: those given, else the demo model; UserError if there is none."""
+    if runs:
+        return [Path(r) for r in runs]
+    if (DEMO / "config.json").is_file():
+        return [DEMO]
+    raise UserError("no RUN_DIR given and the demo model is not built yet (assets/demo): pass a run directory "
+                    "made by `pix2dance train DATASET --out RUN_DIR`")
+
+
+def main(runs: list[Path] | None = None, bind: str = "tcp://127.0.0.1:5555", device: str = "auto",
+         curve_secret: Path | None = None, curve_clients: Path | None = None, quiet: bool = False,
+         max_batch: int | None = None) -> None:
+    """`pix2dance serve`: check the bind and keys, load the runs, serve until SIGTERM or Ctrl-C."""
+    curve = check_security(bind, curve_secret, curve_clients)      # before torch: fails at once
+    keys = load_server_keys(curve_secret) if curve else None
+    run_dirs = resolve_runs(runs)
+    from engine.predictor import Predictor                          # torch from here on
+    predictors = [Predictor(r, device, max_batch=max_batch) for r in run_dirs]
+    names = [p.name for p in predictors]
+    if len(set(names)) != len(names):
+        raise UserError(f"two runs have the same model name ({names}); set \"name\" in one's config.json")
+    server = Server(predictors, bind, curve_keys=keys, curve_clients=curve_clients)
+    log.info("pix2dance engine listening on %s (%s)", server.endpoint,
+             "CURVE, allow-list " + str(curve_clients) if curve else "loopback, no encryption")
+    for p in predictors:
+        log.info("  model %r: %d px, %s, %s, batch %d", p.name, p.size, p.device, p.describe()["precision"], p.max_batch)
+    server.serve_forever()
