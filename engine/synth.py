@@ -74,7 +74,7 @@ _CONNECTED = {"spine", "chest", "neck", "head"} | {f"{b}.{s}" for b in ("upper_a
 SKIN, HAIR = (0.85, 0.55, 0.40), (0.10, 0.05, 0.02)
 LEFT, LEFT_DARK = (0.05, 0.25, 0.90), (0.02, 0.08, 0.35)
 RIGHT, RIGHT_DARK = (0.90, 0.08, 0.05), (0.35, 0.03, 0.02)
-TORSO, CHEST_PATCH, PELVIS = (0.06, 0.08, 0.10), (1.00, 0.85, 0.05), (0.25, 0.25, 0.28)
+TORSO, CHEST_PATCH, PELVIS = (0.06, 0.08, 0.10), (1.00, 0.85, 0.05), (0.30, 0.06, 0.40)
 FLOOR, SKY = (0.55, 0.55, 0.50), (0.62, 0.70, 0.80)
 _SOLE = 0.03          # height of the toe bone above the sole of the shoe, metres
 
