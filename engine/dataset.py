@@ -1,0 +1,563 @@
+"""Build a pix2pix training set (skeleton image, video frame) from dance videos; read it back.
+
+    pix2dance dataset dance.mp4 more.mp4 --out data/alice --fps 10 --size 256
+    build(["dance.mp4"], "data/alice", fps=10, size=256)       # the same from Python
+    skeletons, frames, keypoints = load_pairs("data/alice", "train")
+    PairDataset("data/alice", "train")[0]                        # (skeleton, frame) tensors for training
+
+Two passes per clip. Pass 1 samples the video at `fps` (video.frames: decodes only what it needs,
+in a thread so decoding overlaps MediaPipe), finds people (pose.PoseEstimator, VIDEO mode) and
+drops unusable frames by reason. Then one square crop is fixed per clip from robust percentiles of
+the per-frame person boxes (a ghost in a few frames must not widen it), plus a margin, shifted into
+the frame where it fits and padded with black where it does not; never stretched. Pass 2 crops,
+resizes, draws the skeleton (engine.skeleton.draw, the one drawing code) and writes PNGs from a
+small thread pool. The last `val_fraction` of each clip's kept frames is the validation split,
+after a gap, so that no neighbouring frames fall on both sides. The layout written (atomically) is
+docs/architecture.md's "Dataset directory".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine import video
+from engine.atomic import atomic_dir
+from engine.errors import UserError
+from engine.joints import CORE, INDEX, JOINTS, NUM_JOINTS, VISIBLE, body_stats
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+DROP_REASONS = ("no_person", "low_visibility", "two_people", "outside_crop")
+MARGIN = 0.15          # crop margin around the dancer's extent, as a fraction of its larger side, each side
+PERCENTILE = 2.0       # the extent is the 2nd..98th percentile of per-frame person boxes
+GAP_SECONDS = 0.5      # frames dropped between train and val, per clip
+MEMORY_BUDGET = 1 << 30  # bytes of sampled frames kept between the passes; beyond it, decode again
+PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast: ~3x quicker than the default for ~15% more bytes
+SHEET_PAIRS = 16
+_CORE = np.array([INDEX[n] for n in CORE])
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A square in source pixels; it may reach outside the frame (that part is padded black)."""
+    x: int
+    y: int
+    side: int
+
+    def to_crop_pixels(self, kp: np.ndarray, size: int) -> np.ndarray:
+        """(..., J, 3) keypoints in source pixels -> the same in pixels of the size x size crop."""
+        out = np.array(kp, np.float32, copy=True)
+        out[..., 0] = (out[..., 0] - self.x) * (size / self.side)
+        out[..., 1] = (out[..., 1] - self.y) * (size / self.side)
+        return out
+
+
+@dataclass
+class Sample:
+    """One kept frame of a clip: keypoints in source pixels, and the frame when kept in memory."""
+    index: int              # frame number in the video
+    t: float                # seconds
+    kp: np.ndarray          # (J, 3) float32, source pixels
+    bgr: np.ndarray | None  # (H, W, 3) uint8, or None when pass 2 decodes again
+
+
+@dataclass
+class Clip:
+    """One video's pass-1 result."""
+    path: Path
+    info: video.VideoInfo
+    source: str                       # "mediapipe" or "given"
+    sampled: int = 0
+    drops: Counter = field(default_factory=Counter)
+    samples: list[Sample] = field(default_factory=list)
+    crop: Crop | None = None
+    train: list[Sample] = field(default_factory=list)
+    val: list[Sample] = field(default_factory=list)
+    gap: int = 0
+
+
+# --- decisions on one frame ---------------------------------------------------------------------
+
+def classify(people: list[np.ndarray]) -> tuple[np.ndarray | None, str | None]:
+    """(the dancer's keypoints, None) for a usable frame, or (None, drop reason).
+
+    people: the persons found, most confident first. A second person counts only when its limbs
+    are seen (mean core visibility >= VISIBLE): a faint ghost does not spoil the frame.
+    """
+    people = [p for p in people if np.isfinite(p).all() and (p[:, 2] >= VISIBLE).any()]
+    if not people:
+        return None, "no_person"
+    if len(people) >= 2 and float(np.mean(people[1][_CORE, 2])) >= VISIBLE:
+        return None, "two_people"
+    kp = people[0]
+    if np.any(kp[_CORE, 2] < VISIBLE):
+        return None, "low_visibility"
+    return kp, None
+
+
+def person_box(kp: np.ndarray) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) around the visible joints of (J, 3) keypoints."""
+    xy = kp[kp[:, 2] >= VISIBLE, :2]
+    return float(xy[:, 0].min()), float(xy[:, 1].min()), float(xy[:, 0].max()), float(xy[:, 1].max())
+
+
+def clip_crop(kps, width: int, height: int, margin: float = MARGIN, q: float = PERCENTILE) -> Crop:
+    """One square crop for a clip: the robust extent of the dancer over all frames, plus a margin.
+
+    kps: (N, J, 3) keypoints of the kept frames in source pixels. The extent is the q-th percentile
+    of the boxes' left/top edges and the (100 - q)-th of their right/bottom edges, so a few stray
+    detections do not stretch it. The square is then moved into the frame where it fits.
+    """
+    boxes = np.array([person_box(k) for k in kps])  # (N, 4)
+    x0, y0 = np.percentile(boxes[:, 0], q), np.percentile(boxes[:, 1], q)
+    x1, y1 = np.percentile(boxes[:, 2], 100 - q), np.percentile(boxes[:, 3], 100 - q)
+    side = max(x1 - x0, y1 - y0, 1.0) * (1 + 2 * margin)
+    side = max(16, int(math.ceil(side)))
+    x = int(round((x0 + x1) / 2 - side / 2))
+    y = int(round((y0 + y1) / 2 - side / 2))
+    # Inside the frame where the square fits; where it does not, it covers the frame's whole span.
+    x = min(max(x, min(0, width - side)), max(0, width - side))
+    y = min(max(y, min(0, height - side)), max(0, height - side))
+    return Crop(x, y, side)
+
+
+def crop_image(image: np.ndarray, crop: Crop, size: int) -> np.ndarray:
+    """The crop of an (H, W, 3) image, padded black outside the frame, resized to (size, size, 3)."""
+    h, w = image.shape[:2]
+    x0, y0 = max(crop.x, 0), max(crop.y, 0)
+    x1, y1 = min(crop.x + crop.side, w), min(crop.y + crop.side, h)
+    part = image[y0:y1, x0:x1]
+    pads = (y0 - crop.y, crop.y + crop.side - y1, x0 - crop.x, crop.x + crop.side - x1)
+    if any(pads):
+        part = cv2.copyMakeBorder(part, *pads, cv2.BORDER_CONSTANT, value=0)
+    interpolation = cv2.INTER_AREA if crop.side > size else cv2.INTER_LINEAR
+    return cv2.resize(part, (size, size), interpolation=interpolation)
+
+
+def split_clip(samples: list[Sample], val_fraction: float, gap: int) -> tuple[list[Sample], list[Sample], int]:
+    """(train, val, frames dropped in the gap): val is the last part of the clip in time."""
+    samples = sorted(samples, key=lambda s: s.t)
+    n = len(samples)
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n_val == 0 and n >= 2 + gap:
+        n_val = 1
+    if n_val == 0 or n_val + gap >= n:
+        return samples, [], 0
+    return samples[: n - n_val - gap], samples[n - n_val:], gap
+
+
+# --- pass 1: poses ------------------------------------------------------------------------------
+
+class _Prefetch:
+    """Iterate `iterable` in a thread, `depth` items ahead (decoding overlaps the consumer's work)."""
+    _END = object()
+
+    def __init__(self, iterable, depth: int = 8):
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(iterable,), daemon=True)
+        self._thread.start()
+
+    def _run(self, iterable) -> None:
+        try:
+            for item in iterable:
+                if self._stop.is_set():
+                    return
+                self._queue.put(item)
+        except BaseException as e:  # handed to the consumer, raised there
+            self._error = e
+        finally:
+            self._queue.put(self._END)
+
+    def __iter__(self):
+        try:
+            while (item := self._queue.get()) is not self._END:
+                yield item
+            if self._error is not None:
+                raise self._error
+        finally:
+            self._stop.set()
+            while self._thread.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+
+
+def _decoded(path: Path, fps: float):
+    """(Frame, RGB) pairs: the conversion for MediaPipe also runs in the decoding thread."""
+    for f in video.frames(path, fps):
+        yield f, cv2.cvtColor(f.bgr, cv2.COLOR_BGR2RGB)
+
+
+def detect_clip(path: Path, info: video.VideoInfo, fps: float, model: Path | None,
+                given: np.ndarray | None, keep_frames: bool, bar) -> Clip:
+    """Pass 1 on one video: sample, find the dancer, count drops; frames kept when keep_frames."""
+    clip = Clip(path, info, "given" if given is not None else "mediapipe")
+
+    def take(frame: video.Frame, people: list[np.ndarray]) -> None:
+        clip.sampled += 1
+        kp, reason = classify(people)
+        if reason:
+            clip.drops[reason] += 1
+        else:
+            clip.samples.append(Sample(frame.index, frame.t, kp, frame.bgr if keep_frames else None))
+        bar.update(1)
+
+    if given is not None:
+        for frame in video.frames(path, fps):
+            kp = given[frame.index] if frame.index < len(given) else None
+            take(frame, [] if kp is None else [np.asarray(kp, np.float32)])
+        return clip
+    from engine.pose import PoseEstimator
+    with PoseEstimator(model, num_poses=2) as estimator:
+        for frame, rgb in _Prefetch(_decoded(path, fps)):
+            take(frame, estimator.detect(rgb, frame.t * 1000.0))
+    return clip
+
+
+def fit_crop(clip: Clip, size: int) -> None:
+    """Fix the clip's crop; joints that fall outside it are hidden, or drop the frame if core."""
+    clip.crop = clip_crop(np.stack([s.kp for s in clip.samples]), clip.info.width, clip.info.height)
+    kept = []
+    for s in clip.samples:
+        kp = clip.crop.to_crop_pixels(s.kp, size)
+        outside = (kp[:, 0] < 0) | (kp[:, 0] > size) | (kp[:, 1] < 0) | (kp[:, 1] > size)
+        seen_outside = outside & (kp[:, 2] >= VISIBLE)
+        if seen_outside[_CORE].any():
+            clip.drops["outside_crop"] += 1
+            continue
+        kp[seen_outside, 2] = 0.0  # a face point or toe beyond the crop: not drawn
+        s.kp = kp
+        kept.append(s)
+    clip.samples = kept
+
+
+# --- pass 2: writing ----------------------------------------------------------------------------
+
+class _Writer:
+    """cv2.imwrite on a small thread pool (it releases the GIL), with a bounded backlog."""
+
+    def __init__(self, workers: int = 2, backlog: int = 32):
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="png")
+        self._pending: list[Future] = []
+        self._backlog = backlog
+
+    def put(self, path: Path, bgr: np.ndarray) -> None:
+        self._pending.append(self._pool.submit(_imwrite, path, bgr))
+        if len(self._pending) > self._backlog:
+            self._pending.pop(0).result()
+
+    def close(self) -> None:
+        try:
+            for f in self._pending:
+                f.result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _imwrite(path: Path, bgr: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), bgr, PNG):
+        raise OSError(f"could not write {path}")
+
+
+def _frames_of(clip: Clip, fps: float):
+    """The clip's kept samples with their frames, from memory or decoded again (same sampler)."""
+    if all(s.bgr is not None for s in clip.samples):
+        yield from clip.samples
+        return
+    wanted = {s.index: s for s in clip.samples}
+    for frame in video.frames(clip.path, fps):
+        s = wanted.get(frame.index)
+        if s is not None:
+            s.bgr = frame.bgr
+            yield s
+            s.bgr = None
+
+
+def write_pairs(clips: list[Clip], root: Path, fps: float, size: int, bar, sheet: set[int]):
+    """Write train/ and val/ pairs; returns the keypoints.npz arrays and the contact sheet's tiles."""
+    from engine.skeleton import draw
+    for split in ("train", "val"):
+        (root / split / "skeleton").mkdir(parents=True)
+        (root / split / "frame").mkdir(parents=True)
+    rows = {"keypoints": [], "split": [], "index": [], "time": [], "source": []}
+    counter = {"train": 0, "val": 0}
+    tiles = []
+    writer = _Writer()
+    try:
+        for source, clip in enumerate(clips):
+            split_of = {id(s): "train" for s in clip.train} | {id(s): "val" for s in clip.val}
+            for s in _frames_of(clip, fps):
+                split = split_of.get(id(s))
+                if split is None:  # in the gap between train and val
+                    continue
+                number = counter[split]
+                counter[split] += 1
+                frame = crop_image(s.bgr, clip.crop, size)
+                skeleton = cv2.cvtColor(draw(s.kp, size), cv2.COLOR_RGB2BGR)
+                writer.put(root / split / "skeleton" / f"{number:06d}.png", skeleton)
+                writer.put(root / split / "frame" / f"{number:06d}.png", frame)
+                if sum(counter.values()) - 1 in sheet:  # pairs written so far, this one included
+                    tiles.append((skeleton, frame, split))
+                rows["keypoints"].append(s.kp)
+                rows["split"].append(0 if split == "train" else 1)
+                rows["index"].append(number)
+                rows["time"].append(s.t)
+                rows["source"].append(source)
+                bar.update(1)
+    finally:
+        writer.close()
+    arrays = {
+        "keypoints": np.asarray(rows["keypoints"], np.float32).reshape(-1, NUM_JOINTS, 3),
+        "split": np.asarray(rows["split"], np.int8),
+        "index": np.asarray(rows["index"], np.int32),
+        "time": np.asarray(rows["time"], np.float64),
+        "source": np.asarray(rows["source"], np.int16),
+        "size": np.int32(size),
+        "fps": np.float64(fps),
+    }
+    return arrays, tiles
+
+
+def contact_sheet(tiles, size: int, columns: int = 4) -> np.ndarray:
+    """A grid of (skeleton | frame) pairs, BGR, validation pairs marked 'val'."""
+    thumb = min(size, 128)
+    gap = 4
+    rows = max(1, math.ceil(len(tiles) / columns))
+    sheet = np.full((rows * (thumb + gap) + gap, columns * (2 * thumb + gap) + gap, 3), 48, np.uint8)
+    for i, (skeleton, frame, split) in enumerate(tiles):
+        r, c = divmod(i, columns)
+        y, x = gap + r * (thumb + gap), gap + c * (2 * thumb + gap)
+        pair = np.concatenate([cv2.resize(skeleton, (thumb, thumb), interpolation=cv2.INTER_AREA),
+                               cv2.resize(frame, (thumb, thumb), interpolation=cv2.INTER_AREA)], axis=1)
+        if split == "val":
+            cv2.putText(pair, "val", (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        sheet[y:y + thumb, x:x + 2 * thumb] = pair
+    return sheet
+
+
+# --- checks before any work ---------------------------------------------------------------------
+
+def check_output(out: Path, force: bool) -> None:
+    """UserError unless `out` can be created (or, with force, replaced) by this user."""
+    if out.exists():
+        if not out.is_dir():
+            raise UserError(f"output {out} exists and is not a folder")
+        if not force:
+            raise UserError(f"output {out} already exists (use --force to replace it)")
+        if any(out.iterdir()) and not (out / "dataset.json").exists():
+            raise UserError(f"refusing to replace {out}: it is not a dataset folder")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot write {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out}: {parent} is not writable")
+
+
+def check_args(fps: float, size: int, val_fraction: float) -> None:
+    if not (math.isfinite(fps) and 0 < fps <= 1000):
+        raise UserError(f"--fps must be a positive number of frames per second, got {fps}")
+    if not 16 <= size <= 4096:
+        raise UserError(f"--size must be between 16 and 4096 pixels, got {size}")
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+
+
+# --- the command --------------------------------------------------------------------------------
+
+def build(videos, out, fps: float = 10, size: int = 256, pose_model=None, val_fraction: float = 0.1,
+          quiet: bool = False, keypoints=None, force: bool = False) -> dict:
+    """Build a dataset folder from videos of one dancer; returns what dataset.json holds.
+
+    keypoints: optional list, one entry per video, of None (find poses with MediaPipe) or a
+    (num_video_frames, J, 3) array of known skeletons in video pixels, by the video's frame number.
+    """
+    from tqdm import tqdm
+    start = time.perf_counter()
+    videos = [Path(v) for v in videos]
+    out = Path(out)
+    if not videos:
+        raise UserError("no videos given")
+    check_args(fps, size, val_fraction)
+    keypoints = list(keypoints) if keypoints is not None else [None] * len(videos)
+    if len(keypoints) != len(videos):
+        raise ValueError(f"keypoints: {len(keypoints)} entries for {len(videos)} videos")
+    for kp in keypoints:
+        if kp is not None and (np.ndim(kp) != 3 or np.shape(kp)[1:] != (NUM_JOINTS, 3)):
+            raise ValueError(f"keypoints must be (frames, {NUM_JOINTS}, 3), got {np.shape(kp)}")
+    check_output(out, force)
+    infos = [video.probe(v) for v in videos]
+    model = None
+    if any(kp is None for kp in keypoints):
+        from engine.pose import resolve_model
+        model = resolve_model(pose_model)
+
+    # Pass 1: poses. Sampled frames stay in memory (BGR) while they fit the budget.
+    estimates = [max(1, math.ceil(i.duration * min(fps, i.fps))) for i in infos]
+    budget = MEMORY_BUDGET
+    clips = []
+    with tqdm(total=sum(estimates), desc="poses", unit="frame", disable=quiet, leave=False) as bar:
+        for path, info, given, estimate in zip(videos, infos, keypoints, estimates):
+            need = estimate * info.width * info.height * 3
+            keep = need <= budget
+            budget -= need if keep else 0
+            clips.append(detect_clip(path, info, fps, model, given, keep, bar))
+
+    for clip in clips:
+        if not clip.samples:
+            if clip.drops["no_person"] == clip.sampled:
+                raise UserError(f"no person found in {clip.path}")
+            raise UserError(f"no usable frame in {clip.path}: {_drops_text(clip.drops)} of {clip.sampled} sampled")
+        fit_crop(clip, size)
+        if not clip.samples:
+            raise UserError(f"no usable frame in {clip.path}: the dancer never fits one crop")
+        gap = max(1, math.ceil(GAP_SECONDS * fps))
+        clip.train, clip.val, clip.gap = split_clip(clip.samples, val_fraction, gap)
+    n_train, n_val = sum(len(c.train) for c in clips), sum(len(c.val) for c in clips)
+    if val_fraction > 0 and n_val == 0:
+        log.warning("too few frames for a validation split: every pair is in train")
+
+    # Pass 2: crop, draw, write; all in a temporary folder renamed to `out` at the end.
+    try:
+        with atomic_dir(out) as root, \
+                tqdm(total=n_train + n_val, desc="pairs", unit="pair", disable=quiet, leave=False) as bar:
+            sheet = set(np.linspace(0, n_train + n_val - 1, SHEET_PAIRS).round().astype(int).tolist())
+            arrays, tiles = write_pairs(clips, root, fps, size, bar, sheet)
+            np.savez_compressed(root / "keypoints.npz", **arrays)
+            if not cv2.imwrite(str(root / "contact_sheet.png"), contact_sheet(tiles, size)):
+                raise OSError(f"could not write {root / 'contact_sheet.png'}")
+            meta = _metadata(clips, arrays, fps, size, val_fraction, model, time.perf_counter() - start)
+            (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+    meta["seconds"] = round(time.perf_counter() - start, 2)
+    drops = Counter()
+    for c in clips:
+        drops.update(c.drops)
+    gaps = sum(c.gap for c in clips)
+    log.info("dataset %s: kept %d (train %d, val %d), dropped %d (%s, gap %d), %.1f s",
+             out, n_train + n_val, n_train, n_val, sum(drops.values()) + gaps, _drops_text(drops), gaps,
+             meta["seconds"])
+    return meta
+
+
+def _drops_text(drops: Counter) -> str:
+    return ", ".join(f"{r} {drops.get(r, 0)}" for r in DROP_REASONS)
+
+
+def _metadata(clips, arrays, fps, size, val_fraction, model, seconds) -> dict:
+    drops = Counter()
+    for c in clips:
+        drops.update(c.drops)
+    return {
+        "format": FORMAT,
+        "counts": {"train": int((arrays["split"] == 0).sum()), "val": int((arrays["split"] == 1).sum())},
+        "fps": fps,
+        "size": size,
+        "joints": list(JOINTS),
+        "sources": [{
+            "video": str(c.path),
+            "width": c.info.width,
+            "height": c.info.height,
+            "source_fps": c.info.fps,
+            "crop": {"x": c.crop.x, "y": c.crop.y, "side": c.crop.side},
+            "sampled": c.sampled,
+            "kept": len(c.train) + len(c.val),
+            "train": len(c.train),
+            "val": len(c.val),
+            "gap": c.gap,
+            "drops": {r: c.drops.get(r, 0) for r in DROP_REASONS},
+            "keypoints_from": c.source,
+        } for c in clips],
+        "drops": {r: drops.get(r, 0) for r in DROP_REASONS},
+        "split": {"by": "time", "val_fraction": val_fraction, "gap_frames": max(1, math.ceil(GAP_SECONDS * fps)),
+                  "gap_seconds": GAP_SECONDS},
+        "crop": {"margin": MARGIN, "percentile": PERCENTILE, "pad": "black"},
+        "stats": body_stats(list(arrays["keypoints"])),
+        "pose_model": Path(model).name if model else None,
+        "seconds": round(seconds, 2),
+    }
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+def _read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise UserError(f"cannot read dataset image {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def load_keypoints(root, split: str) -> np.ndarray:
+    """(N, J, 3) float32 keypoints of a split in crop pixels, in file order."""
+    root = Path(root)
+    if not (root / "keypoints.npz").is_file():
+        raise UserError(f"not a dataset folder (no keypoints.npz): {root}")
+    with np.load(root / "keypoints.npz", allow_pickle=False) as npz:
+        mask = npz["split"] == {"train": 0, "val": 1}[split]
+        order = np.argsort(npz["index"][mask], kind="stable")
+        return npz["keypoints"][mask][order].astype(np.float32)
+
+
+def load_pairs(root, split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(skeletons, frames, keypoints) of a split: uint8 (N, S, S, 3) RGB twice, float32 (N, J, 3)."""
+    root = Path(root)
+    if split not in ("train", "val"):
+        raise UserError(f"split must be train or val, got {split!r}")
+    keypoints = load_keypoints(root, split)
+    n = len(keypoints)
+    size = json.loads((root / "dataset.json").read_text())["size"]
+    skeletons = np.zeros((n, size, size, 3), np.uint8)
+    frames = np.zeros((n, size, size, 3), np.uint8)
+    for i in range(n):
+        skeletons[i] = _read_rgb(root / split / "skeleton" / f"{i:06d}.png")
+        frames[i] = _read_rgb(root / split / "frame" / f"{i:06d}.png")
+    return skeletons, frames, keypoints
+
+
+class PairDataset:
+    """A split as a map-style torch dataset: items (skeleton, frame), float32 tensors (3, S, S) in [-1, 1].
+
+    Works with torch.utils.data.DataLoader (which needs only __len__ and __getitem__; torch is
+    imported on first item, so importing this module stays light). Reads the PNGs lazily, so a
+    DataLoader's workers share the work; `keypoints` (N, J, 3) and `meta` (dataset.json) come along.
+    """
+
+    def __init__(self, root, split: str = "train"):
+        self.root = Path(root)
+        if not (self.root / "dataset.json").is_file():
+            raise UserError(f"not a dataset folder (no dataset.json): {self.root}")
+        self.meta = json.loads((self.root / "dataset.json").read_text())
+        self.split = split
+        self.keypoints = load_keypoints(self.root, split)
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+    def __getitem__(self, i: int):
+        import torch
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        pair = []
+        for kind in ("skeleton", "frame"):
+            rgb = _read_rgb(self.root / self.split / kind / f"{i:06d}.png")
+            pair.append(torch.from_numpy(rgb).permute(2, 0, 1).float().div(127.5).sub(1.0))  # (3, S, S)
+        return pair[0], pair[1]
