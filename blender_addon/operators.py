@@ -1,0 +1,390 @@
+"""The add-on's operators: what the panel's buttons and scripts call.
+
+    bpy.ops.pix2dance.auto_map()                 # map the armature's bones to the canonical joints
+    bpy.ops.pix2dance.test_connection()          # ping the engine, list its models
+    bpy.ops.pix2dance.preview_frame()            # the dancer in the current frame's pose
+    bpy.ops.pix2dance.render_to_sequencer()      # frame_start..frame_end -> PNGs -> one image strip
+    bpy.ops.pix2dance.retarget_bvh(filepath=...) # a BVH's motion onto the armature
+
+Operators that wait on the engine run a `jobs.Job`: modally in the UI (progress bar, status
+text, Esc cancels, Blender stays responsive), or to completion in background mode (`blender -b`,
+bpy as a module), so a script can call them and read the result. Every problem the user can fix
+(no camera, unmapped joint, engine unreachable, ...) is an error report, never a traceback; from
+a script, an error report makes the bpy.ops call raise RuntimeError with that message.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import bpy
+from bpy.app.handlers import persistent
+from bpy.props import EnumProperty, StringProperty
+
+from . import jobs, properties
+from . import mapping as bone_mapping
+from .jobs import AddonError
+from .preferences import get_prefs
+
+log = logging.getLogger(__name__)
+
+
+# --- checks shared by the operators (main thread) ------------------------------------------------
+
+def connection_for(scene) -> jobs.Connection:
+    """The scene's engine address (or the preferences' default), timeout and CURVE keys."""
+    prefs = get_prefs()
+    address = scene.pix2dance.engine_address.strip() or prefs.address
+    if "://" not in address:
+        raise AddonError(f"Engine address {address!r} is not of the form tcp://host:port")
+    return jobs.Connection(address, prefs.timeout, prefs.curve)
+
+
+def rig_and_camera(scene):
+    """(armature, camera) of the scene's settings; AddonError naming what is missing."""
+    s = scene.pix2dance
+    arm = s.armature
+    if arm is None or arm.type != "ARMATURE":
+        raise AddonError("No armature: pick one in the pix2dance panel")
+    cam = s.camera or scene.camera
+    if cam is None or cam.type != "CAMERA":
+        raise AddonError("No camera: pick one in the pix2dance panel (or set the scene camera)")
+    return arm, cam
+
+
+def checked_mapping(scene, arm) -> dict:
+    """The scene's bone mapping, auto-mapped first if empty; AddonError naming an unmapped joint."""
+    s = scene.pix2dance
+    if not any(r.bone for r in s.mapping):
+        properties.set_mapping(s, bone_mapping.auto_map(arm))
+    m = properties.get_mapping(s)
+    missing = bone_mapping.required_missing(m)
+    if missing:
+        raise AddonError(f"Required joint{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                         f"{'are' if len(missing) > 1 else 'is'} not mapped to a bone of {arm.name!r} "
+                         f"(use Auto-map or pick the bone in the mapping list)")
+    bones = arm.data.bones
+    for joint, entry in m["joints"].items():
+        if bones.get(entry["bone"]) is None:
+            raise AddonError(f"Joint {joint} is mapped to bone {entry['bone']!r}, which {arm.name!r} does not have")
+    return m
+
+
+def output_folder(scene) -> Path:
+    """The absolute output folder; AddonError when it is relative to an unsaved .blend."""
+    raw = scene.pix2dance.output_dir.strip() or "//pix2dance/"
+    if raw.startswith("//") and not bpy.data.filepath:
+        raise AddonError("Save the .blend first (the output folder is relative to it), or choose an absolute folder")
+    return Path(bpy.path.abspath(raw)).resolve()
+
+
+def plan_render(scene) -> jobs.RenderJob:
+    """A RenderJob for the scene's settings, every user-fixable problem checked first (AddonError)."""
+    s = scene.pix2dance
+    arm, cam = rig_and_camera(scene)
+    m = checked_mapping(scene, arm)
+    if s.frame_end < s.frame_start:
+        raise AddonError(f"The frame range ends ({s.frame_end}) before it starts ({s.frame_start})")
+    plan = jobs.RenderPlan(scene_name=scene.name, armature_name=arm.name, camera_name=cam.name, mapping=m,
+                           frames=list(range(s.frame_start, s.frame_end + 1)), folder=output_folder(scene),
+                           connection=connection_for(scene), model=s.model.strip(), chunk=s.chunk,
+                           rig_render=s.add_rig_render)
+    return jobs.RenderJob(plan)
+
+
+def current_pose_request(scene) -> jobs.PreviewRequest:
+    """The current frame's pose, projected now (main thread), ready for the engine."""
+    from . import projection
+    s = scene.pix2dance
+    arm, cam = rig_and_camera(scene)
+    m = checked_mapping(scene, arm)
+    kp = projection.project(scene, arm, cam, m)
+    w, h = (int(v) for v in projection.render_size(scene))
+    core = [jobs.joints.INDEX[n] for n in jobs.joints.CORE]
+    c = kp[core]
+    if not ((c[:, 2] > 0) & (c[:, 0] >= 0) & (c[:, 0] < w) & (c[:, 1] >= 0) & (c[:, 1] < h)).any():
+        raise AddonError(f"Armature {arm.name!r} is out of the view of camera {cam.name!r} at frame {scene.frame_current}")
+    return jobs.PreviewRequest(scene.name, scene.frame_current, kp, (w, h), s.model.strip(),
+                               connection_for(scene), cam.name)
+
+
+# --- running a job: modal in the UI, synchronous in background ---------------------------------
+
+class JobOperator:
+    """Mixin: `make_job(context)` builds a Job; it runs modally (Esc cancels) or, in background, to the end."""
+    _job = None
+    _timer = None
+
+    def make_job(self, context) -> jobs.Job:
+        raise NotImplementedError
+
+    def finished(self, context, job: jobs.Job) -> set:
+        """Report how the job ended; the operator's return value."""
+        if job.error:
+            self.report({"ERROR"}, job.error)
+            return {"CANCELLED"}
+        if job.cancelled:
+            self.report({"WARNING"}, f"{job.name.capitalize()} cancelled")
+            return {"CANCELLED"}
+        if job.status:
+            self.report({"INFO"}, job.status)
+        return {"FINISHED"}
+
+    def execute(self, context):
+        try:
+            job = self.make_job(context)
+        except AddonError as e:
+            context.scene.pix2dance.last_error = str(e)
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        if bpy.app.background or context.window is None:
+            job.wait()
+            return self.finished(context, job)
+        wm = context.window_manager
+        self._job = job
+        self._timer = wm.event_timer_add(jobs.INTERVAL, window=context.window)
+        wm.modal_handler_add(self)
+        wm.progress_begin(0, 1000)
+        job.step()
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        job = self._job
+        if event.type == "ESC" and event.value == "PRESS":
+            job.cancel()
+        elif event.type != "TIMER" or event.timer is not self._timer:
+            return {"PASS_THROUGH"}      # Blender stays usable while the job runs
+        job.step()
+        wm = context.window_manager
+        wm.progress_update(int(1000 * job.done / job.total) if job.total else 0)
+        if context.workspace is not None:
+            text = f"pix2dance: {job.status} {job.done}/{job.total}" if job.total else f"pix2dance: {job.status}"
+            context.workspace.status_text_set(text + "  (Esc to cancel)")
+        if not job.finished:
+            return {"RUNNING_MODAL"}
+        self._end_modal(context)
+        return self.finished(context, job)
+
+    def cancel(self, context):  # Blender ends the operator (file closed, window gone)
+        if self._job is not None:
+            self._job.cancel()
+        self._end_modal(context)
+
+    def _end_modal(self, context) -> None:
+        wm = context.window_manager
+        if self._timer is not None:
+            wm.event_timer_remove(self._timer)
+            self._timer = None
+        wm.progress_end()
+        if context.workspace is not None:
+            context.workspace.status_text_set(None)
+        for area in context.screen.areas if context.screen else ():
+            area.tag_redraw()
+
+
+# --- the operators -----------------------------------------------------------------------------
+
+class PIX2DANCE_OT_auto_map(bpy.types.Operator):
+    """Map the armature's bones to the pix2dance joints (by preset names and by hierarchy)"""
+    bl_idname = "pix2dance.auto_map"
+    bl_label = "Auto-map bones"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        s = context.scene.pix2dance
+        arm = s.armature
+        if arm is None or arm.type != "ARMATURE":
+            self.report({"ERROR"}, "No armature: pick one in the pix2dance panel")
+            return {"CANCELLED"}
+        m = bone_mapping.auto_map(arm)
+        properties.set_mapping(s, m)
+        missing = bone_mapping.required_missing(m)
+        unmapped = bone_mapping.missing_joints(m)
+        if missing:
+            self.report({"WARNING"}, f"Mapped {len(m['joints'])} joints ({m.get('preset') or 'by hierarchy'}); "
+                                     f"required still missing: {', '.join(missing)}")
+        else:
+            self.report({"INFO"}, f"Mapped {len(m['joints'])} joints ({m.get('preset') or 'by hierarchy'})"
+                                  + (f"; unmapped: {', '.join(unmapped)}" if unmapped else ""))
+        return {"FINISHED"}
+
+
+class PIX2DANCE_OT_test_connection(JobOperator, bpy.types.Operator):
+    """Ping the engine and list the dancers it serves"""
+    bl_idname = "pix2dance.test_connection"
+    bl_label = "Test connection"
+
+    def make_job(self, context):
+        return jobs.ConnectionJob(context.scene.name, connection_for(context.scene))
+
+
+class PIX2DANCE_OT_preview_frame(JobOperator, bpy.types.Operator):
+    """Show the dancer in the current frame's pose (as an image and the camera's background)"""
+    bl_idname = "pix2dance.preview_frame"
+    bl_label = "Preview frame"
+
+    def make_job(self, context):
+        return jobs.PreviewJob(current_pose_request(context.scene))
+
+
+class PIX2DANCE_OT_render_to_sequencer(JobOperator, bpy.types.Operator):
+    """Render frame_start..frame_end as the dancer into the output folder and show them as a sequencer strip"""
+    bl_idname = "pix2dance.render_to_sequencer"
+    bl_label = "Render to Sequencer"
+
+    def make_job(self, context):
+        return plan_render(context.scene)
+
+    def finished(self, context, job):
+        result = super().finished(context, job)
+        if job.out_of_view and not job.error:
+            f = job.out_of_view
+            self.report({"WARNING"}, f"The armature is partly out of view in {len(f)} frames ({f[0]}-{f[-1]})")
+        if "FINISHED" in result:
+            self.report({"INFO"}, job.summary())
+        return result
+
+
+class PIX2DANCE_OT_use_scene_range(bpy.types.Operator):
+    """Copy the scene's frame range into the pix2dance render range"""
+    bl_idname = "pix2dance.use_scene_range"
+    bl_label = "Use scene range"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        s = context.scene.pix2dance
+        s.frame_start, s.frame_end = context.scene.frame_start, context.scene.frame_end
+        return {"FINISHED"}
+
+
+def _model_items(self, context):
+    s = context.scene.pix2dance
+    try:
+        address = connection_for(context.scene).address
+    except AddonError:
+        address = ""
+    names = jobs.MODELS.get(address, [])
+    items = [("", "Engine's first model", "Use the engine's only or first model")]
+    items += [(n, n, f"Dancer {n}") for n in names]
+    if s.model and s.model not in names:
+        items.append((s.model, s.model, "Set in this scene (not listed by the engine)"))
+    return items
+
+
+class PIX2DANCE_OT_pick_model(bpy.types.Operator):
+    """Choose one of the engine's models (Test connection lists them)"""
+    bl_idname = "pix2dance.pick_model"
+    bl_label = "Pick model"
+    bl_property = "model"
+    bl_options = {"REGISTER", "UNDO"}
+
+    model: EnumProperty(name="Model", items=_model_items)
+
+    def execute(self, context):
+        context.scene.pix2dance.model = self.model
+        return {"FINISHED"}
+
+
+class PIX2DANCE_OT_retarget_bvh(bpy.types.Operator):
+    """Import a BVH and retarget its motion onto the scene's armature (baked to an action)"""
+    bl_idname = "pix2dance.retarget_bvh"
+    bl_label = "Retarget BVH"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(name="BVH file", subtype="FILE_PATH")
+    filter_glob: StringProperty(default="*.bvh", options={"HIDDEN"})
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        path = Path(bpy.path.abspath(self.filepath)) if self.filepath else None
+        if path is None or not path.is_file():
+            self.report({"ERROR"}, f"No BVH file at {self.filepath!r}")
+            return {"CANCELLED"}
+        s = context.scene.pix2dance
+        if s.armature is None:
+            self.report({"ERROR"}, "No armature: pick the rig to retarget onto in the pix2dance panel")
+            return {"CANCELLED"}
+        try:
+            message = retarget_onto(context, path)
+        except AddonError as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        self.report({"INFO"}, message)
+        return {"FINISHED"}
+
+
+def retarget_onto(context, path: Path) -> str:
+    """Import the BVH and retarget it onto the scene's armature; a one-line summary."""
+    from . import retarget
+    s = context.scene.pix2dance
+    arm = s.armature
+    target_mapping = checked_mapping(context.scene, arm)
+    try:
+        result = retarget.retarget_bvh(context.scene, str(path), arm, target_mapping)
+    except (ValueError, RuntimeError, OSError) as e:
+        raise AddonError(f"Could not retarget {path.name}: {e}") from None
+    return f"Retargeted {path.name} onto {arm.name}" + (f": {result}" if isinstance(result, str) else "")
+
+
+# --- live preview: the frame-change handler ---------------------------------------------------------
+
+@persistent
+def on_frame_change(scene, depsgraph=None) -> None:
+    """frame_change_post: send the new pose to the live-preview worker (cheap; never raises)."""
+    s = getattr(scene, "pix2dance", None)
+    if s is None or not s.live_preview:
+        return
+    try:
+        request = current_pose_request(scene)
+    except AddonError as e:
+        s.last_error = str(e)
+        return
+    except Exception as e:  # a bug must not break playback
+        log.exception("pix2dance: live preview failed at frame %s", scene.frame_current)
+        s.last_error = f"Live preview failed: {e!r}"
+        return
+    jobs.live_preview().request(request)
+
+
+@persistent
+def on_load(_path="", *_args) -> None:
+    """load_post: scenes without an engine address get the preferences' default (new files)."""
+    default = get_prefs().address
+    for scene in bpy.data.scenes:
+        s = getattr(scene, "pix2dance", None)
+        if s is not None and not s.engine_address:
+            s.engine_address = default
+
+
+HANDLERS = ((bpy.app.handlers.frame_change_post, on_frame_change), (bpy.app.handlers.load_post, on_load))
+
+
+CLASSES = (PIX2DANCE_OT_auto_map, PIX2DANCE_OT_test_connection, PIX2DANCE_OT_preview_frame,
+           PIX2DANCE_OT_render_to_sequencer, PIX2DANCE_OT_use_scene_range, PIX2DANCE_OT_pick_model,
+           PIX2DANCE_OT_retarget_bvh)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    for handlers, fn in HANDLERS:
+        _remove_handler(handlers, fn)
+        handlers.append(fn)
+
+
+def unregister() -> None:
+    for handlers, fn in HANDLERS:
+        _remove_handler(handlers, fn)
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)
+
+
+def _remove_handler(handlers, fn) -> None:
+    """Remove fn, or a stale copy of it from an earlier load of this module (same qualified name)."""
+    for h in list(handlers):
+        if h is fn or (getattr(h, "__module__", None) == fn.__module__ and h.__name__ == fn.__name__):
+            handlers.remove(h)

@@ -1,0 +1,139 @@
+"""The add-on's settings: one PropertyGroup on each scene, `scene.pix2dance`.
+
+    s = bpy.context.scene.pix2dance
+    s.armature, s.camera = bpy.data.objects["Armature"], bpy.data.objects["Camera"]
+    s.engine_address = "tcp://127.0.0.1:5555"     # empty: the preferences' default address
+    s.frame_start, s.frame_end = 1, 100            # alone decide what Render to Sequencer renders
+    bpy.ops.pix2dance.auto_map()                   # fills s.mapping (joint -> bone, at)
+
+Everything here is saved in the .blend (the mapping included), so a scene renders the same way
+when reopened. Helpers convert the mapping between its Blender form (a CollectionProperty of
+joint/bone/at rows) and the JSON form the mapping and projection modules use:
+`{"preset": name, "joints": {joint: {"bone": name, "at": 0..1}}}`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import bpy
+from bpy.props import (BoolProperty, CollectionProperty, FloatProperty, FloatVectorProperty, IntProperty,
+                       PointerProperty, StringProperty)
+
+from . import mapping as bone_mapping
+
+
+def _is_armature(_self, obj) -> bool:
+    return obj.type == "ARMATURE"
+
+
+def _is_camera(_self, obj) -> bool:
+    return obj.type == "CAMERA"
+
+
+def _live_preview_changed(self, context) -> None:
+    # Imported here: operators imports this module.
+    from . import jobs
+    if not self.live_preview:
+        jobs.stop_live_preview()
+
+
+class PIX2DANCE_PG_joint(bpy.types.PropertyGroup):
+    """One row of the bone mapping: a canonical joint taken from a bone of the armature."""
+    joint: StringProperty(name="Joint", description="Canonical joint of the pix2dance skeleton")
+    bone: StringProperty(name="Bone", description="Bone of the armature this joint follows (empty: unmapped)")
+    at: FloatProperty(name="At", min=0.0, max=1.0, default=0.0, subtype="FACTOR",
+                      description="Where along the bone the joint sits: 0 at its head, 1 at its tail")
+    # An explicit offset in the bone's rest-local axes (mapping files may carry one; kept as is).
+    has_offset: BoolProperty(name="Has offset", default=False)
+    offset: FloatVectorProperty(name="Offset", size=3, default=(0.0, 0.0, 0.0), subtype="TRANSLATION")
+
+
+class PIX2DANCE_PG_settings(bpy.types.PropertyGroup):
+    """Everything the add-on needs for one scene (scene.pix2dance)."""
+    armature: PointerProperty(name="Armature", type=bpy.types.Object, poll=_is_armature,
+                              description="The rig whose pose is sent to the dancer")
+    camera: PointerProperty(name="Camera", type=bpy.types.Object, poll=_is_camera,
+                            description="The camera the rig is seen through (its render frame is the source image)")
+    engine_address: StringProperty(
+        name="Engine", default="",
+        description="ZeroMQ address of a running `pix2dance serve` (empty: the default in the add-on's preferences)")
+    model: StringProperty(name="Model", default="",
+                          description="Dancer to render (empty: the engine's only or first model)")
+    output_dir: StringProperty(name="Output", subtype="DIR_PATH", default="//pix2dance/",
+                               description="Folder for the rendered frames (default: beside the .blend)")
+    frame_start: IntProperty(name="Start", default=1, min=0,
+                             description="First frame Render to Sequencer renders")
+    frame_end: IntProperty(name="End", default=250, min=0,
+                           description="Last frame Render to Sequencer renders (inclusive)")
+    mapping: CollectionProperty(type=PIX2DANCE_PG_joint, name="Bone mapping")
+    mapping_index: IntProperty(name="Active joint", default=0)
+    mapping_preset: StringProperty(name="Preset", default="",
+                                   description="The preset auto-mapping chose (informative)")
+    add_rig_render: BoolProperty(
+        name="Add rig render", default=False,
+        description="Also render the rig itself (Workbench) over the same range, as a strip beside the dancer")
+    live_preview: BoolProperty(name="Live preview", default=False, update=_live_preview_changed,
+                               description="Send the pose to the engine whenever the frame changes")
+    preview_background: BoolProperty(name="Show in camera", default=True,
+                                     description="Show the preview as the camera's background image")
+    chunk: IntProperty(name="Chunk", default=8, min=1, max=256,
+                       description="Frames per request to the engine")
+    status: StringProperty(name="Status", default="")
+    last_error: StringProperty(name="Last error", default="")
+    connected: BoolProperty(name="Connected", default=False)
+
+
+CLASSES = (PIX2DANCE_PG_joint, PIX2DANCE_PG_settings)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.pix2dance = PointerProperty(type=PIX2DANCE_PG_settings)
+
+
+def unregister() -> None:
+    if hasattr(bpy.types.Scene, "pix2dance"):
+        del bpy.types.Scene.pix2dance
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)
+
+
+# --- the mapping in its two forms ----------------------------------------------------------------
+
+def get_mapping(settings) -> dict:
+    """The scene's mapping as JSON-ready dict; rows without a bone are left out."""
+    rows = {}
+    for r in settings.mapping:
+        if r.joint and r.bone:
+            rows[r.joint] = {"bone": r.bone, "at": round(float(r.at), 4)}
+            if r.has_offset:
+                rows[r.joint]["offset"] = [round(float(v), 6) for v in r.offset]
+    return {"preset": settings.mapping_preset, "joints": rows}
+
+
+def set_mapping(settings, mapping: dict) -> None:
+    """Replace the scene's mapping rows: one row per mappable joint (canonical order; neck and mid_hip
+    are derived, never mapped), mapped or not, so missing joints show as empty rows the user can fill."""
+    settings.mapping.clear()
+    found = mapping.get("joints", {})
+    for name in bone_mapping.MAPPABLE:
+        row = settings.mapping.add()
+        row.joint = name
+        entry = found.get(name) or {}
+        row.bone = str(entry.get("bone") or "")
+        row.at = float(entry.get("at") or 0.0)
+        offset = entry.get("offset")
+        row.has_offset = offset is not None
+        if offset is not None:
+            row.offset = [float(v) for v in offset]
+    settings.mapping_preset = str(mapping.get("preset") or "")
+    settings.mapping_index = 0
+
+
+def mapping_hash(mapping: dict) -> str:
+    """A short stable hash of a mapping's joints (what a rendered frame depends on)."""
+    text = json.dumps(mapping.get("joints", {}), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
