@@ -1,0 +1,235 @@
+"""Rig + camera -> canonical keypoints in render pixels (the add-on's and `engine.render`'s view).
+
+    kp = project(scene, armature, camera, mapping)                  # (J, 3) float32, current frame
+    kps = project_frames(scene, armature, camera, mapping, frames)  # (N, J, 3), frame_set per frame
+    w, h = render_size(scene)                                       # resolution x percentage
+
+Rows are (x, y, visibility) in pixels of the scene's render, x right and y down (0 at the top), as
+`bpy_extras.object_utils.world_to_camera_view` places them (perspective and orthographic), in the
+order of joints.JOINTS. Visibility is 1 for a point in front of the camera and inside the frame
+(plus a margin), 0 otherwise; face points are 0 as well when the head faces away from the camera,
+so a rig turned around projects as a back view. Unmapped joints are (0, 0, 0); `neck` and `mid_hip`
+are the midpoints of the shoulders and of the hips.
+
+`Projector` does the per-rig work once (bone indices, rest-local points) and projects a frame with
+one `foreach_get` of the pose matrices and a few numpy operations (well under 2 ms).
+Imports only bpy, mathutils, bpy_extras, numpy and the engine's joints (copied into the add-on).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:  # the built extension
+    from . import joints
+except ImportError:  # the repository
+    from engine import joints
+
+from . import mapping as mapping_mod
+
+# A point this far outside the frame (fraction of its size) still counts as seen.
+MARGIN = 0.05
+# cos of the angle between the head's forward direction and the direction to the camera below
+# which the face is hidden (slightly behind profile: a profile view keeps its face points).
+FACE_AWAY = -0.25
+
+_FACE_IDX = np.array([joints.INDEX[n] for n in joints.FACE])
+_DERIVED = [(joints.INDEX[d], joints.INDEX[a], joints.INDEX[b]) for d, (a, b) in mapping_mod.DERIVED.items()]
+
+
+def render_size(scene) -> tuple[int, int]:
+    """The render's pixel size: resolution x percentage."""
+    r = scene.render
+    pct = r.resolution_percentage / 100.0
+    return max(1, int(r.resolution_x * pct)), max(1, int(r.resolution_y * pct))
+
+
+def _mat(m) -> np.ndarray:
+    return np.array(m, dtype=np.float64)
+
+
+def camera_params(scene, camera) -> dict:
+    """What world_to_camera_view uses, as numpy: the inverse normalized camera matrix and the
+    view frame's x/y bounds (at depth `frame_z` for perspective)."""
+    if camera is None or camera.type != "CAMERA":
+        raise ValueError("projection needs a camera object (set the scene's or the panel's camera)")
+    inv = _mat(camera.matrix_world.normalized().inverted())
+    frame = [v for v in camera.data.view_frame(scene=scene)[:3]]
+    return {
+        "inv": inv,
+        "ortho": camera.data.type == "ORTHO",
+        "x": (frame[2].x, frame[1].x),
+        "y": (frame[1].y, frame[0].y),
+        "frame_z": frame[0].z,
+        "cam_pos": _mat(camera.matrix_world.translation),
+        "cam_back": _mat(camera.matrix_world.to_3x3().normalized().col[2]),
+    }
+
+
+def world_to_ndc(points: np.ndarray, cam: dict) -> np.ndarray:
+    """(N, 3) world points -> (N, 3) like world_to_camera_view: x, y in 0..1 across the camera
+    frame (0, 0 bottom left), z the depth along the view axis (negative behind the camera)."""
+    pts = np.asarray(points, np.float64)
+    local = pts @ cam["inv"][:3, :3].T + cam["inv"][:3, 3]
+    z = -local[:, 2]
+    (x0, x1), (y0, y1) = cam["x"], cam["y"]
+    if cam["ortho"]:
+        s = np.ones_like(z)
+    else:
+        # world_to_camera_view scales the frame corners to the point's depth: v * z / -v.z
+        s = z / -cam["frame_z"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = (local[:, 0] - x0 * s) / ((x1 - x0) * s)
+        y = (local[:, 1] - y0 * s) / ((y1 - y0) * s)
+    if not cam["ortho"]:
+        at_eye = z == 0.0
+        x[at_eye], y[at_eye] = 0.5, 0.5
+    return np.stack([x, y, z], axis=1)
+
+
+class Projector:
+    """One rig's joints, ready to project frame after frame.
+
+    armature: the armature object; mapping: the JSON mapping (mapping.py). Building it reads the
+    rest pose once; `world_joints()` and `project()` then read only the current pose matrices.
+    """
+
+    def __init__(self, armature, mapping: dict):
+        if armature is None or armature.type != "ARMATURE":
+            raise ValueError("projection needs an armature object")
+        self.armature = armature
+        self.mapping = mapping
+        anchors = mapping_mod.anchors(armature, mapping)
+        names = [pb.name for pb in armature.pose.bones]
+        index = {n: i for i, n in enumerate(names)}
+        self.n_bones = len(names)
+        self.joint_idx = np.array([joints.INDEX[j] for j in anchors], np.int64)       # (K,)
+        self.bone_idx = np.array([index[b] for b, _ in anchors.values()], np.int64)   # (K,)
+        self.local = np.array([[*p, 1.0] for _, p in anchors.values()], np.float64).reshape(-1, 4)  # (K, 4)
+        self._buf = np.empty(self.n_bones * 16, np.float32)
+        # The head's forward direction in the head bone's rest frame, from the rest body frame
+        # (left x up: independent of bone rolls); the head bone is the nose's bone.
+        self.head_bone = None
+        if "nose" in anchors:
+            bone_name = anchors["nose"][0]
+            _, _, fwd = mapping_mod.body_frame(armature, mapping)
+            rest = armature.matrix_world @ armature.data.bones[bone_name].matrix_local
+            f = rest.to_3x3().inverted() @ fwd
+            self.head_bone = index[bone_name]
+            self.head_fwd = np.array(f, np.float64)
+
+    def pose_matrices(self) -> np.ndarray:
+        """(B, 4, 4) armature-space pose matrices of all bones (current evaluated pose)."""
+        self.armature.pose.bones.foreach_get("matrix", self._buf)
+        # foreach_get gives matrices column by column
+        return self._buf.reshape(self.n_bones, 4, 4).transpose(0, 2, 1).astype(np.float64)
+
+    def world_joints(self, pose: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(J, 3) world positions (nan where unmapped) and a (J,) bool of which are mapped."""
+        pose = self.pose_matrices() if pose is None else pose
+        world = _mat(self.armature.matrix_world)
+        m = world @ pose[self.bone_idx]                             # (K, 4, 4)
+        pts = np.einsum("kij,kj->ki", m, self.local)[:, :3]
+        out = np.full((joints.NUM_JOINTS, 3), np.nan)
+        have = np.zeros(joints.NUM_JOINTS, bool)
+        out[self.joint_idx], have[self.joint_idx] = pts, True
+        for d, a, b in _DERIVED:
+            if have[a] and have[b]:
+                out[d], have[d] = (out[a] + out[b]) / 2, True
+        return out, have
+
+    def head_forward(self, pose: np.ndarray) -> np.ndarray | None:
+        """World direction the face looks along, or None without a head bone."""
+        if self.head_bone is None:
+            return None
+        rot = _mat(self.armature.matrix_world)[:3, :3] @ pose[self.head_bone, :3, :3]
+        f = rot @ self.head_fwd
+        n = np.linalg.norm(f)
+        return f / n if n > 0 else None
+
+    def project(self, scene, camera, size: tuple[int, int] | None = None) -> np.ndarray:
+        """(J, 3) float32 keypoints of the current pose in render pixels (see the module doc)."""
+        w, h = render_size(scene) if size is None else size
+        cam = camera_params(scene, camera)
+        pose = self.pose_matrices()
+        world, have = self.world_joints(pose)
+        out = np.zeros((joints.NUM_JOINTS, 3), np.float32)
+        if not have.any():
+            return out
+        ndc = world_to_ndc(world[have], cam)
+        xy = np.stack([ndc[:, 0] * w, (1.0 - ndc[:, 1]) * h], axis=1)
+        inside = ((ndc[:, 2] > 0) & (ndc[:, 0] >= -MARGIN) & (ndc[:, 0] <= 1 + MARGIN)
+                  & (ndc[:, 1] >= -MARGIN) & (ndc[:, 1] <= 1 + MARGIN) & np.isfinite(xy).all(axis=1))
+        out[have, :2] = np.nan_to_num(xy, nan=0.0, posinf=0.0, neginf=0.0)
+        out[have, 2] = inside
+        fwd = self.head_forward(pose)
+        if fwd is not None and have[joints.INDEX["nose"]]:
+            head = world[joints.INDEX["nose"]]
+            to_cam = cam["cam_back"] if cam["ortho"] else cam["cam_pos"] - head
+            n = np.linalg.norm(to_cam)
+            if n > 0 and float(fwd @ to_cam) / n < FACE_AWAY:
+                out[_FACE_IDX, 2] = 0.0
+        return out
+
+
+def _check(scene, armature, camera):
+    if armature is None or getattr(armature, "type", None) != "ARMATURE":
+        raise ValueError("no armature to project (pick one in the pix2dance panel)")
+    if camera is None or getattr(camera, "type", None) != "CAMERA":
+        raise ValueError("no camera to project through (set the scene's camera or the panel's)")
+
+
+def project(scene, armature, camera, mapping: dict) -> np.ndarray:
+    """(J, 3) float32 keypoints of the scene's current frame in render pixels."""
+    _check(scene, armature, camera)
+    return Projector(armature, mapping).project(scene, camera)
+
+
+def project_frames(scene, armature, camera, mapping: dict, frames) -> np.ndarray:
+    """(N, J, 3) float32 keypoints for the given scene frames (frame_set each; the scene goes
+    back to its current frame afterwards)."""
+    _check(scene, armature, camera)
+    proj = Projector(armature, mapping)
+    size = render_size(scene)
+    frames = [int(f) for f in frames]
+    out = np.zeros((len(frames), joints.NUM_JOINTS, 3), np.float32)
+    current = scene.frame_current
+    try:
+        for i, f in enumerate(frames):
+            scene.frame_set(f)
+            out[i] = proj.project(scene, camera, size)
+    finally:
+        if scene.frame_current != current:
+            scene.frame_set(current)
+    return out
+
+
+def world_frames(scene, armature, mapping: dict, frames) -> np.ndarray:
+    """(N, J, 3) world joint positions for the given frames (nan where unmapped)."""
+    proj = Projector(armature, mapping)
+    out = np.full((len(frames), joints.NUM_JOINTS, 3), np.nan)
+    current = scene.frame_current
+    try:
+        for i, f in enumerate(frames):
+            scene.frame_set(int(f))
+            out[i] = proj.world_joints()[0]
+    finally:
+        scene.frame_set(current)
+    return out
+
+
+def rest_pose_stats(scene, armature, camera, mapping: dict) -> dict | None:
+    """joints.body_stats of the rest pose seen through the camera (pixels of the render): the
+    'frame' normalization's reference for live preview. None when the body is not seen."""
+    import bpy
+    _check(scene, armature, camera)
+    data = armature.data
+    old = data.pose_position
+    try:
+        data.pose_position = "REST"
+        bpy.context.view_layer.update()
+        kp = project(scene, armature, camera, mapping)
+    finally:
+        data.pose_position = old
+        bpy.context.view_layer.update()
+    return joints.body_stats([kp.tolist()])
