@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -489,15 +488,19 @@ def _bpy():
     return bpy
 
 
-def _read_mapping_file(path: Path) -> dict:
+def _read_mapping_file(path: Path, armature) -> dict:
+    """A bone-mapping JSON (the add-on's format) whose bones all exist in the armature, or UserError."""
     from blender_addon import mapping as mapping_mod
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"mapping file not found: {path}")
     try:
-        return mapping_mod.load(path)
-    except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is not a bone-mapping JSON ({e})") from None
+        mapping = mapping_mod.load_mapping(path)
+    except ValueError as e:
+        raise UserError(f"--mapping {path}: {e}") from None
+    bones = {b.name for b in armature.data.bones}
+    absent = sorted({e["bone"] for e in mapping["joints"].values()} - bones)
+    if absent:
+        raise UserError(f"--mapping {path} names bones armature {armature.name!r} lacks: {', '.join(absent[:6])}"
+                        + (" ..." if len(absent) > 6 else ""))
+    return mapping
 
 
 def _settings(scene):
@@ -534,7 +537,13 @@ def _saved_mapping(scene, armature) -> dict | None:
     if not all(v["bone"] in bones for v in found.values()):
         log.info("the mapping saved in the .blend names bones %r lacks; auto-detecting", armature.name)
         return None
-    return {"preset": str(settings.get("mapping_preset", "") or "saved"), "joints": found}
+    from blender_addon import mapping as mapping_mod
+    try:
+        return mapping_mod.check_mapping({"preset": str(settings.get("mapping_preset", "") or "saved"),
+                                          "joints": found})
+    except ValueError as e:
+        log.info("ignoring the mapping saved in the .blend (%s)", e)
+        return None
 
 
 def _saved_object(scene, key: str, kind: str):
@@ -552,7 +561,7 @@ def _saved_object(scene, key: str, kind: str):
 def _mapping_for(scene, armature, mapping_file: Path | None) -> dict:
     from blender_addon import mapping as mapping_mod
     if mapping_file is not None:
-        mapping, how = _read_mapping_file(mapping_file), f"from {mapping_file}"
+        mapping, how = _read_mapping_file(mapping_file, armature), f"from {mapping_file}"
     else:
         mapping, how = _saved_mapping(scene, armature), "saved in the .blend"
         if mapping is None:
@@ -609,8 +618,24 @@ def _rig_frames(first: float, per_frame: float, src_fps: float, duration_frames:
 
 
 def _project(scene, armature, camera, mapping, at: np.ndarray) -> np.ndarray:
+    """(N, J, 3) keypoints at scene frames `at`, which may be fractional (resampling).
+
+    The add-on's Projector does the projection (one source); stepping is done here with
+    frame_set(frame, subframe) so that F-curves are evaluated between keys, which
+    projection.project_frames (integer frames) does not do.
+    """
     from blender_addon import projection
-    return np.asarray(projection.project_frames(scene, armature, camera, mapping, list(at)), dtype=np.float32)
+    try:
+        projector = projection.Projector(armature, mapping)
+        size = projection.render_size(scene)
+        out = np.zeros((len(at), NUM_JOINTS, 3), np.float32)
+        for i, f in enumerate(at):
+            whole = math.floor(f + 1e-6)
+            scene.frame_set(int(whole), subframe=float(max(f - whole, 0.0)))
+            out[i] = projector.project(scene, camera, size)
+    except ValueError as e:                      # the add-on's one-line explanations
+        raise UserError(str(e).splitlines()[0]) from None
+    return out
 
 
 def load_blend(path: Path, fps: float | None = None, frames: tuple[int, int] | None = None,
@@ -688,6 +713,28 @@ def _action_range(armature, frames: int) -> tuple[float, float]:
 
 # --- entry point ------------------------------------------------------------------------------
 
+def precheck(path: str | Path, fps: float | None = None, mapping: str | Path | None = None) -> str:
+    """Cheap checks before any model or bpy work: extension, existence, --fps, --mapping, and the
+    file's own structure for .bvh and .blend. Returns the lower-case extension; UserError otherwise."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in EXTENSIONS:
+        raise UserError(f"unknown motion file type {path.suffix or '(none)'!r} for {path.name}: "
+                        "use .blend, .bvh, .npz, .mp4 or .mov")
+    check_exists(path)
+    _check_fps(fps)
+    if mapping is not None:
+        if ext not in RIG_EXTENSIONS:
+            raise UserError(f"--mapping applies to .blend and .bvh motions, not {ext}")
+        if not Path(mapping).is_file():
+            raise UserError(f"mapping file not found: {mapping}")
+    if ext == ".bvh":
+        check_bvh(path)
+    elif ext == ".blend":
+        check_blend(path)
+    return ext
+
+
 def load(path: str | Path, *, fps: float | None = None, frames: tuple[int, int] | None = None,
          armature: str | None = None, camera: str | None = None, mapping: str | Path | None = None,
          pose_model: str | Path | None = None, panel: int | None = None, verbose: bool = False,
@@ -697,14 +744,8 @@ def load(path: str | Path, *, fps: float | None = None, frames: tuple[int, int] 
     panel: for video sources, keep the source frames letterboxed to this size (side-by-side).
     """
     path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in EXTENSIONS:
-        raise UserError(f"unknown motion file type {path.suffix or '(none)'!r}: use .blend, .bvh, .npz, .mp4 or .mov")
-    check_exists(path)
-    _check_fps(fps)
+    ext = precheck(path, fps, mapping)
     mapping = Path(mapping) if mapping is not None else None
-    if mapping is not None and not mapping.is_file():
-        raise UserError(f"mapping file not found: {mapping}")
     if ext == ".npz":
         return load_npz(path, fps, frames)
     if ext == ".bvh":

@@ -24,6 +24,7 @@ folder to a temporary folder, both renamed when everything succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import queue
@@ -204,17 +205,25 @@ def _local_chunks(predictor, motion, chunk: int, side_by_side: bool) -> Iterator
         stage.close()
 
 
-def _engine_chunks(address: str, model: str, motion, chunk: int, side_by_side: bool,
+def _engine_chunks(address: str, entry: dict, motion, chunk: int, side_by_side: bool,
                    timeout: float) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Through a running engine (normalization happens there, once); raw RGB frames back."""
-    from engine.client import Client
-    client = Client(address, timeout=timeout)
+    with _engine_errors(address):
+        client = _connect(address, timeout)
     try:
+        yield from _engine_frames(client, address, entry, motion, chunk, side_by_side)
+    finally:
+        client.close()
+
+
+def _engine_frames(client, address: str, entry: dict, motion, chunk: int, side_by_side: bool):
+    with _engine_errors(address):
         panels_all = None
         if side_by_side:
-            panels_all = motion.images if motion.images is not None else _engine_skeletons(client, model, motion)
-        frames = client.render(model, motion.keypoints, source_size=tuple(motion.source_size), mode=motion.mode,
-                               source_stats=motion.source_stats, fmt="raw", chunk=chunk)
+            panels_all = motion.images if motion.images is not None else _engine_skeletons(entry, motion)
+        ids = np.arange(len(motion)) + motion.first
+        frames = client.render(entry["name"], motion.keypoints, source_size=tuple(motion.source_size), mode=motion.mode,
+                               source_stats=motion.source_stats, frame_ids=ids.tolist(), fmt="raw", chunk=chunk)
         batch: list[np.ndarray] = []
         done = 0
         for frame in frames:
@@ -225,19 +234,32 @@ def _engine_chunks(address: str, model: str, motion, chunk: int, side_by_side: b
                 batch = []
         if batch:
             yield np.stack(batch), None if panels_all is None else panels_all[done:done + len(batch)]
-    finally:
-        client.close()
 
 
-def _engine_skeletons(client, model: str, motion) -> np.ndarray:
-    """The skeletons to show beside an engine's frames: drawn here with the model's statistics
-    from `info` (display only: what the generator sees is drawn by the engine)."""
+@contextlib.contextmanager
+def _engine_errors(address: str):
+    """The client's errors (engine gone, error reply, other protocol) as one-line UserErrors."""
+    from engine.client import ClientError, EngineError
+    try:
+        yield
+    except EngineError as e:
+        raise UserError(f"the engine at {address} refused the render: {e.message}") from None
+    except ClientError as e:
+        raise UserError(str(e).splitlines()[0]) from None
+
+
+def _connect(address: str, timeout: float):
+    from engine.client import Client
+    try:
+        return Client(address, timeout=timeout)
+    except ValueError as e:
+        raise UserError(f"--engine {address}: {e}") from None
+
+
+def _engine_skeletons(entry: dict, motion) -> np.ndarray:
+    """The skeletons to show beside an engine's frames: drawn here with the model's statistics from
+    `info` (for display only; what the generator sees is normalized and drawn by the engine, once)."""
     from engine import normalize, skeleton
-    info = client.info()
-    entry = next((m for m in info.get("models", []) if m.get("name") == model), None)
-    if entry is None:
-        names = ", ".join(m.get("name", "?") for m in info.get("models", []))
-        raise UserError(f"the engine has no model {model!r} (it serves: {names or 'none'})")
     kp = normalize.to_dancer(motion.keypoints, motion.mode, tuple(motion.source_size), entry["stats"],
                              int(entry["stats_size"]), int(entry["size"]), motion.source_stats)
     return skeleton.draw_batch(kp, int(entry["size"]))
@@ -268,31 +290,33 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
         mapping: str | Path | None = None, engine: str | None = None, side_by_side: bool = False,
         png: bool = False, device: str = "auto", pose_model: str | Path | None = None,
         verbose: bool = False, quiet: bool = False, chunk: int | None = None,
-        engine_timeout: float = 60.0) -> RenderResult:
+        engine_timeout: float = 10.0) -> RenderResult:
     """Render `motion_path` as the dancer of `run_dir` into `out`; see the module docstring."""
     from tqdm import tqdm
 
     from engine import motion as motion_mod
     t_start = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out)
+    motion_mod.precheck(motion_path, fps, mapping)    # a bad motion file fails before the model loads
     video_path, png_dir = output_paths(out, png)
     if video_path is not None:
         from engine.video import choose_codec
         choose_codec(video_path)                      # an unwritable suffix fails before any work
 
     # The model first: a bad run fails before minutes of motion analysis.
-    predictor, size, model = None, None, None
+    predictor, size, entry = None, None, None
     if engine is None:
         from engine.predictor import Predictor
         predictor = Predictor(run_dir, device=device)
         size = predictor.size
     else:
-        model = _model_name(run_dir)
+        entry = _engine_model(engine, _model_name(run_dir), engine_timeout)
+        size = int(entry["size"])
 
     t0 = time.perf_counter()
     motion = motion_mod.load(motion_path, fps=fps, frames=frames, armature=armature, camera=camera,
                              mapping=mapping, pose_model=pose_model, verbose=verbose, quiet=quiet,
-                             panel=(size or _engine_size(engine, model, engine_timeout)) if side_by_side else None)
+                             panel=size if side_by_side else None)
     motion_seconds = time.perf_counter() - t0
     n = len(motion)
     log.info("%s: %d frames at %g fps from %s (%dx%d source%s)", Path(motion_path).name, n, motion.fps,
@@ -303,7 +327,7 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
         chunks = _local_chunks(predictor, motion, chunk, side_by_side)
     else:
         chunk = chunk or 16
-        chunks = _engine_chunks(engine, model, motion, chunk, side_by_side, engine_timeout)
+        chunks = _engine_chunks(engine, entry, motion, chunk, side_by_side, engine_timeout)
 
     bar = tqdm(total=n, desc="render", unit="frame", disable=quiet)
     with atomic_dir(png_dir) if png_dir is not None else _nothing() as tmp_dir:
@@ -336,19 +360,19 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
     return result
 
 
-def _engine_size(address: str, model: str, timeout: float) -> int:
-    """The engine model's frame size (for side-by-side source panels)."""
-    from engine.client import Client
-    client = Client(address, timeout=timeout)
-    try:
-        info = client.info()
-    finally:
-        client.close()
+def _engine_model(address: str, model: str, timeout: float) -> dict:
+    """The engine's description of `model` (name, size, stats, ...): checked before any work."""
+    with _engine_errors(address):
+        client = _connect(address, timeout)
+        try:
+            info = client.info()
+        finally:
+            client.close()
     for m in info.get("models", []):
         if m.get("name") == model:
-            return int(m["size"])
-    names = ", ".join(m.get("name", "?") for m in info.get("models", []))
-    raise UserError(f"the engine at {address} has no model {model!r} (it serves: {names or 'none'})")
+            return m
+    names = ", ".join(repr(m.get("name", "?")) for m in info.get("models", []))
+    raise UserError(f"the engine at {address} has no model {model!r} (it serves {names or 'none'})")
 
 
 class _nothing:
