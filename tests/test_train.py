@@ -1,0 +1,221 @@
+"""Training: it learns, it survives SIGKILL, it refuses corrupt checkpoints, and it runs under DDP.
+
+Tiny config (ngf 8, 64 px) on the small dataset of tests/tiny_dataset.py. Subprocesses run with one
+thread each (OMP_NUM_THREADS=1): on a shared 2-core machine that is also the fastest setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine import cli, metrics, train
+from engine.runs import REQUIRED, load_generator
+from tests.conftest import PYTHON, ROOT
+from tests.tiny_dataset import tiny_dataset
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+TINY = ["--ngf", "8", "--size", "64", "--device", "cpu", "--seed", "0", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, pose_model) -> Path:
+    return tiny_dataset(tmp_path_factory, pose_model)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def pix2dance(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess (tests.tiny_dataset's launcher: the CLI, plus the test-only reader)."""
+    return subprocess.run([PYTHON, "-m", "tests.tiny_dataset", *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def train_l1(G, split: train.Split) -> float:
+    fakes = train.generate(G, split.skeletons, torch.device("cpu"))
+    return float(metrics.l1(fakes.float() / 255, split.frames.float() / 255).mean())
+
+
+# --- units ----------------------------------------------------------------------------------------
+
+def test_ranks_split_every_epoch_between_them():
+    n, batch, world = 20, 2, 2
+    seen = [torch.cat([train.batch_indices(3, s, n, batch, r, world) for s in range(5)]) for r in range(world)]
+    both = torch.cat(seen)
+    assert sorted(both.tolist()) == list(range(n))                  # 5 steps x 2 x 2 = one epoch, no repeats
+    assert not set(seen[0].tolist()) & set(seen[1].tolist())
+    assert torch.equal(train.batch_indices(3, 7, n, batch), train.batch_indices(3, 7, n, batch))
+    assert not torch.equal(train.epoch_permutation(3, 0, n), train.epoch_permutation(3, 1, n))
+
+
+def test_jitter_moves_skeleton_and_frame_together():
+    x = torch.rand(4, 3, 32, 32)
+    both = torch.cat([x, x], 1)                                      # skeleton == frame
+    out = train.jitter(both, torch.tensor([1.0, 1.05, 1.1, 1.12]), torch.tensor([[0, 0], [1, -1], [-1, 1], [0.3, 0.2]]))
+    assert torch.equal(out[:, :3], out[:, 3:])
+    assert torch.allclose(out[0], both[0], atol=1e-5)                # zoom 1: unchanged
+    assert not torch.allclose(out[3], both[3], atol=1e-2)            # zoomed: changed
+    assert torch.equal(train.jitter(both, torch.ones(4), torch.zeros(4, 2)), both)
+
+
+def test_learning_rate_is_constant_then_decays_to_zero():
+    cfg = train.TrainConfig(steps=100, lr=2e-4)
+    assert train.lr_at(cfg, 0) == train.lr_at(cfg, 49) == 2e-4
+    assert train.lr_at(cfg, 75) == pytest.approx(1e-4)
+    assert train.lr_at(cfg, 99) == pytest.approx(4e-6) and train.lr_at(cfg, 100) == 0
+
+
+def test_optimizer_state_round_trips_through_tensors_and_json():
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    tensors, index = train.flatten_optimizer(opt, "opt")
+    index = json.loads(json.dumps(index))                            # it must survive JSON
+    fresh = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=5.0)
+    fresh.load_state_dict(train.unflatten_optimizer(tensors, index, "opt"))
+    a, b = opt.state_dict(), fresh.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for pid in a["state"]:
+        for key in a["state"][pid]:
+            assert torch.equal(torch.as_tensor(a["state"][pid][key]), torch.as_tensor(b["state"][pid][key]))
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+def test_l1_on_training_pairs_falls_by_half(data, tmp_path):
+    """300 steps at batch 1 and the paper's lr: the L1 of G's frames on the training pairs halves."""
+    split = train.load_split(data, "train", 64)
+    torch.manual_seed(0)
+    from engine.networks import Generator
+    before = train_l1(Generator(size=64, ngf=8), split)              # what step 0 of seed 0 starts from
+    out = tmp_path / "run"
+    last = train.run(data, out, steps=300, ngf=8, batch=1, device="cpu", seed=0, quiet=True,
+                     checkpoint_every=150, val_every=150)
+    G, config = load_generator(out)
+    after = train_l1(G, split)
+    assert after <= 0.5 * before, (before, after)
+
+    assert all(k in config for k in REQUIRED) and config["size"] == 64 and config["ngf"] == 8
+    info = json.loads((data / "dataset.json").read_text())
+    assert config["stats"] == info["stats"] and config["stats_size"] == info["size"]
+    assert json.loads((out / "state.json").read_text())["step"] == 300
+    rows = train.read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [150, 300] and last["step"] == 300
+    assert all(set(r) >= {"l1", "ssim", "psnr"} for r in rows)
+    assert rows[-1]["l1"] < rows[0]["l1"] + 0.05
+    losses = train.read_jsonl(out / "losses.jsonl")
+    assert [r["step"] for r in losses] == list(range(10, 301, 10))
+    assert all(np.isfinite([r["D"], r["G_GAN"], r["G_L1"]]).all() for r in losses)
+    assert (out / "losses.png").stat().st_size > 10_000
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_00000150.png", "step_00000300.png"]
+    assert [p.name for p in train.list_checkpoints(out)] == ["step_00000150", "step_00000300"]
+
+
+def test_sigkill_then_rerun_resumes_exactly(data, tmp_path):
+    """kill -9 after a checkpoint; the rerun starts from it and ends where an unbroken run ends."""
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    args = ["train", str(data), *TINY, "--steps", "120", "--checkpoint-every", "20", "--val-every", "120"]
+    proc = subprocess.Popen([PYTHON, "-m", "tests.tiny_dataset", *args, "--out", str(run)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 90
+    while not (run / "state.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    saved = int(train.list_checkpoints(run)[-1].name[5:])
+    assert 20 <= saved < 120 and json.loads((run / "state.json").read_text())["step"] <= saved
+    config_before = json.loads((run / "config.json").read_text())
+
+    done = pix2dance(*args, "--out", str(run))
+    assert done.returncode == 0, done.stderr
+    state = json.loads((run / "state.json").read_text())
+    assert state["started_from"] == saved and state["step"] == 120
+    assert json.loads((run / "config.json").read_text()) == config_before
+    steps = [r["step"] for r in train.read_jsonl(run / "losses.jsonl")]
+    assert steps == list(range(10, 121, 10))                         # no gap, no replayed duplicate
+
+    unbroken = pix2dance(*args, "--out", str(ref))
+    assert unbroken.returncode == 0, unbroken.stderr
+    a, _ = load_generator(run)
+    b, _ = load_generator(ref)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.allclose(x, y, atol=1e-5), name
+
+    # A run already at --steps validates again and exits 0.
+    rows = len(train.read_jsonl(run / "metrics.jsonl"))
+    again = pix2dance(*args, "--out", str(run))
+    assert again.returncode == 0, again.stderr
+    assert len(train.read_jsonl(run / "metrics.jsonl")) == rows + 1
+    assert json.loads((run / "state.json").read_text())["step"] == 120
+
+
+@pytest.fixture
+def short_run(data, tmp_path) -> Path:
+    out = tmp_path / "short"
+    train.run(data, out, steps=4, ngf=8, batch=1, device="cpu", seed=0, quiet=True, checkpoint_every=2, val_every=4)
+    return out
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "json", "missing"])
+def test_corrupt_checkpoint_is_a_clear_error(data, short_run, damage, capsys):
+    latest = train.list_checkpoints(short_run)[-1]
+    weights = latest / train.MODELS_FILE
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "flip":
+        raw = bytearray(weights.read_bytes())
+        raw[-100] ^= 0xFF
+        weights.write_bytes(bytes(raw))
+    elif damage == "json":
+        (latest / train.CKPT_JSON).write_text('{"format": 1, "step": ')
+    else:
+        (latest / train.OPTIM_FILE).unlink()
+    code = cli.main(["train", str(data), "--out", str(short_run), "--steps", "6", "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "corrupt or truncated" in err and latest.name in err, err
+
+
+def test_resume_with_other_model_settings_is_refused(data, short_run, capsys):
+    code = cli.main(["train", str(data), "--out", str(short_run), "--steps", "6", "--ngf", "16", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "ngf 16 (run has 8)" in err
+
+
+def test_bad_inputs_are_user_errors(data, tmp_path, capsys):
+    assert cli.main(["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "not a dataset folder" in capsys.readouterr().err
+    assert cli.main(["train", str(data), "--out", str(tmp_path / "r"), "--size", "48", "--quiet"]) == 2
+    assert "power of two" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_ddp_two_gloo_processes_train_and_save_one_checkpoint(data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tests.tiny_dataset", "train", str(data), "--out", str(out), *TINY,
+           "--steps", "6", "--batch", "2", "--checkpoint-every", "6", "--val-every", "6"]
+    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in train.list_checkpoints(out)] == ["step_00000006"]
+    assert json.loads((out / "state.json").read_text())["step"] == 6
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["world_size"] == 2 and config["train"]["batch"] == 2
+    assert len(train.read_jsonl(out / "metrics.jsonl")) == 1
+    load_generator(out)
