@@ -45,7 +45,9 @@ def cmd_dataset(a: argparse.Namespace) -> None:
 def cmd_train(a: argparse.Namespace) -> None:
     from engine import train
     train.run(a.dataset, a.out, steps=a.steps, size=a.size, ngf=a.ngf, batch=a.batch, device=a.device,
-              seed=a.seed, quiet=a.quiet)
+              seed=a.seed, quiet=a.quiet, ndf=a.ndf, gan="lsgan" if a.lsgan else None, lr=a.lr,
+              jitter=a.jitter, checkpoint_every=a.checkpoint_every, val_every=a.val_every,
+              amp=a.amp, compile=a.compile)
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
@@ -106,11 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", "train (or resume) the pix2pix generator on a dataset")
     p.add_argument("dataset", type=Path, metavar="DATASET_DIR")
     p.add_argument("--out", required=True, type=Path, help="run folder (rerunning resumes)")
-    p.add_argument("--steps", type=int, default=20000, help="total steps of the run")
-    p.add_argument("--size", type=int, help="image size (default: the dataset's)")
-    p.add_argument("--ngf", type=int, default=64, help="generator width")
-    p.add_argument("--batch", type=int, default=1, help="batch size")
-    p.add_argument("--seed", type=int, help="deterministic seed")
+    p.add_argument("--steps", type=int, default=20000, help="total steps of the run (default 20000); "
+                   "rerunning resumes from the last checkpoint, and a finished run only validates")
+    p.add_argument("--size", type=int, help="image size, a power of two (default: the dataset's)")
+    p.add_argument("--ngf", type=int, help="generator width (default 64, or the run's when resuming)")
+    p.add_argument("--ndf", type=int, help="discriminator width (default: ngf)")
+    p.add_argument("--batch", type=int, help="batch size per process (default 1, or the run's when resuming)")
+    p.add_argument("--lsgan", action="store_true", help="least-squares GAN loss instead of the vanilla (BCE) one")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4; linear decay over the second half)")
+    p.add_argument("--jitter", type=float, help="largest zoom of the scale-and-crop augmentation (default 1.12; 1: none)")
+    p.add_argument("--checkpoint-every", type=int, default=500, metavar="K",
+                   help="checkpoint every K steps and at the end (a kill loses at most K steps; default 500)")
+    p.add_argument("--val-every", type=int, default=1000, metavar="V",
+                   help="validate (metrics.jsonl, sample grid, losses.png) every V steps and at the end (default 1000)")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                   help="mixed precision on GPU (auto: bf16 where supported, else fp16; always off on CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks (GPU; slow to start)")
+    p.add_argument("--seed", type=int, help="seed; also turns on deterministic kernels (default: random, recorded)")
     _device_arg(p)
     p.set_defaults(func=cmd_train)
 
