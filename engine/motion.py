@@ -127,14 +127,16 @@ def quiet_fds(verbose: bool = False):
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b", prefix="pix2dance-bpy-") as sink:
+    with tempfile.TemporaryFile(mode="w+b", prefix="pix2dance-bpy-") as sink, \
+            open(sink.fileno(), "w", closefd=False, encoding="utf-8", errors="replace") as text, \
+            contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+        # Python-level prints may go to a sys.stdout that is not fd 1 (pytest, IDEs): redirected too.
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
             yield sink
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            text.flush()
             libc.fflush(None)          # C stdio buffers, before the descriptors point back
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
