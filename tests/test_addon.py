@@ -1,0 +1,384 @@
+"""The Blender add-on, headless (bpy 5.0.1), against a real engine process on loopback.
+
+A small generic-named test rig (Hips, UpperArm.L, ...) with a camera and linear keys on the left
+arm is built with bpy; the engine serves conftest's tiny untrained run. Background mode never
+fires bpy.app.timers: render_to_sequencer runs to completion, the live preview is driven by
+calling jobs.tick(), and cancels and engine deaths are staged from jobs.AFTER_FRAME hooks, which
+run in the render worker after each PNG is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+import blender_addon  # noqa: E402
+from blender_addon import jobs, operators, preferences, properties, sequencer  # noqa: E402
+from engine.client import Client, ClientError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RIG_BONES = [  # name, head, tail, parent: generic names, 1.75 m tall, facing -Y (the camera)
+    ("Hips", (0, 0, 1.0), (0, 0, 1.1), None),
+    ("Spine", (0, 0, 1.1), (0, 0, 1.4), "Hips"),
+    ("Neck", (0, 0, 1.4), (0, 0, 1.5), "Spine"),
+    ("Head", (0, 0, 1.5), (0, 0, 1.75), "Neck"),
+]
+for _side, _s in (("L", 1), ("R", -1)):
+    RIG_BONES += [
+        (f"UpperArm.{_side}", (0.2 * _s, 0, 1.4), (0.2 * _s, 0, 1.12), "Spine"),
+        (f"LowerArm.{_side}", (0.2 * _s, 0, 1.12), (0.2 * _s, 0, 0.86), f"UpperArm.{_side}"),
+        (f"Hand.{_side}", (0.2 * _s, 0, 0.86), (0.2 * _s, 0, 0.78), f"LowerArm.{_side}"),
+        (f"UpperLeg.{_side}", (0.1 * _s, 0, 1.0), (0.1 * _s, 0, 0.55), "Hips"),
+        (f"LowerLeg.{_side}", (0.1 * _s, 0, 0.55), (0.1 * _s, 0, 0.1), f"UpperLeg.{_side}"),
+        (f"Foot.{_side}", (0.1 * _s, 0, 0.1), (0.1 * _s, -0.15, 0.02), f"LowerLeg.{_side}"),
+        (f"Toe.{_side}", (0.1 * _s, -0.15, 0.02), (0.1 * _s, -0.22, 0.02), f"Foot.{_side}"),
+    ]
+ARM_KEYS = ((1, 0), (4, 40), (8, 80), (12, 120))  # (frame, degrees): the left arm rises
+
+
+def key_arm(arm, frame: int, degrees: float) -> None:
+    pb = arm.pose.bones["UpperArm.L"]
+    pb.rotation_mode = "XYZ"
+    pb.rotation_euler = (0.0, 0.0, math.radians(degrees))
+    pb.keyframe_insert("rotation_euler", frame=frame)
+    for fc in fcurves(arm.animation_data.action):
+        for k in fc.keyframe_points:
+            k.interpolation = "LINEAR"  # so moving one key changes only the frames up to its neighbours
+
+
+def fcurves(action) -> list:
+    """An action's F-curves: Blender 5 keeps them in layers/strips/channelbags (no Action.fcurves)."""
+    if hasattr(action, "layers"):
+        return [fc for layer in action.layers for strip in layer.strips for bag in strip.channelbags
+                for fc in bag.fcurves]
+    return list(action.fcurves)
+
+
+def build_scene(frames: int = 12):
+    """A fresh file: the test rig, a camera framing it (320 x 240), linear keys on the left arm."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    data = bpy.data.armatures.new("Rig")
+    arm = bpy.data.objects.new("Rig", data)
+    scene.collection.objects.link(arm)
+    bpy.context.view_layer.objects.active = arm
+    bpy.ops.object.mode_set(mode="EDIT")
+    for name, head, tail, parent in RIG_BONES:
+        b = data.edit_bones.new(name)
+        b.head, b.tail = head, tail
+        if parent:
+            b.parent = data.edit_bones[parent]
+    bpy.ops.object.mode_set(mode="OBJECT")
+    cam = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
+    scene.collection.objects.link(cam)
+    cam.location, cam.rotation_euler = (0, -6, 0.9), (math.radians(90), 0, 0)
+    scene.camera = cam
+    r = scene.render
+    r.resolution_x, r.resolution_y, r.resolution_percentage = 320, 240, 100
+    scene.frame_start, scene.frame_end = 1, frames
+    for frame, degrees in ARM_KEYS:
+        key_arm(arm, frame, degrees)
+    scene.frame_set(1)
+    return scene, arm, cam
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_engine(run_dir: Path) -> tuple[subprocess.Popen, str]:
+    """`python -m engine.cli serve RUN --bind tcp://127.0.0.1:<free port>`, pinged until it answers."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", str(run_dir), "--bind", address,
+                             "--device", "cpu", "--quiet"], cwd=ROOT)
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"engine exited with status {proc.returncode}")
+        try:
+            with Client(address, timeout=2.0) as c:
+                c.ping()
+            return proc, address
+        except ClientError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_run):
+    proc, address = start_engine(tiny_run)
+    yield address
+    stop(proc)
+
+
+@pytest.fixture
+def addon(monkeypatch):
+    """The add-on registered as a plain package (no preferences entry: FALLBACK applies), short timeout."""
+    monkeypatch.setattr(preferences, "FALLBACK", preferences.Prefs(timeout=3.0))
+    blender_addon.register()
+    yield
+    blender_addon.unregister()
+
+
+@pytest.fixture
+def rig(addon, engine, tmp_path):
+    scene, arm, cam = build_scene()
+    s = scene.pix2dance
+    s.armature, s.camera, s.engine_address = arm, cam, engine
+    s.output_dir = str(tmp_path / "out") + "/"
+    s.frame_start, s.frame_end = 1, 12
+    return scene, arm, cam
+
+
+def pngs(folder: Path) -> list[str]:
+    return sorted(p.name for p in Path(folder).glob("*.png"))
+
+
+def our_strips(scene) -> list:
+    return [s for s in sequencer.strips_of(scene.sequence_editor) if s.get(sequencer.TAG)] \
+        if scene.sequence_editor else []
+
+
+# --- registration ------------------------------------------------------------------------------
+
+def test_register_unregister_twice(monkeypatch):
+    monkeypatch.setattr(preferences, "FALLBACK", preferences.Prefs())
+    for _ in range(2):
+        blender_addon.register()
+        blender_addon.register()  # registering again while registered starts clean
+        assert hasattr(bpy.types.Scene, "pix2dance")
+        for op in ("auto_map", "test_connection", "preview_frame", "render_to_sequencer", "retarget_bvh"):
+            assert hasattr(bpy.ops.pix2dance, op), op
+            getattr(bpy.ops.pix2dance, op).get_rna_type()  # raises KeyError when not registered
+        ours = [h for h in bpy.app.handlers.frame_change_post if h.__name__ == "on_frame_change"]
+        assert len(ours) == 1
+        s = bpy.context.scene.pix2dance
+        assert s.output_dir == "//pix2dance/" and s.add_rig_render is False
+        assert preferences.get_prefs().address == preferences.DEFAULT_ADDRESS  # no prefs entry: defaults
+        blender_addon.unregister()
+        assert not hasattr(bpy.types.Scene, "pix2dance")
+        assert not [h for h in bpy.app.handlers.frame_change_post if h.__name__ == "on_frame_change"]
+        assert not bpy.app.timers.is_registered(jobs.tick)
+        with pytest.raises((KeyError, AttributeError, RuntimeError)):
+            bpy.ops.pix2dance.render_to_sequencer.get_rna_type()
+    blender_addon.unregister()  # unregistering twice is harmless
+
+
+# --- errors are reports, never tracebacks ----------------------------------------------------------
+
+def test_test_connection_without_engine_reports_error(addon, monkeypatch):
+    monkeypatch.setattr(preferences, "FALLBACK", preferences.Prefs(timeout=1.0))
+    build_scene()
+    s = bpy.context.scene.pix2dance
+    s.engine_address = f"tcp://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="unreachable or timed out"):
+        bpy.ops.pix2dance.test_connection()
+    assert time.monotonic() - start < 5
+    assert s.connected is False and "unreachable" in s.last_error
+
+
+def test_test_connection_lists_models(rig, tiny_run):
+    assert bpy.ops.pix2dance.test_connection() == {"FINISHED"}
+    s = rig[0].pix2dance
+    assert s.connected and s.last_error == ""
+    assert tiny_run.name in s.status and tiny_run.name in jobs.MODELS[s.engine_address]
+
+
+def test_user_errors_are_reports(rig):
+    scene, arm, cam = rig
+    s = scene.pix2dance
+    s.engine_address = "not an address"
+    with pytest.raises(RuntimeError, match="not of the form tcp://"):
+        bpy.ops.pix2dance.test_connection()
+    s.engine_address = ""
+    s.camera, scene.camera = None, None
+    with pytest.raises(RuntimeError, match="No camera"):
+        bpy.ops.pix2dance.render_to_sequencer()
+    s.camera = cam
+    bpy.ops.pix2dance.auto_map()
+    row = next(r for r in s.mapping if r.joint == "left_wrist")
+    row.bone = ""
+    with pytest.raises(RuntimeError, match="left_wrist"):
+        bpy.ops.pix2dance.render_to_sequencer()
+    row.bone = "Hand.L"
+    cam.rotation_euler = (math.radians(-90), 0, 0)  # looks away from the rig
+    with pytest.raises(RuntimeError, match="out of the view"):
+        bpy.ops.pix2dance.render_to_sequencer()
+    with pytest.raises(RuntimeError, match="out of the view"):
+        bpy.ops.pix2dance.preview_frame()
+    assert not pngs(Path(s.output_dir))
+
+
+def test_auto_map_operator(rig):
+    scene, arm, _ = rig
+    assert bpy.ops.pix2dance.auto_map() == {"FINISHED"}
+    m = properties.get_mapping(scene.pix2dance)
+    assert m["joints"]["left_wrist"]["bone"] == "Hand.L"
+    assert m["joints"]["right_knee"]["bone"] == "LowerLeg.R"
+    assert [r.joint for r in scene.pix2dance.mapping if not r.bone] == []
+
+
+# --- Render to Sequencer ---------------------------------------------------------------------------
+
+def test_render_to_sequencer_12_frames(rig, tiny_run):
+    scene, _, _ = rig
+    s = scene.pix2dance
+    out = Path(s.output_dir)
+    assert bpy.ops.pix2dance.render_to_sequencer() == {"FINISHED"}
+    assert pngs(out) == [sequencer.frame_name(f) for f in range(1, 13)]
+    assert (out / "000001.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(map(int, manifest["frames"])) == list(range(1, 13))
+    assert {e["model"] for e in manifest["frames"].values()} == {tiny_run.name}
+    strips = our_strips(scene)
+    assert len(strips) == 1
+    strip = strips[0]
+    assert strip.type == "IMAGE" and len(strip.elements) == 12
+    assert (strip.frame_final_start, strip.frame_final_end) == (1, 13)
+    assert Path(bpy.path.abspath(strip.directory)).resolve() == out.resolve()
+    assert [e.filename for e in strip.elements] == pngs(out)
+    # A rerun renders nothing new and replaces the strip (same channel, still one).
+    channel = strip.channel
+    job = operators.plan_render(scene).wait()
+    assert job.error is None and job.rendered == [] and job.reused == 12
+    strips = our_strips(scene)
+    assert len(strips) == 1 and strips[0].channel == channel
+    # A later range starts its strip at its own first frame.
+    s.frame_start, s.frame_end = 5, 8
+    assert bpy.ops.pix2dance.render_to_sequencer() == {"FINISHED"}
+    (strip,) = our_strips(scene)
+    assert (strip.frame_final_start, strip.frame_final_end, len(strip.elements)) == (5, 9, 4)
+
+
+def test_cancel_keeps_frames_and_rerun_fills_the_rest(rig, monkeypatch):
+    scene, _, _ = rig
+    scene.pix2dance.chunk = 1
+    out = Path(scene.pix2dance.output_dir)
+
+    def cancel_after_five(job, written):
+        if written == 5:
+            job.cancel()
+    monkeypatch.setattr(jobs, "AFTER_FRAME", [cancel_after_five])
+    job = operators.plan_render(scene).wait(limit=60)
+    assert job.cancelled and job.error is None
+    assert pngs(out) == [sequencer.frame_name(f) for f in range(1, 6)]
+    assert our_strips(scene) == []  # a cancelled render adds no strip
+    monkeypatch.setattr(jobs, "AFTER_FRAME", [])
+    job = operators.plan_render(scene).wait(limit=60)
+    assert job.error is None and not job.cancelled
+    assert job.reused == 5 and sorted(job.rendered) == list(range(6, 13))
+    assert len(pngs(out)) == 12 and len(our_strips(scene)) == 1
+
+
+def test_moving_one_key_rerenders_only_the_frames_it_moved(rig):
+    scene, arm, _ = rig
+    out = Path(scene.pix2dance.output_dir)
+    assert bpy.ops.pix2dance.render_to_sequencer() == {"FINISHED"}
+    before = {f: (out / sequencer.frame_name(f)).stat().st_mtime_ns for f in range(1, 13)}
+    key_arm(arm, 12, 150)  # the last key moves: linear keys change frames 9-12 only
+    job = operators.plan_render(scene).wait()
+    assert job.error is None
+    assert sorted(job.rendered) == [9, 10, 11, 12] and job.reused == 8
+    after = {f: (out / sequencer.frame_name(f)).stat().st_mtime_ns for f in range(1, 13)}
+    assert [f for f in range(1, 13) if after[f] != before[f]] == [9, 10, 11, 12]
+
+
+def test_engine_killed_mid_render_reports_and_keeps_files(addon, tiny_run, tmp_path, monkeypatch):
+    proc, address = start_engine(tiny_run)
+    try:
+        scene, arm, cam = build_scene()
+        s = scene.pix2dance
+        s.armature, s.camera, s.engine_address, s.chunk = arm, cam, address, 1
+        s.output_dir = str(tmp_path / "out") + "/"
+        s.frame_start, s.frame_end = 1, 12
+
+        def kill_after_four(job, written):
+            if written == 4:
+                proc.kill()
+                proc.wait()
+        monkeypatch.setattr(jobs, "AFTER_FRAME", [kill_after_four])
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match="unreachable or timed out"):
+            bpy.ops.pix2dance.render_to_sequencer()
+        assert time.monotonic() - start < 20
+        written = pngs(tmp_path / "out")
+        assert 4 <= len(written) < 12 and written[:4] == [sequencer.frame_name(f) for f in range(1, 5)]
+        manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+        assert sorted(manifest["frames"]) == sorted(str(int(n[:6])) for n in written)
+        assert our_strips(scene) == [] and "unreachable" in s.last_error
+    finally:
+        stop(proc)
+
+
+def test_rig_render_adds_a_second_strip(rig):
+    scene, _, _ = rig
+    s = scene.pix2dance
+    s.frame_start, s.frame_end, s.add_rig_render = 2, 4, True
+    scene.render.resolution_x, scene.render.resolution_y = 160, 120
+    engine_before = scene.render.engine
+    assert bpy.ops.pix2dance.render_to_sequencer() == {"FINISHED"}
+    out = Path(s.output_dir)
+    assert pngs(out / sequencer.RIG_FOLDER) == [sequencer.frame_name(f) for f in (2, 3, 4)]
+    dancer, rig_strip = sequencer.find_tagged(scene, "dancer"), sequencer.find_tagged(scene, "rig")
+    assert dancer is not None and rig_strip is not None and dancer.channel != rig_strip.channel
+    assert rig_strip.frame_final_start == dancer.frame_final_start == 2
+    assert dancer.transform.offset_x > 0 > rig_strip.transform.offset_x  # side by side
+    assert scene.render.engine == engine_before and scene.frame_current == 1  # settings restored
+    # Switching the option off removes the rig strip on the next render.
+    s.add_rig_render = False
+    assert bpy.ops.pix2dance.render_to_sequencer() == {"FINISHED"}
+    assert sequencer.find_tagged(scene, "rig") is None and len(our_strips(scene)) == 1
+
+
+# --- preview -------------------------------------------------------------------------------------
+
+def test_preview_frame_shows_an_image(rig):
+    scene, _, cam = rig
+    scene.frame_set(8)
+    assert bpy.ops.pix2dance.preview_frame() == {"FINISHED"}
+    image = bpy.data.images[jobs.PREVIEW_IMAGE]
+    assert tuple(image.size) == (64, 64)
+    assert any(bg.image == image for bg in cam.data.background_images)
+    assert "frame 8" in scene.pix2dance.status
+
+
+def test_live_preview_shows_the_current_frame_and_drops_stale_replies(rig):
+    scene, _, _ = rig
+    s = scene.pix2dance
+    s.live_preview = True
+    try:
+        scene.frame_set(3)          # the frame_change_post handler sends frame 3 ...
+        scene.frame_set(5)          # ... and then frame 5: the reply for 3 is stale
+        lp = jobs._live["preview"]
+        assert lp is not None
+        deadline = time.monotonic() + 20
+        while lp.shown + lp.dropped < 2 and time.monotonic() < deadline:
+            jobs.tick()             # background mode: timers never fire, so tick by hand
+            time.sleep(0.02)
+        assert lp.shown == 1 and lp.dropped == 1, (lp.shown, lp.dropped, s.last_error)
+        assert "frame 5" in s.status
+        assert jobs.PREVIEW_IMAGE in bpy.data.images
+    finally:
+        s.live_preview = False
+    assert jobs._live["preview"] is None
