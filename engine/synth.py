@@ -337,65 +337,18 @@ def render_frames(bpy, scene, frames_dir: Path, frames: int, quiet: bool = False
         bpy.ops.render.render(write_still=True)
 
 
-# Where each canonical joint sits on the rig, in the rest pose: (bone, world point). Used only
-# when the add-on's projection module is not importable (see ground_truth).
-def _rest_points() -> dict[str, tuple[str, tuple[float, float, float]]]:
-    pts = {"nose": ("head", (0.0, -0.13, 1.70))}
-    for s, side, x in (("L", "left", 1.0), ("R", "right", -1.0)):
-        pts.update({
-            f"{side}_shoulder": (f"upper_arm.{s}", BONES[f"upper_arm.{s}"][0]),
-            f"{side}_elbow": (f"forearm.{s}", BONES[f"forearm.{s}"][0]),
-            f"{side}_wrist": (f"hand.{s}", BONES[f"hand.{s}"][0]),
-            f"{side}_hip": (f"thigh.{s}", BONES[f"thigh.{s}"][0]),
-            f"{side}_knee": (f"shin.{s}", BONES[f"shin.{s}"][0]),
-            f"{side}_ankle": (f"foot.{s}", BONES[f"foot.{s}"][0]),
-            f"{side}_toe": (f"toe.{s}", BONES[f"toe.{s}"][1]),
-            f"{side}_heel": (f"foot.{s}", (0.10 * x, 0.06, 0.02)),
-            f"{side}_eye": ("head", (0.04 * x, -0.10, 1.74)),
-            f"{side}_ear": ("head", (0.10 * x, 0.0, 1.71)),
-        })
-    return pts
-
-
-def _project_fallback(scene, arm, cam, frames: int) -> np.ndarray:
-    """Project the rig's joints with bpy_extras, (N, J, 3) in render pixels; face seen if facing us."""
-    from bpy_extras.object_utils import world_to_camera_view
-    from mathutils import Vector
-    from engine.joints import FACE, INDEX, NUM_JOINTS
-    w, h = scene.render.resolution_x, scene.render.resolution_y
-    local = {name: (bone, arm.data.bones[bone].matrix_local.inverted() @ Vector(p))
-             for name, (bone, p) in _rest_points().items()}
-    out = np.ones((frames, NUM_JOINTS, 3), np.float32)
-    for f in range(frames):
-        scene.frame_set(f)
-        world = {name: arm.matrix_world @ arm.pose.bones[bone].matrix @ p for name, (bone, p) in local.items()}
-        world["neck"] = (world["left_shoulder"] + world["right_shoulder"]) / 2
-        world["mid_hip"] = (world["left_hip"] + world["right_hip"]) / 2
-        for name, co in world.items():
-            v = world_to_camera_view(scene, cam, co)
-            out[f, INDEX[name], :2] = (v.x * w, (1 - v.y) * h)
-        head = arm.matrix_world @ arm.pose.bones["head"].matrix
-        forward = (head.to_3x3() @ Vector((0, 0, 1))).normalized()      # the face's normal
-        seen = forward.dot((cam.matrix_world.translation - head.translation).normalized()) > -0.2
-        if not seen:
-            out[f, [INDEX[n] for n in FACE], 2] = 0.0
-    return out
-
-
 def ground_truth(scene, arm, cam, frames: int) -> np.ndarray:
     """The exact canonical skeleton of frames 0..frames-1, (N, J, 3) in render pixels.
 
-    The add-on's own projection (the code that sends a rig's skeleton to the engine) when it is
-    importable; otherwise a direct projection of the same bone points.
+    The add-on's own mapping and projection (the code that sends a rig's skeleton to the engine):
+    the rig's generic bone names auto-map, face points come from the head bone.
     """
-    try:
-        from blender_addon import mapping, projection
-    except ImportError:
-        log.debug("blender_addon.projection not importable: projecting the rig directly")
-        return _project_fallback(scene, arm, cam, frames)
+    from blender_addon import mapping, projection
     table = mapping.auto_map(arm)
-    kp = projection.project_frames(scene, arm, cam, table, list(range(frames)))
-    return np.asarray(kp, dtype=np.float32)
+    missing = mapping.required_missing(table)
+    if missing:                                   # a bug in BONES, not a user error
+        raise RuntimeError(f"the synthetic rig does not auto-map {missing}")
+    return np.asarray(projection.project_frames(scene, arm, cam, table, range(frames)), dtype=np.float32)
 
 
 def _quiet_blender(verbose: bool):
