@@ -44,6 +44,10 @@ def loss_plot(losses: list[dict], metrics: list[dict], path: str | Path) -> None
             line, = ax.plot(steps, values, alpha=0.25, linewidth=0.8)
             ax.plot(steps, smooth(values, window), color=line.get_color(), label=label)
         ax.set_yscale("log")
+        # Plain tick labels: the default log formatter goes through mathtext, slow and noisy.
+        from matplotlib.ticker import LogFormatter
+        ax.yaxis.set_major_formatter(LogFormatter())
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.set_xlabel("step")
     ax.set_title("training losses (smoothed)")
     ax.grid(alpha=0.3)
