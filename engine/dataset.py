@@ -411,10 +411,11 @@ def build(videos, out, fps: float = 10, size: int = 256, pose_model=None, val_fr
         model = resolve_model(pose_model)
 
     # Pass 1: poses. Sampled frames stay in memory (BGR) while they fit the budget.
+    bars = True if quiet else None  # None: tqdm shows bars only on a terminal (logs stay clean)
     estimates = [max(1, math.ceil(i.duration * min(fps, i.fps))) for i in infos]
     budget = MEMORY_BUDGET
     clips = []
-    with tqdm(total=sum(estimates), desc="poses", unit="frame", disable=quiet, leave=False) as bar:
+    with tqdm(total=sum(estimates), desc="poses", unit="frame", disable=bars, leave=False) as bar:
         for path, info, given, estimate in zip(videos, infos, keypoints, estimates):
             need = estimate * info.width * info.height * 3
             keep = need <= budget
@@ -423,8 +424,9 @@ def build(videos, out, fps: float = 10, size: int = 256, pose_model=None, val_fr
 
     for clip in clips:
         if not clip.samples:
-            if clip.drops["no_person"] == clip.sampled:
-                raise UserError(f"no person found in {clip.path}")
+            if not clip.drops["two_people"]:
+                raise UserError(f"no person found in {clip.path}: none of its {clip.sampled} sampled frames "
+                                f"shows a whole body ({_drops_text(clip.drops)})")
             raise UserError(f"no usable frame in {clip.path}: {_drops_text(clip.drops)} of {clip.sampled} sampled")
         fit_crop(clip, size)
         if not clip.samples:
@@ -438,7 +440,7 @@ def build(videos, out, fps: float = 10, size: int = 256, pose_model=None, val_fr
     # Pass 2: crop, draw, write; all in a temporary folder renamed to `out` at the end.
     try:
         with atomic_dir(out) as root, \
-                tqdm(total=n_train + n_val, desc="pairs", unit="pair", disable=quiet, leave=False) as bar:
+                tqdm(total=n_train + n_val, desc="pairs", unit="pair", disable=bars, leave=False) as bar:
             sheet = set(np.linspace(0, n_train + n_val - 1, SHEET_PAIRS).round().astype(int).tolist())
             arrays, tiles = write_pairs(clips, root, fps, size, bar, sheet)
             np.savez_compressed(root / "keypoints.npz", **arrays)

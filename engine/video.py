@@ -59,6 +59,17 @@ class Frame:
     bgr: np.ndarray     # (H, W, 3) uint8, BGR
 
 
+@contextlib.contextmanager
+def _quiet_opencv():
+    """OpenCV logs a WARN/ERROR when a file will not open or an encoder is missing: we say it better."""
+    level = cv2.getLogLevel()
+    cv2.setLogLevel(0)  # LOG_LEVEL_SILENT
+    try:
+        yield
+    finally:
+        cv2.setLogLevel(level)
+
+
 def _open(path: str | os.PathLike) -> cv2.VideoCapture:
     """An opened capture, or a UserError saying why the file cannot be read as a video."""
     path = Path(path)
@@ -68,7 +79,8 @@ def _open(path: str | os.PathLike) -> cv2.VideoCapture:
         raise UserError(f"not a video file: {path} is a folder")
     if not os.access(path, os.R_OK):
         raise UserError(f"cannot read video: {path} (permission denied)")
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    with _quiet_opencv():
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not cap.isOpened() or cap.get(cv2.CAP_PROP_FRAME_WIDTH) <= 0:
         cap.release()
         raise UserError(f"not a video (OpenCV cannot decode it): {path}")
@@ -161,17 +173,6 @@ def sample(path: str | os.PathLike, fps: float | None = None) -> Iterator[tuple[
 
 _CODECS = {".mp4": ("avc1", "mp4v"), ".m4v": ("avc1", "mp4v"), ".mov": ("avc1", "mp4v"), ".avi": ("MJPG",)}
 _codec_ok: dict[str, bool] = {}
-
-
-@contextlib.contextmanager
-def _quiet_opencv():
-    """OpenCV logs an ERROR when an encoder is missing; trying one is not an error for us."""
-    level = cv2.getLogLevel()
-    cv2.setLogLevel(0)  # LOG_LEVEL_SILENT
-    try:
-        yield
-    finally:
-        cv2.setLogLevel(level)
 
 
 def codec_works(fourcc: str, suffix: str = ".mp4") -> bool:
