@@ -39,7 +39,7 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
 def cmd_dataset(a: argparse.Namespace) -> None:
     from engine import dataset
     dataset.build(a.videos, a.out, fps=a.fps, size=a.size, pose_model=a.pose_model,
-                  val_fraction=a.val_fraction, quiet=a.quiet)
+                  val_fraction=a.val_fraction, quiet=a.quiet, force=a.force)
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=10.0, help="frames sampled per second of video (default 10)")
     p.add_argument("--size", type=int, default=256, help="square image size in pixels (default 256)")
     p.add_argument("--pose-model", type=Path, help="MediaPipe pose landmarker .task file")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="last part of each clip kept for validation")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="last part of each clip kept for validation (default 0.1; 0 for none)")
+    p.add_argument("--force", action="store_true", help="replace an existing dataset folder")
     p.set_defaults(func=cmd_dataset)
 
     p = add("train", "train (or resume) the pix2pix generator on a dataset")
