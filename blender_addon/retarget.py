@@ -1,0 +1,506 @@
+"""BVH mocap into Blender: import at the scene's frame rate, retarget onto a rig, frame a camera.
+
+    src = import_bvh("dance.bvh", scene)              # the imported armature, keys at scene fps
+    action = retarget(scene, src, rig)                 # bake src's motion onto rig (both auto-mapped)
+    cam = frame_camera(scene, src, range(1, 200))      # a front camera that sees the whole motion
+
+Retargeting works bone by bone in world space and respects each rig's rest pose: for each
+corresponding bone pair, the source's rotation relative to its rest (`delta = pose @ rest^-1`) is
+applied to the target's rest rotation after an alignment that turns the target's rest segment
+onto the source's (so a T-pose rig follows an arms-down mocap skeleton). Spines and necks with
+different bone counts are matched by position along the chain. The hips move as the source's, scaled
+by the ratio of leg lengths, about each rig's origin (the floor). The result is baked into a new
+layered action (Blender 5 channelbags) with one key per scene frame.
+
+Files are checked before any operator touches them (`check_file`): a missing file, a wrong
+extension or a BVH without a HIERARCHY header raises ValueError with one line.
+Imports only bpy, mathutils, numpy and the add-on's own modules.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import mapping as mapping_mod
+from . import projection
+
+try:  # the built extension
+    from . import joints
+except ImportError:  # the repository
+    from engine import joints
+
+
+# --- files --------------------------------------------------------------------------------------
+
+def check_file(path, extensions: tuple[str, ...], what: str) -> Path:
+    """The path if it is an existing file with one of the extensions; ValueError otherwise."""
+    p = Path(str(path)).expanduser()
+    if not str(path):
+        raise ValueError(f"no {what} file given")
+    if not p.is_file():
+        raise ValueError(f"{what} file not found: {p}")
+    if p.suffix.lower() not in extensions:
+        raise ValueError(f"{p.name} is not a {what} file (expected {' or '.join(extensions)})")
+    return p
+
+
+def bvh_header(path) -> dict:
+    """Check a BVH file and read its motion header: {"frames": int, "frame_time": float}.
+
+    ValueError (one line) when the file is missing, not .bvh, does not start with HIERARCHY, or
+    lacks a valid MOTION / Frames / Frame Time header.
+    """
+    p = check_file(path, (".bvh",), "BVH")
+    with open(p, "rb") as f:
+        head = f.read(1 << 20)
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if not text.upper().startswith("HIERARCHY"):
+        raise ValueError(f"{p.name} is not a BVH file (it does not start with HIERARCHY)")
+    frames = frame_time = None
+    motion = False
+    with open(p, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            s = line.strip()
+            if s.upper() == "MOTION":
+                motion = True
+            elif motion and s.lower().startswith("frames:"):
+                frames = int(s.split(":", 1)[1])
+            elif motion and s.lower().startswith("frame time:"):
+                frame_time = float(s.split(":", 1)[1])
+                break
+    if not motion or frames is None or frame_time is None or frame_time <= 0 or frames < 1:
+        raise ValueError(f"{p.name}: BVH without a valid MOTION header (Frames, Frame Time)")
+    return {"frames": frames, "frame_time": frame_time}
+
+
+def scene_fps(scene) -> float:
+    return scene.render.fps / scene.render.fps_base
+
+
+def import_bvh(path, scene=None, *, scale: float = 1.0, frame_start: int = 1):
+    """Import a BVH as an armature whose action is keyed at the scene's frame rate.
+
+    The importer maps one BVH frame to one scene frame; the keys are then rescaled by
+    frame_time x scene fps (fps_base included), so a 120 fps capture plays at its real speed in a
+    24 or 29.97 fps scene. The scene's fps and frame range are left alone. Returns the armature.
+    """
+    import bpy
+    header = bvh_header(path)
+    scene = scene or bpy.context.scene
+    before = set(bpy.data.objects)
+    kwargs = dict(filepath=str(Path(str(path)).expanduser()), global_scale=float(scale), frame_start=int(frame_start),
+                  use_fps_scale=False, update_scene_fps=False, update_scene_duration=False)
+    if scene != bpy.context.scene:
+        with bpy.context.temp_override(scene=scene):
+            result = bpy.ops.import_anim.bvh(**kwargs)
+    else:
+        result = bpy.ops.import_anim.bvh(**kwargs)
+    if "FINISHED" not in result:
+        raise ValueError(f"Blender could not import {Path(str(path)).name} as BVH")
+    new = [o for o in bpy.data.objects if o not in before and o.type == "ARMATURE"]
+    if not new:
+        raise ValueError(f"importing {Path(str(path)).name} made no armature")
+    arm = new[0]
+    factor = header["frame_time"] * scene_fps(scene)
+    if abs(factor - 1.0) > 1e-9 and arm.animation_data and arm.animation_data.action:
+        _scale_keys(arm.animation_data.action, factor, frame_start)
+    arm["pix2dance_bvh"] = {"frames": header["frames"], "frame_time": header["frame_time"]}
+    return arm
+
+
+def _fcurves(action):
+    """Every F-Curve of an action (Blender 5 layered actions: layers > strips > channelbags)."""
+    out = []
+    for layer in action.layers:
+        for strip in layer.strips:
+            for bag in strip.channelbags:
+                out.extend(bag.fcurves)
+    return out
+
+
+def _scale_keys(action, factor: float, start: float) -> None:
+    """Stretch keyframe times about `start` by `factor` (handles too)."""
+    for fc in _fcurves(action):
+        n = len(fc.keyframe_points)
+        for prop in ("co", "handle_left", "handle_right"):
+            buf = np.empty(2 * n, np.float64)
+            fc.keyframe_points.foreach_get(prop, buf)
+            buf[0::2] = start + (buf[0::2] - start) * factor
+            fc.keyframe_points.foreach_set(prop, buf)
+        fc.update()
+
+
+def motion_range(armature) -> tuple[int, int]:
+    """First and last whole scene frames of the armature's action."""
+    ad = armature.animation_data
+    if ad is None or ad.action is None:
+        raise ValueError(f"{armature.name} has no animation")
+    a, b = ad.action.frame_range
+    return int(math.ceil(a - 1e-6)), int(math.floor(b + 1e-6))
+
+
+# --- rig structure ----------------------------------------------------------------------------------
+
+def _path(bones, top: str, bottom: str) -> list[str]:
+    """Bone names from `top` (exclusive) down to `bottom` (inclusive); [] if not a descendant."""
+    out, b = [], bones[bottom]
+    while b is not None and b.name != top:
+        out.append(b.name)
+        b = b.parent
+    return list(reversed(out)) if b is not None else []
+
+
+def _common_ancestor(bones, a: str, b: str) -> str | None:
+    chain = {x.name for x in bones[a].parent_recursive}
+    for p in bones[b].parent_recursive:
+        if p.name in chain:
+            return p.name
+    return None
+
+
+def _head(arm, name):
+    return np.array(arm.matrix_world @ arm.data.bones[name].head_local, np.float64)
+
+
+def _end(arm, name):
+    return np.array(mapping_mod._end_point(arm, arm.data.bones[name]), np.float64)
+
+
+def _rest_rot(arm, name) -> np.ndarray:
+    """World rotation (3x3, scale removed) of a bone in the rest pose."""
+    m = (arm.matrix_world @ arm.data.bones[name].matrix_local).to_3x3().normalized()
+    return np.array(m, np.float64)
+
+
+class Structure:
+    """One rig's roles: bone names and rest segments for the parts retargeting matches."""
+
+    def __init__(self, arm, mapping: dict):
+        self.arm = arm
+        J = mapping["joints"]
+        bones = arm.data.bones
+        need = [f"{s}_{p}" for s in ("left", "right") for p in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")]
+        lack = [j for j in need if j not in J or J[j]["bone"] not in bones]
+        if lack:
+            raise ValueError(f"{arm.name}: mapping lacks {', '.join(lack)} (needed to retarget)")
+        self.rest = mapping_mod.rest_positions(arm, mapping)
+        b = {j: J[j]["bone"] for j in need}
+        self.root = _common_ancestor(bones, b["left_hip"], b["right_hip"]) or b["left_hip"]
+        self.chest = _common_ancestor(bones, b["left_shoulder"], b["right_shoulder"]) or self.root
+        self.head = J["nose"]["bone"] if "nose" in J and J["nose"]["bone"] in bones else None
+        # part -> (bone, rest segment start, rest segment end) in world space
+        self.parts: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
+        R = {k: np.array(v, np.float64) for k, v in self.rest.items()}
+        for s in ("left", "right"):
+            self.parts[f"{s}_upper_arm"] = (b[f"{s}_shoulder"], R[f"{s}_shoulder"], R[f"{s}_elbow"])
+            self.parts[f"{s}_forearm"] = (b[f"{s}_elbow"], R[f"{s}_elbow"], R[f"{s}_wrist"])
+            self.parts[f"{s}_hand"] = (b[f"{s}_wrist"], R[f"{s}_wrist"], _end(arm, b[f"{s}_wrist"]))
+            self.parts[f"{s}_thigh"] = (b[f"{s}_hip"], R[f"{s}_hip"], R[f"{s}_knee"])
+            self.parts[f"{s}_shin"] = (b[f"{s}_knee"], R[f"{s}_knee"], R[f"{s}_ankle"])
+            toe = R.get(f"{s}_toe")
+            self.parts[f"{s}_foot"] = (b[f"{s}_ankle"], R[f"{s}_ankle"], toe if toe is not None else _end(arm, b[f"{s}_ankle"]))
+            clav = _path(bones, self.chest, b[f"{s}_shoulder"])[:-1]
+            if clav:
+                self.parts[f"{s}_clavicle"] = (clav[0], _head(arm, clav[0]), R[f"{s}_shoulder"])
+        # Spine: root (exclusive) .. chest (inclusive); neck: chest (exclusive) .. head (inclusive)
+        self.spine = _path(bones, self.root, self.chest) if self.chest != self.root else []
+        self.neck = _path(bones, self.chest, self.head) if self.head else []
+        self.legs = (R["left_hip"] - R["left_knee"], R["left_knee"] - R["left_ankle"],
+                     R["right_hip"] - R["right_knee"], R["right_knee"] - R["right_ankle"])
+        self.leg_length = float(sum(np.linalg.norm(v) for v in self.legs) / 2)
+        self.mid_hip = (R["left_hip"] + R["right_hip"]) / 2
+        left, up, fwd = mapping_mod.body_frame(arm, mapping)
+        self.frame = np.array([left, up, fwd], np.float64).T  # columns: left, up, forward
+
+    def chain_segments(self, chain: list[str], end_point: np.ndarray):
+        """[(bone, start, end, fraction of the chain's length at the bone's middle)]."""
+        if not chain:
+            return []
+        pts = [_head(self.arm, n) for n in chain] + [end_point]
+        lengths = [np.linalg.norm(pts[i + 1] - pts[i]) for i in range(len(chain))]
+        total = sum(lengths) or 1.0
+        out, acc = [], 0.0
+        for i, n in enumerate(chain):
+            out.append((n, pts[i], pts[i + 1], (acc + lengths[i] / 2) / total))
+            acc += lengths[i]
+        return out
+
+
+def _align(v_from: np.ndarray, v_to: np.ndarray) -> np.ndarray:
+    """Smallest rotation (3x3) turning direction v_from onto v_to."""
+    a, b = v_from / (np.linalg.norm(v_from) or 1), v_to / (np.linalg.norm(v_to) or 1)
+    v, c = np.cross(a, b), float(a @ b)
+    if c < -0.999999:  # opposite: half a turn about any perpendicular axis
+        axis = np.cross(a, [1.0, 0, 0]) if abs(a[0]) < 0.9 else np.cross(a, [0, 1.0, 0])
+        axis /= np.linalg.norm(axis)
+        return 2 * np.outer(axis, axis) - np.eye(3)
+    k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    return np.eye(3) + k + k @ k / (1 + c)
+
+
+def pairs(src: Structure, tgt: Structure) -> list[tuple[str, str, np.ndarray]]:
+    """(source bone, target bone, alignment C) for every matched part: target world rotation =
+    delta_source @ C @ target rest rotation, with C turning the target's rest segment onto the
+    source's (the root: its whole body frame)."""
+    out = [(src.root, tgt.root, src.frame @ tgt.frame.T)]
+    for part, (tb, t0, t1) in tgt.parts.items():
+        if part in src.parts:
+            sb, s0, s1 = src.parts[part]
+            out.append((sb, tb, _align(t1 - t0, s1 - s0)))
+    neck_base = lambda s: _head(s.arm, s.neck[0]) if s.neck else (np.array(s.rest["neck"], np.float64))  # noqa: E731
+    for chain_of, end_of in ((lambda s: s.spine, neck_base),
+                             (lambda s: s.neck, lambda s: _end(s.arm, s.head) if s.head else None)):
+        sc, tc = chain_of(src), chain_of(tgt)
+        if not sc or not tc:
+            continue
+        ss, ts = src.chain_segments(sc, end_of(src)), tgt.chain_segments(tc, end_of(tgt))
+        for tb, t0, t1, tf in ts:
+            sb, s0, s1, _ = min(ss, key=lambda x: abs(x[3] - tf))
+            if tb == tc[-1]:  # the chest and the head match exactly
+                sb, s0, s1 = ss[-1][:3]
+            out.append((sb, tb, _align(t1 - t0, s1 - s0)))
+    seen, unique = set(), []
+    for sb, tb, c in out:
+        if tb not in seen:
+            seen.add(tb)
+            unique.append((sb, tb, c))
+    return unique
+
+
+# --- baking ---------------------------------------------------------------------------------------------
+
+def _rot_only(m4) -> np.ndarray:
+    r = np.array(m4, np.float64)[:3, :3]
+    return r / np.linalg.norm(r, axis=0, keepdims=True)
+
+
+def _quat_from_matrix(m: np.ndarray) -> np.ndarray:
+    """(N, 3, 3) rotation matrices -> (N, 4) quaternions (w, x, y, z)."""
+    from mathutils import Matrix
+    return np.array([Matrix(r.tolist()).to_quaternion()[:] for r in m], np.float64)
+
+
+def _continuous(q: np.ndarray) -> np.ndarray:
+    """Flip quaternion signs so consecutive keys take the short way."""
+    q = q.copy()
+    for i in range(1, len(q)):
+        if q[i] @ q[i - 1] < 0:
+            q[i] = -q[i]
+    return q
+
+
+def retarget(scene, source, target, source_mapping: dict | None = None, target_mapping: dict | None = None,
+             frames=None, action_name: str | None = None):
+    """Bake the source armature's motion onto the target armature; returns the new Action.
+
+    frames: scene frames to bake (default: the source action's whole range). The target gets a
+    new action with quaternion rotation keys on the matched bones and location keys on its root,
+    one key per frame; its other bones rest. The scene's current frame is restored.
+    """
+    import bpy
+    for obj, what in ((source, "source"), (target, "target")):
+        if obj is None or getattr(obj, "type", None) != "ARMATURE":
+            raise ValueError(f"retargeting needs a {what} armature")
+    if source == target:
+        raise ValueError("source and target are the same armature")
+    src = Structure(source, source_mapping or mapping_mod.auto_map(source))
+    tgt = Structure(target, target_mapping or mapping_mod.auto_map(target))
+    if frames is None:
+        a, b = motion_range(source)
+        frames = range(a, b + 1)
+    frames = [int(f) for f in frames]
+    if not frames:
+        raise ValueError("no frames to retarget")
+    matched = pairs(src, tgt)
+
+    tb_all = [pb.name for pb in target.pose.bones]
+    t_index = {n: i for i, n in enumerate(tb_all)}
+    s_index = {pb.name: i for i, pb in enumerate(source.pose.bones)}
+    t_bones = target.data.bones
+    rest = np.array([np.array(t_bones[n].matrix_local, np.float64) for n in tb_all])     # (B, 4, 4)
+    parent = [t_index[t_bones[n].parent.name] if t_bones[n].parent else -1 for n in tb_all]
+    rest_rel = np.array([np.linalg.inv(rest[p]) @ rest[i] if p >= 0 else rest[i] for i, p in enumerate(parent)])
+    order = sorted(range(len(tb_all)), key=lambda i: len(t_bones[tb_all[i]].parent_recursive))
+    a_t = np.array(target.matrix_world, np.float64)
+    a_t_rot, a_t_inv = _rot_only(a_t), np.linalg.inv(a_t)
+    a_s_rot = _rot_only(source.matrix_world)
+    t_root = t_index[tgt.root]
+    # Target world rotation per matched bone = delta_src @ C @ T_rest  ->  store C @ T_rest.
+    goal = {t_index[tb]: (s_index[sb], c @ _rest_rot(target, tb), np.linalg.inv(_rest_rot(source, sb)))
+            for sb, tb, c in matched}
+    scale = tgt.leg_length / max(src.leg_length, 1e-9)
+    s_origin = np.array(source.matrix_world.translation, np.float64)
+    t_origin = np.array(target.matrix_world.translation, np.float64)
+    t_root_rest_rot = _rest_rot(target, tgt.root)
+    t_hip_offset = tgt.mid_hip - _head(target, tgt.root)                  # world, rest
+    s_proj = projection.Projector(source, {"joints": _hips_only(src)})
+
+    n_b = len(tb_all)
+    keyed = sorted(set(goal) | {t_root})
+    rots = np.zeros((len(frames), len(keyed), 3, 3))
+    locs = np.zeros((len(frames), 3))
+    s_buf = np.empty(len(s_index) * 16, np.float32)
+    current = scene.frame_current
+    try:
+        for fi, f in enumerate(frames):
+            scene.frame_set(f)
+            source.pose.bones.foreach_get("matrix", s_buf)
+            s_pose = s_buf.reshape(-1, 4, 4).transpose(0, 2, 1).astype(np.float64)
+            s_world, _ = s_proj.world_joints(s_pose)
+            s_mid = (s_world[joints.INDEX["left_hip"]] + s_world[joints.INDEX["right_hip"]]) / 2
+            pose = np.zeros((n_b, 4, 4))
+            basis = np.zeros((n_b, 4, 4))
+            for i in order:
+                m0 = (pose[parent[i]] @ rest_rel[i]) if parent[i] >= 0 else rest_rel[i].copy()
+                m = m0.copy()
+                if i in goal:
+                    si, c_rest, s_rest_inv = goal[i]
+                    delta = a_s_rot @ _rot_only(s_pose[si]) @ s_rest_inv                   # world
+                    w_rot = delta @ c_rest
+                    m[:3, :3] = a_t_rot.T @ w_rot
+                    if i == t_root:
+                        mid = t_origin + scale * (s_mid - s_origin)
+                        head = mid - w_rot @ t_root_rest_rot.T @ t_hip_offset
+                        m[:3, 3] = (a_t_inv @ np.append(head, 1.0))[:3]
+                pose[i] = m
+                basis[i] = np.linalg.inv(m0) @ m
+            rots[fi] = basis[keyed, :3, :3]
+            locs[fi] = basis[t_root, :3, 3]
+    finally:
+        scene.frame_set(current)
+    action = _write_action(target, [tb_all[i] for i in keyed], frames, rots, locs, tb_all[t_root],
+                           action_name or f"{target.name}<-{source.name}")
+    scene.frame_set(current)
+    bpy.context.view_layer.update()
+    return action
+
+
+def _hips_only(structure: Structure) -> dict:
+    """A mapping with just the hips: the projector reads the source's mid-hip with it."""
+    J = {}
+    for s in ("left", "right"):
+        b, _, _ = structure.parts[f"{s}_thigh"]
+        J[f"{s}_hip"] = {"bone": b, "at": 0.0}
+    return J
+
+
+def _write_action(target, bone_names, frames, rots, locs, root_name, name):
+    """A new layered action on the target: rotation_quaternion keys for each bone, location keys
+    for the root, LINEAR between keys; unkeyed bones reset to rest."""
+    import bpy
+    from bpy_extras import anim_utils
+    action = bpy.data.actions.new(name)
+    slot = action.slots.new(id_type="OBJECT", name=target.name)
+    bag = anim_utils.action_ensure_channelbag_for_slot(action, slot)
+    xs = np.asarray(frames, np.float64)
+    quats = np.stack([_continuous(_quat_from_matrix(rots[:, k])) for k in range(len(bone_names))], axis=1)
+
+    def curve(path, index, values, group):
+        fc = bag.fcurves.new(path, index=index, group_name=group)
+        fc.keyframe_points.add(len(xs))
+        co = np.empty(2 * len(xs))
+        co[0::2], co[1::2] = xs, values
+        fc.keyframe_points.foreach_set("co", co)
+        fc.keyframe_points.foreach_set("interpolation", [bpy.types.Keyframe.bl_rna.properties["interpolation"]
+                                                         .enum_items["LINEAR"].value] * len(xs))
+        fc.update()
+
+    for k, bn in enumerate(bone_names):
+        pb = target.pose.bones[bn]
+        pb.rotation_mode = "QUATERNION"
+        path = pb.path_from_id("rotation_quaternion")
+        for c in range(4):
+            curve(path, c, quats[:, k, c], bn)
+    root_path = target.pose.bones[root_name].path_from_id("location")
+    for c in range(3):
+        curve(root_path, c, locs[:, c], root_name)
+    for pb in target.pose.bones:  # bones without keys keep their rest pose
+        pb.matrix_basis.identity()
+        pb.location, pb.scale = (0, 0, 0), (1, 1, 1)
+        pb.rotation_quaternion = (1, 0, 0, 0)
+        pb.rotation_euler = (0, 0, 0)
+    ad = target.animation_data or target.animation_data_create()
+    ad.action = action
+    ad.action_slot = slot
+    return action
+
+
+def retarget_bvh(path, scene, target, target_mapping: dict | None = None, *, keep_source: bool = False):
+    """Import a BVH and bake it onto `target`; returns (action, (first, last) frame). The imported
+    armature is deleted unless keep_source."""
+    import bpy
+    source = import_bvh(path, scene)
+    try:
+        first, last = motion_range(source)
+        action = retarget(scene, source, target, None, target_mapping, range(first, last + 1))
+    finally:
+        if not keep_source:
+            data = source.data
+            bpy.data.objects.remove(source)
+            if data.users == 0:
+                bpy.data.armatures.remove(data)
+    return action, (first, last)
+
+
+# --- camera ------------------------------------------------------------------------------------------------
+
+def frame_camera(scene, armature, frames, mapping: dict | None = None, *, margin: float = 0.1,
+                 lens: float = 50.0, name: str = "pix2dance camera"):
+    """Add (or reuse, by name) a perspective camera in front of the armature that sees every mapped
+    joint over the given frames, with `margin` (fraction of the frame) to spare; it becomes the
+    scene camera. "Front": the horizontal body forward of the first frame. Returns the camera."""
+    import bpy
+    from mathutils import Matrix, Vector
+    mapping = mapping or mapping_mod.auto_map(armature)
+    frames = [int(f) for f in frames]
+    if not frames:
+        raise ValueError("no frames to frame the camera on")
+    world = projection.world_frames(scene, armature, mapping, frames)           # (N, J, 3)
+    pts = world.reshape(-1, 3)
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    if not len(pts):
+        raise ValueError(f"{armature.name}: no mapped joints to frame")
+    first = world[0]
+    L, R = joints.INDEX, first
+    fwd = None
+    if np.isfinite(R[[L["left_shoulder"], L["right_shoulder"], L["left_hip"], L["right_hip"]]]).all():
+        left = (R[L["left_shoulder"]] - R[L["right_shoulder"]]) + (R[L["left_hip"]] - R[L["right_hip"]])
+        up = np.array([0.0, 0.0, 1.0])
+        fwd = np.cross(left, up)
+        fwd[2] = 0.0
+    if fwd is None or np.linalg.norm(fwd) < 1e-9:
+        fwd = np.array([0.0, -1.0, 0.0])
+    fwd /= np.linalg.norm(fwd)
+    up = np.array([0.0, 0.0, 1.0])
+    right_cam = np.cross(-fwd, up)                 # camera's +X when looking along -fwd
+    centre = (pts.max(axis=0) + pts.min(axis=0)) / 2
+    rel = pts - centre
+    cx, cy, cz = rel @ right_cam, rel @ up, rel @ fwd     # camera axes; cz towards the camera
+    cam = bpy.data.objects.get(name)
+    if cam is None or cam.type != "CAMERA":
+        cam = bpy.data.objects.new(name, bpy.data.cameras.new(name))
+        scene.collection.objects.link(cam)
+    elif cam.name not in scene.objects:
+        scene.collection.objects.link(cam)
+    cam.data.type, cam.data.lens, cam.data.sensor_fit = "PERSP", lens, "AUTO"
+    cam.data.shift_x = cam.data.shift_y = 0.0
+    w, h = projection.render_size(scene)
+    half = cam.data.sensor_width / 2 / lens            # tan of half the wider side's field of view
+    tan_x, tan_y = (half, half * h / w) if w >= h else (half * w / h, half)
+    keep = 1.0 - 2 * margin
+    # Each point needs |x| / (dist - z) <= tan * keep (z: its offset towards the camera).
+    dist = float(np.max(cz + np.maximum(np.abs(cx) / (tan_x * keep), np.abs(cy) / (tan_y * keep))))
+    hz = float(np.abs(cz).max())
+    dist = max(dist, hz * 1.5 + 1e-3)
+    cam.matrix_world = Matrix.Identity(4)
+    loc = centre + fwd * dist
+    look = Matrix(np.stack([right_cam, up, fwd], axis=1).tolist())   # camera looks along its -Z
+    cam.matrix_world = Matrix.Translation(Vector(loc.tolist())) @ look.to_4x4()
+    cam.data.clip_start = max(1e-3, 0.05 * (dist - hz))
+    cam.data.clip_end = max(cam.data.clip_end, 2 * (dist + hz))
+    scene.camera = cam
+    bpy.context.view_layer.update()
+    return cam
