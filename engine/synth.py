@@ -29,9 +29,12 @@ accepts: keypoints, size, fps) and `dancer.blend` (the animated scene, for the a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,11 +330,12 @@ def new_scene(size: int, frames: int, fps: float):
     return bpy, scene, arm, cam
 
 
-def render_frames(bpy, scene, frames_dir: Path, frames: int, quiet: bool = False) -> None:
-    """Render frames 0..frames-1 to frames_dir/000000.png ... with Workbench."""
+def render_frames(bpy, scene, frames_dir: Path, frames: int, quiet: bool = False, progress=None) -> None:
+    """Render frames 0..frames-1 to frames_dir/000000.png ... with Workbench (progress: a bar's stream)."""
     from tqdm import tqdm
     frames_dir.mkdir(parents=True, exist_ok=True)
-    for f in tqdm(range(frames), desc="render synthetic dancer", unit="frame", disable=quiet, leave=False):
+    for f in tqdm(range(frames), desc="render synthetic dancer", unit="frame", disable=quiet, leave=False,
+                  file=progress):
         scene.frame_set(f)
         scene.render.filepath = str(frames_dir / f"{f:06d}.png")
         bpy.ops.render.render(write_still=True)
@@ -351,26 +355,40 @@ def ground_truth(scene, arm, cam, frames: int) -> np.ndarray:
     return np.asarray(projection.project_frames(scene, arm, cam, table, range(frames)), dtype=np.float32)
 
 
+@contextlib.contextmanager
 def _quiet_blender(verbose: bool):
-    """Blender prints a line per rendered frame on the C side: silence fd 1 unless verbose."""
-    import contextlib
-    import os
-    if verbose:
-        return contextlib.nullcontext()
+    """Blender writes a line per rendered frame, and harmless EGL warnings, from C: hold file
+    descriptors 1 and 2 while it works (unless verbose), and replay stderr if something fails.
 
-    @contextlib.contextmanager
-    def silence():
-        sys.stdout.flush()
-        saved = os.dup(1)
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
+    Yields the stream progress bars should write to: the real stderr.
+    """
+    if verbose:
+        yield sys.stderr
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as err, open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        failed = True
+        progress = os.fdopen(saved[1], "w", closefd=False)
         try:
-            yield
+            yield progress
+            failed = False
         finally:
+            progress.flush()
             sys.stdout.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
-    return silence()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            if failed:
+                err.seek(0)
+                text = err.read().decode(errors="replace").strip()
+                if text:
+                    log.error("Blender said:\n%s", text[-4000:])
 
 
 def make_clip(out_dir: str | Path, frames: int = 240, size: int = 256, seed: int = 0,
@@ -385,10 +403,10 @@ def make_clip(out_dir: str | Path, frames: int = 240, size: int = 256, seed: int
     out_dir = Path(out_dir)
     started = time.perf_counter()
     dance = make_dance(seed, choreography)
-    with atomic_dir(out_dir) as tmp, _quiet_blender(verbose):
+    with atomic_dir(out_dir) as tmp, _quiet_blender(verbose) as progress:
         bpy, scene, arm, cam = new_scene(size, frames, fps)
         keyframe_dance(arm, dance, frames, fps, bpy.context.view_layer)
-        render_frames(bpy, scene, tmp / "frames", frames, quiet)
+        render_frames(bpy, scene, tmp / "frames", frames, quiet, progress)
         keypoints = ground_truth(scene, arm, cam, frames)
         if save_blend:
             scene.frame_set(0)

@@ -1,0 +1,324 @@
+"""`pix2dance demo`: the whole product end to end on a synthetic dancer, on any machine, offline.
+
+    pix2dance demo [--out demo-output] [--quick] [--device auto|cpu|cuda]      # what `make demo` runs
+    engine.demo.run("demo-output", quick=False, device="auto", quiet=False) -> DemoResult
+
+1. engine.synth renders a training dance (Blender, headless) with its exact 2D skeleton;
+2. engine.dataset builds the training set from that video, with the ground-truth skeletons;
+3. engine.train trains a small pix2pix generator on it (minutes on a CPU);
+4. the engine server starts on a free loopback port, and a new choreography the model never saw
+   is rendered through engine.client, the path the Blender add-on takes;
+5. the outputs, each printed at the end:
+   - side_by_side.mp4: skeleton | true render | generated,
+   - eval.json: SSIM, PSNR, L1 and flicker against the true renders, and pose error (MediaPipe on
+     the generated frames against the true skeleton; null when no pose model resolves, e.g. offline),
+   - losses.png: the training curves.
+
+The unseen dance is filmed by the same camera as the training dance, so its true renders are cut
+with the training set's crop and its skeleton is sent in that crop's pixels with normalization
+"none": the generated frames then line up with the true renders pixel for pixel, and SSIM/PSNR
+measure the generator alone. (The add-on sends a rig's skeleton with "clip" normalization instead,
+which moves another body into the dancer's space; here the body is the dancer's own.)
+
+The output folder is built in a temporary sibling and renamed at the end (engine.atomic), so an
+interrupted demo leaves no half-written demo-output/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.atomic import atomic_dir, atomic_file
+from engine.errors import UserError
+
+log = logging.getLogger("pix2dance.demo")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of one demo: the synthetic clips, the dataset and the training run."""
+    train_frames: int           # frames of the training dance
+    test_frames: int            # frames of the unseen dance
+    fps: float                  # both clips, and the dataset's sampling rate (every frame)
+    render_size: int            # Blender render, square
+    size: int                   # dataset and generator image size
+    ngf: int                    # generator width
+    steps: int                  # training steps
+    batch: int
+    panel: int                  # side_by_side.mp4 panel size (each of the three)
+    val_every: int              # training steps between validations (each costs a few seconds)
+    seed: int = 0
+
+
+# Full: ~10 minutes on 2 CPU cores (see docs/demo.md for the measured budget).
+FULL = DemoSettings(train_frames=480, test_frames=120, fps=24.0, render_size=256, size=128, ngf=16,
+                    steps=1500, batch=4, panel=256, val_every=500)
+# Quick: tiny sizes, a minute or two; for tests and a first look.
+QUICK = DemoSettings(train_frames=48, test_frames=16, fps=12.0, render_size=128, size=64, ngf=8,
+                     steps=60, batch=2, panel=128, val_every=60)
+
+
+@dataclass
+class DemoResult:
+    """Where the demo's outputs are, and its scores."""
+    out: Path
+    side_by_side: Path
+    eval_json: Path
+    losses_png: Path
+    run_dir: Path
+    scores: dict
+
+
+# --- the engine server, as a child process ----------------------------------------------------
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def engine_server(run_dir: Path, device: str, timeout: float = 120.0):
+    """Start `pix2dance serve RUN` on a free loopback port; yield its address; always stop it.
+
+    The server is this Python running engine.cli, so it is the very command a user types. It is
+    stopped with SIGTERM (its clean shutdown) and killed if it has not gone within 10 seconds.
+    """
+    from engine.client import Client, ClientError
+    address = f"tcp://127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "engine.cli", "serve", str(run_dir), "--bind", address, "--device", device, "--quiet"]
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+                raise UserError(f"the engine server stopped at start-up: {err[-1] if err else f'exit {proc.returncode}'}")
+            try:
+                with Client(address, timeout=2.0, retries=0) as c:
+                    c.ping()
+                break
+            except ClientError:
+                if time.monotonic() > deadline:
+                    raise UserError(f"the engine server did not answer on {address} within {timeout:.0f} s") from None
+        log.debug("engine server up on %s (pid %d)", address, proc.pid)
+        yield address
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+def crop_frames(frames: np.ndarray, crop: dict, size: int) -> np.ndarray:
+    """Cut the dataset's square crop {x, y, side} out of (N, H, W, 3) frames, as the dataset did."""
+    from engine import dataset
+    box = dataset.Crop(int(crop["x"]), int(crop["y"]), int(crop["side"]))
+    return np.stack([dataset.crop_image(f, box, size) for f in frames])
+
+
+def to_crop(keypoints: np.ndarray, crop: dict) -> np.ndarray:
+    """(N, J, 3) keypoints in video pixels -> pixels of the crop square (side x side)."""
+    from engine import dataset
+    side = int(crop["side"])
+    return dataset.Crop(int(crop["x"]), int(crop["y"]), side).to_crop_pixels(keypoints, side)
+
+
+def generate_via_engine(run_dir: Path, keypoints: np.ndarray, side: int, device: str, quiet: bool) -> np.ndarray:
+    """Frames for (N, J, 3) keypoints in crop pixels, through a served engine: (N, S, S, 3) uint8."""
+    import cv2
+    from tqdm import tqdm
+
+    from engine.client import Client, ClientError
+    with engine_server(run_dir, device) as address, Client(address, timeout=60.0) as client:
+        model = client.info()["models"][0]["name"]
+        frames = []
+        try:
+            for frame in tqdm(client.render(model, keypoints, source_size=(side, side), mode="none", fmt="png"),
+                              total=len(keypoints), desc="render via engine", unit="frame", disable=quiet):
+                bgr = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR)
+                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        except ClientError as e:
+            raise UserError(f"the engine failed to render the unseen dance: {e}") from None
+    return np.stack(frames)
+
+
+def resolve_pose_model(quiet: bool) -> Path | None:
+    """The MediaPipe model when one resolves (env, cache, or a download); None offline."""
+    from engine import pose
+    try:
+        return pose.resolve_model(None, timeout=10.0)
+    except UserError as e:
+        log.warning("no pose model (%s): pose error will be null", e)
+        return None
+    except Exception as e:   # network stacks raise many kinds of errors; the demo goes on without
+        log.warning("no pose model (%s): pose error will be null", e)
+        return None
+
+
+def detect_poses(frames: np.ndarray, model: Path, fps: float, quiet: bool, desc: str) -> list[list[np.ndarray]]:
+    """MediaPipe on each frame (a video stream): per frame, the detected (J, 3) keypoints."""
+    from tqdm import tqdm
+
+    from engine.pose import PoseEstimator
+    found = []
+    with PoseEstimator(model, num_poses=1) as estimator:
+        for i, rgb in enumerate(tqdm(frames, desc=desc, unit="frame", disable=quiet, leave=False)):
+            found.append(estimator.detect(np.ascontiguousarray(rgb), i * 1000.0 / fps))
+    return found
+
+
+def pose_scores(detections: list[list[np.ndarray]], truth: np.ndarray) -> tuple[float | None, float]:
+    """(mean pose distance of the best detection per frame, or None; share of frames with a detection)."""
+    from engine.metrics import pose_distance
+    dists = []
+    for found, target in zip(detections, truth):
+        best = [d for d in (pose_distance(k, target) for k in found) if d is not None]
+        if best:
+            dists.append(min(best))
+    rate = sum(1 for f in detections if f) / max(len(detections), 1)
+    return (float(np.mean(dists)) if dists else None), float(rate)
+
+
+def image_scores(generated: np.ndarray, truth: np.ndarray, keypoints: np.ndarray) -> dict:
+    """SSIM, PSNR, L1 (whole frame, and inside the dancer's box) and flicker of generated vs true frames."""
+    from engine import metrics
+    a, b = metrics.to_unit(generated), metrics.to_unit(truth)
+    mask = metrics.box_masks(keypoints, generated.shape[1])
+    return {
+        "ssim": float(metrics.ssim(a, b).mean()), "psnr": float(metrics.psnr(a, b).mean()),
+        "l1": float(metrics.l1(a, b).mean()),
+        "body": {"ssim": float(metrics.ssim(a, b, mask).mean()), "psnr": float(metrics.psnr(a, b, mask).mean()),
+                 "l1": float(metrics.l1(a, b, mask).mean())},
+        "flicker": metrics.flicker(a), "flicker_true": metrics.flicker(b),
+    }
+
+
+def side_by_side(skeletons: np.ndarray, truth: np.ndarray, generated: np.ndarray, panel: int) -> np.ndarray:
+    """(N, S, S, 3) x 3 -> (N, panel, 3 * panel, 3): skeleton | true render | generated, labelled."""
+    import cv2
+    out = []
+    for row in zip(skeletons, truth, generated):
+        tiles = [cv2.resize(t, (panel, panel), interpolation=cv2.INTER_NEAREST if panel % t.shape[0] == 0 else cv2.INTER_LINEAR)
+                 for t in row]
+        for tile, label in zip(tiles, ("skeleton", "true render", "generated")):
+            cv2.putText(tile, label, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        out.append(np.hstack(tiles))
+    return np.stack(out)
+
+
+# --- the demo ---------------------------------------------------------------------------------
+
+def run(out: str | Path = "demo-output", quick: bool = False, device: str = "auto", quiet: bool = False,
+        settings: DemoSettings | None = None) -> DemoResult:
+    """Run the demo into `out` (replaced atomically when done); returns where everything is."""
+    from engine import dataset, skeleton, synth, train, video
+    s = settings or (QUICK if quick else FULL)
+    out = Path(out)
+    started = time.perf_counter()
+    times: dict[str, float] = {}
+
+    def lap(name: str, t0: float) -> None:
+        times[name] = round(time.perf_counter() - t0, 1)
+
+    with atomic_dir(out) as tmp:
+        log.info("pix2dance demo: a synthetic dancer, %d training frames at %d px, %d training steps (%s)",
+                 s.train_frames, s.size, s.steps, "quick" if quick else "full")
+        t0 = time.perf_counter()
+        train_clip = synth.make_clip(tmp / "train_clip", frames=s.train_frames, size=s.render_size, seed=s.seed,
+                                     choreography="train", fps=s.fps, quiet=quiet)
+        test_clip = synth.make_clip(tmp / "test_clip", frames=s.test_frames, size=s.render_size, seed=s.seed,
+                                    choreography="test", fps=s.fps, quiet=quiet)
+        lap("synth", t0)
+
+        t0 = time.perf_counter()
+        data_dir = tmp / "dataset"
+        dataset.build([train_clip.video], data_dir, fps=s.fps, size=s.size, val_fraction=0.1, quiet=quiet,
+                      keypoints=[train_clip.keypoints])
+        info = json.loads((data_dir / "dataset.json").read_text())
+        crop = info["sources"][0]["crop"]
+        lap("dataset", t0)
+
+        t0 = time.perf_counter()
+        run_dir = tmp / "run"
+        train.run(data_dir, run_dir, steps=s.steps, size=s.size, ngf=s.ngf, batch=s.batch, device=device,
+                  seed=s.seed, quiet=quiet, val_every=s.val_every, checkpoint_every=s.steps)
+        lap("train", t0)
+
+        t0 = time.perf_counter()
+        test_kp = to_crop(test_clip.keypoints, crop)                                  # (N, J, 3) crop px
+        generated = generate_via_engine(run_dir, test_kp, int(crop["side"]), device, quiet)
+        lap("render", t0)
+
+        t0 = time.perf_counter()
+        truth = crop_frames(synth.read_frames(test_clip), crop, s.size)
+        kp_model = test_kp.copy()
+        kp_model[..., :2] *= s.size / crop["side"]                                    # model pixels
+        skeletons = skeleton.draw_batch(kp_model, s.size)
+        scores = image_scores(generated, truth, kp_model)
+        pose_model = resolve_pose_model(quiet)
+        pose_error = pose_error_true = None
+        detection_rate = detection_rate_true = None
+        if pose_model is not None:
+            pose_error, detection_rate = pose_scores(
+                detect_poses(generated, pose_model, s.fps, quiet, "pose error (generated)"), kp_model)
+            pose_error_true, detection_rate_true = pose_scores(
+                detect_poses(truth, pose_model, s.fps, quiet, "pose error (true renders)"), kp_model)
+        report = {**scores, "pose_error": pose_error, "detection_rate": detection_rate,
+                  "pose_error_true_render": pose_error_true, "detection_rate_true_render": detection_rate_true,
+                  "pose_model": pose_model.name if pose_model else None, "frames": int(len(generated)),
+                  "unseen_choreography": True, "normalization": "none (same camera, dataset crop)",
+                  "settings": asdict(s), "device": device}
+        codec = video.write_video(tmp / "side_by_side.mp4", side_by_side(skeletons, truth, generated, s.panel), s.fps)
+        shutil.copyfile(run_dir / train.PLOT, tmp / "losses.png")
+        lap("evaluate", t0)
+        report["seconds"] = {**times, "total": round(time.perf_counter() - started, 1)}
+        with atomic_file(tmp / "eval.json") as f:
+            f.write_text(json.dumps(report, indent=2) + "\n")
+
+    result = DemoResult(out=out, side_by_side=out / "side_by_side.mp4", eval_json=out / "eval.json",
+                        losses_png=out / "losses.png", run_dir=out / "run", scores=report)
+    _summary(result, codec)
+    return result
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def _summary(r: DemoResult, codec: str) -> None:
+    sc = r.scores
+    log.info("")
+    log.info("demo done in %.0f s (%s)", sc["seconds"]["total"],
+             ", ".join(f"{k} {v:.0f} s" for k, v in sc["seconds"].items() if k != "total"))
+    log.info("  unseen dance, %d frames: SSIM %s, PSNR %s dB, pose error %s (true renders: %s)",
+             sc["frames"], _fmt(sc["ssim"], ".3f"), _fmt(sc["psnr"], ".2f"), _fmt(sc["pose_error"], ".3f"),
+             _fmt(sc["pose_error_true_render"], ".3f"))
+    log.info("  side by side (skeleton | true render | generated): %s  [%s]", r.side_by_side, codec)
+    log.info("  scores:                                            %s", r.eval_json)
+    log.info("  training curves:                                   %s", r.losses_png)
+    log.info("  the trained model (serve it: pix2dance serve %s)", r.run_dir)
