@@ -20,7 +20,7 @@ from pathlib import Path
 
 import bpy
 from bpy.app.handlers import persistent
-from bpy.props import EnumProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, StringProperty
 
 from . import jobs, properties
 from . import mapping as bone_mapping
@@ -287,13 +287,18 @@ class PIX2DANCE_OT_pick_model(bpy.types.Operator):
 
 
 class PIX2DANCE_OT_retarget_bvh(bpy.types.Operator):
-    """Import a BVH and retarget its motion onto the scene's armature (baked to an action)"""
+    """Import a BVH and retarget its motion onto the scene's armature (baked to an action), or use the imported armature itself"""
     bl_idname = "pix2dance.retarget_bvh"
     bl_label = "Retarget BVH"
     bl_options = {"REGISTER", "UNDO"}
 
     filepath: StringProperty(name="BVH file", subtype="FILE_PATH")
     filter_glob: StringProperty(default="*.bvh", options={"HIDDEN"})
+    mode: EnumProperty(name="Use", default="RETARGET", items=(
+        ("RETARGET", "Retarget onto the armature", "Bake the motion onto the armature in the pix2dance panel"),
+        ("IMPORT", "The imported armature", "Keep the BVH's own armature, map its bones and render it")))
+    set_range: BoolProperty(name="Set the render range", default=True,
+                            description="Make frame_start..frame_end the motion's range")
 
     def invoke(self, context, event):
         context.window_manager.fileselect_add(self)
@@ -304,30 +309,43 @@ class PIX2DANCE_OT_retarget_bvh(bpy.types.Operator):
         if path is None or not path.is_file():
             self.report({"ERROR"}, f"No BVH file at {self.filepath!r}")
             return {"CANCELLED"}
-        s = context.scene.pix2dance
-        if s.armature is None:
-            self.report({"ERROR"}, "No armature: pick the rig to retarget onto in the pix2dance panel")
-            return {"CANCELLED"}
         try:
-            message = retarget_onto(context, path)
+            message = bring_in_bvh(context.scene, path, self.mode, self.set_range)
         except AddonError as e:
+            context.scene.pix2dance.last_error = str(e)
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
+        context.scene.pix2dance.status = message
         self.report({"INFO"}, message)
         return {"FINISHED"}
 
 
-def retarget_onto(context, path: Path) -> str:
-    """Import the BVH and retarget it onto the scene's armature; a one-line summary."""
+def bring_in_bvh(scene, path: Path, mode: str, set_range: bool) -> str:
+    """Retarget a BVH onto the scene's armature, or import it as the armature; a one-line summary."""
     from . import retarget
-    s = context.scene.pix2dance
-    arm = s.armature
-    target_mapping = checked_mapping(context.scene, arm)
+    s = scene.pix2dance
     try:
-        result = retarget.retarget_bvh(context.scene, str(path), arm, target_mapping)
+        if mode == "IMPORT":
+            arm = retarget.import_bvh(str(path), scene)
+            first, last = retarget.motion_range(arm)
+            s.armature = arm
+            properties.set_mapping(s, bone_mapping.auto_map(arm))
+            done = f"Imported {path.name} as {arm.name!r} (mapping: {s.mapping_preset or 'by hierarchy'})"
+        else:
+            arm = s.armature
+            if arm is None or arm.type != "ARMATURE":
+                raise AddonError("No armature to retarget onto: pick one in the pix2dance panel")
+            target_mapping = checked_mapping(scene, arm)
+            _, (first, last) = retarget.retarget_bvh(scene, str(path), arm, target_mapping)
+            done = f"Retargeted {path.name} onto {arm.name!r}"
     except (ValueError, RuntimeError, OSError) as e:
-        raise AddonError(f"Could not retarget {path.name}: {e}") from None
-    return f"Retargeted {path.name} onto {arm.name}" + (f": {result}" if isinstance(result, str) else "")
+        raise AddonError(f"Could not use {path.name}: {e}") from None
+    if set_range:
+        s.frame_start, s.frame_end = max(0, first), max(0, last)
+    if s.camera is None and scene.camera is None:
+        s.camera = retarget.frame_camera(scene, arm, range(first, last + 1), properties.get_mapping(s) or None)
+        done += f", camera {s.camera.name!r} added"
+    return f"{done}: frames {first}-{last}"
 
 
 # --- live preview: the frame-change handler ---------------------------------------------------------

@@ -382,3 +382,35 @@ def test_live_preview_shows_the_current_frame_and_drops_stale_replies(rig):
     finally:
         s.live_preview = False
     assert jobs._live["preview"] is None
+
+
+# --- mocap -------------------------------------------------------------------------------------------
+
+def test_retarget_bvh_onto_the_rig(rig):
+    from tests.conftest import sample
+    bvh = sample("mocap/cmu_skeleton_example.bvh")
+    scene, arm, _ = rig
+    s = scene.pix2dance
+    objects = set(bpy.data.objects)
+    assert bpy.ops.pix2dance.retarget_bvh(filepath=str(bvh)) == {"FINISHED"}
+    assert set(bpy.data.objects) == objects            # the imported BVH armature is removed again
+    assert arm.animation_data.action is not None
+    # 278 frames at 120 fps -> about 58 frames at the scene's 24 fps; the render range follows.
+    assert s.frame_start == 1 and 50 <= s.frame_end <= 60, (s.frame_start, s.frame_end)
+    kp = operators.plan_render(scene)  # the rig still maps and renders
+    assert kp.plan.frames[-1] == s.frame_end
+    with pytest.raises(RuntimeError, match="No BVH file"):
+        bpy.ops.pix2dance.retarget_bvh(filepath=str(bvh.with_suffix(".missing")))
+
+
+def test_import_bvh_as_the_armature(addon):
+    from tests.conftest import sample
+    bvh = sample("mocap/cmu_131_01_dance.bvh")
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    assert bpy.ops.pix2dance.retarget_bvh(filepath=str(bvh), mode="IMPORT") == {"FINISHED"}
+    s = scene.pix2dance
+    assert s.armature is not None and s.armature.type == "ARMATURE"
+    assert not [r.joint for r in s.mapping if not r.bone and r.joint in ("left_wrist", "right_ankle")]
+    assert s.camera is not None and s.camera.type == "CAMERA"   # a camera framing the motion was added
+    assert s.frame_end > s.frame_start
