@@ -122,14 +122,14 @@ def _fcurves(action):
 
 
 def _scale_keys(action, factor: float, start: float) -> None:
-    """Stretch keyframe times about `start` by `factor` (handles too)."""
+    """Stretch keyframe times about `start` by `factor`. The importer's keys are LINEAR, so only
+    the key points move; update() then recomputes the handles."""
     for fc in _fcurves(action):
         n = len(fc.keyframe_points)
-        for prop in ("co", "handle_left", "handle_right"):
-            buf = np.empty(2 * n, np.float64)
-            fc.keyframe_points.foreach_get(prop, buf)
-            buf[0::2] = start + (buf[0::2] - start) * factor
-            fc.keyframe_points.foreach_set(prop, buf)
+        buf = np.empty(2 * n, np.float64)
+        fc.keyframe_points.foreach_get("co", buf)
+        buf[0::2] = start + (buf[0::2] - start) * factor
+        fc.keyframe_points.foreach_set("co", buf)
         fc.update()
 
 
@@ -338,41 +338,62 @@ def retarget(scene, source, target, source_mapping: dict | None = None, target_m
     t_hip_offset = tgt.mid_hip - _head(target, tgt.root)                  # world, rest
     s_proj = projection.Projector(source, {"joints": _hips_only(src)})
 
-    n_b = len(tb_all)
+    n_b, n_f = len(tb_all), len(frames)
     keyed = sorted(set(goal) | {t_root})
-    rots = np.zeros((len(frames), len(keyed), 3, 3))
-    locs = np.zeros((len(frames), 3))
+    s_pose = np.zeros((n_f, len(s_index), 4, 4))
+    s_mid = np.zeros((n_f, 3))
     s_buf = np.empty(len(s_index) * 16, np.float32)
     current = scene.frame_current
+    # The target's own action is replaced anyway: detach it while stepping the source, so the
+    # depsgraph does not re-pose (and re-skin) the target every frame.
+    t_ad = target.animation_data
+    t_action = t_ad.action if t_ad is not None else None
     try:
+        if t_action is not None:
+            t_ad.action = None
         for fi, f in enumerate(frames):
             scene.frame_set(f)
             source.pose.bones.foreach_get("matrix", s_buf)
-            s_pose = s_buf.reshape(-1, 4, 4).transpose(0, 2, 1).astype(np.float64)
-            s_world, _ = s_proj.world_joints(s_pose)
-            s_mid = (s_world[joints.INDEX["left_hip"]] + s_world[joints.INDEX["right_hip"]]) / 2
-            pose = np.zeros((n_b, 4, 4))
-            basis = np.zeros((n_b, 4, 4))
-            for i in order:
-                m0 = (pose[parent[i]] @ rest_rel[i]) if parent[i] >= 0 else rest_rel[i].copy()
-                m = m0.copy()
-                if i in goal:
-                    si, c_rest, s_rest_inv = goal[i]
-                    delta = a_s_rot @ _rot_only(s_pose[si]) @ s_rest_inv                   # world
-                    w_rot = delta @ c_rest
-                    m[:3, :3] = a_t_rot.T @ w_rot
-                    if i == t_root:
-                        mid = t_origin + scale * (s_mid - s_origin)
-                        head = mid - w_rot @ t_root_rest_rot.T @ t_hip_offset
-                        m[:3, 3] = (a_t_inv @ np.append(head, 1.0))[:3]
-                pose[i] = m
-                basis[i] = np.linalg.inv(m0) @ m
-            rots[fi] = basis[keyed, :3, :3]
-            locs[fi] = basis[t_root, :3, 3]
+            s_pose[fi] = s_buf.reshape(-1, 4, 4).transpose(0, 2, 1)
+            w, _ = s_proj.world_joints(s_pose[fi])
+            s_mid[fi] = (w[joints.INDEX["left_hip"]] + w[joints.INDEX["right_hip"]]) / 2
+    except BaseException:
+        if t_action is not None:
+            t_ad.action = t_action
+        raise
     finally:
         scene.frame_set(current)
-    action = _write_action(target, [tb_all[i] for i in keyed], frames, rots, locs, tb_all[t_root],
-                           action_name or f"{target.name}<-{source.name}")
+
+    # All frames at once, bone by bone from the root down: (N, 4, 4) per bone.
+    pose = np.zeros((n_b, n_f, 4, 4))
+    basis = np.zeros((n_b, n_f, 4, 4))
+    s_rot = s_pose[:, :, :3, :3] / np.linalg.norm(s_pose[:, :, :3, :3], axis=2, keepdims=True)
+    for i in order:
+        m0 = pose[parent[i]] @ rest_rel[i] if parent[i] >= 0 else np.broadcast_to(rest_rel[i], (n_f, 4, 4)).copy()
+        m = m0.copy()
+        if i in goal:
+            si, c_rest, s_rest_inv = goal[i]
+            w_rot = a_s_rot @ s_rot[:, si] @ s_rest_inv @ c_rest              # (N, 3, 3) world
+            m[:, :3, :3] = a_t_rot.T @ w_rot
+            if i == t_root:
+                mid = t_origin + scale * (s_mid - s_origin)                   # (N, 3)
+                head = mid - np.einsum("nij,j->ni", w_rot @ t_root_rest_rot.T, t_hip_offset)
+                m[:, :3, 3] = head @ a_t_inv[:3, :3].T + a_t_inv[:3, 3]
+        pose[i] = m
+        # basis = m0^-1 @ m, m0 rigid (rotation + translation)
+        r0t = np.swapaxes(m0[:, :3, :3], 1, 2)
+        basis[i, :, :3, :3] = r0t @ m[:, :3, :3]
+        basis[i, :, :3, 3] = np.einsum("nij,nj->ni", r0t, m[:, :3, 3] - m0[:, :3, 3])
+        basis[i, :, 3, 3] = 1.0
+    rots = np.swapaxes(basis[keyed, :, :3, :3], 0, 1)                        # (N, K, 3, 3)
+    locs = basis[t_root, :, :3, 3]
+    try:
+        action = _write_action(target, [tb_all[i] for i in keyed], frames, rots, locs, tb_all[t_root],
+                               action_name or f"{target.name}<-{source.name}")
+    except BaseException:
+        if t_action is not None:
+            t_ad.action = t_action
+        raise
     scene.frame_set(current)
     bpy.context.view_layer.update()
     return action
@@ -428,9 +449,10 @@ def _write_action(target, bone_names, frames, rots, locs, root_name, name):
     return action
 
 
-def retarget_bvh(path, scene, target, target_mapping: dict | None = None, *, keep_source: bool = False):
-    """Import a BVH and bake it onto `target`; returns (action, (first, last) frame). The imported
-    armature is deleted unless keep_source."""
+def retarget_bvh(scene, path, target, target_mapping: dict | None = None, *, keep_source: bool = False):
+    """Import a BVH and bake it onto `target` (the operator's one call); returns
+    (action, (first, last) scene frames of the motion). The imported armature is deleted unless
+    keep_source. The scene's frame range is left alone (the caller may set it to the motion's)."""
     import bpy
     source = import_bvh(path, scene)
     try:
@@ -445,6 +467,10 @@ def retarget_bvh(path, scene, target, target_mapping: dict | None = None, *, kee
     return action, (first, last)
 
 
+# Frames sampled at most to find a motion's extent (margin covers what falls between samples).
+MAX_FRAMING_FRAMES = 300
+
+
 # --- camera ------------------------------------------------------------------------------------------------
 
 def frame_camera(scene, armature, frames, mapping: dict | None = None, *, margin: float = 0.1,
@@ -455,9 +481,12 @@ def frame_camera(scene, armature, frames, mapping: dict | None = None, *, margin
     import bpy
     from mathutils import Matrix, Vector
     mapping = mapping or mapping_mod.auto_map(armature)
-    frames = [int(f) for f in frames]
+    frames = sorted({int(math.floor(f + 1e-6)) for f in frames})
     if not frames:
         raise ValueError("no frames to frame the camera on")
+    if len(frames) > MAX_FRAMING_FRAMES:  # evenly spread samples, first and last included
+        pick = np.linspace(0, len(frames) - 1, MAX_FRAMING_FRAMES).round().astype(int)
+        frames = [frames[i] for i in pick]
     world = projection.world_frames(scene, armature, mapping, frames)           # (N, J, 3)
     pts = world.reshape(-1, 3)
     pts = pts[np.isfinite(pts).all(axis=1)]

@@ -140,3 +140,24 @@ def test_retarget_refuses_bad_input():
     partial = {"preset": "x", "joints": {"left_shoulder": {"bone": "LeftShoulder", "at": 0.0}}}
     with pytest.raises(ValueError, match="mapping lacks"):
         R.retarget(scene, src, bpy.data.objects.new("t", bpy.data.armatures.new("t")), None, partial)
+
+
+def test_retarget_bvh_one_call():
+    """The operator's call: import, bake the whole motion at the scene's rate, drop the import."""
+    scene = empty_scene()
+    bpy.ops.import_scene.gltf(filepath=str(sample("rigs/Xbot.glb")))
+    xbot = next(o for o in bpy.data.objects if o.type == "ARMATURE")
+    old = xbot.animation_data.action
+    action, (first, last) = R.retarget_bvh(scene, sample("mocap/cmu_skeleton_example.bvh"), xbot)
+    assert (first, last) == (1, 1 + int(277 / 120 * 24))   # 278 frames at 120 fps -> 24 fps
+    assert xbot.animation_data.action == action != old
+    assert action.frame_range[:] == pytest.approx((first, last))
+    assert [o.type for o in bpy.data.objects].count("ARMATURE") == 1  # the BVH armature is gone
+    # The rig moves: its wrists are somewhere else at the end than at the start.
+    m = M.auto_map(xbot)
+    proj = P.Projector(xbot, m)
+    scene.frame_set(first)
+    a = proj.world_joints()[0]
+    scene.frame_set(last)
+    b = proj.world_joints()[0]
+    assert np.nanmax(np.linalg.norm(a - b, axis=1)) > 0.05
