@@ -646,7 +646,6 @@ def load_blend(path: Path, fps: float | None = None, frames: tuple[int, int] | N
     """A .blend's animation through its scene camera, over the scene frame range."""
     check_blend(path)
     bpy = _bpy()
-    from blender_addon import projection
     try:
         with quiet_fds(verbose):
             result = bpy.ops.wm.open_mainfile(filepath=str(Path(path).resolve()), load_ui=False)
@@ -667,7 +666,7 @@ def load_blend(path: Path, fps: float | None = None, frames: tuple[int, int] | N
     stats = body_stats(kp)
     if stats is None:
         raise UserError(f"{path}: armature {arm.name!r} never shows a whole body through camera {cam.name!r}")
-    return Motion(keypoints=kp[start:stop], source_size=tuple(projection.render_size(scene)), fps=fps, mode="clip",
+    return Motion(keypoints=kp[start:stop], source_size=_render_size(scene), fps=fps, mode="clip",
                   source_stats=stats, first=start + 1, kind="blend")
 
 
@@ -676,31 +675,42 @@ def load_bvh(path: Path, fps: float | None = None, frames: tuple[int, int] | Non
     """A BVH imported into an empty scene, auto-mapped, seen by an automatic front camera."""
     info = check_bvh(path)
     bpy = _bpy()
-    from blender_addon import projection, retarget
+    from blender_addon import retarget
     with quiet_fds(verbose):
         bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene
+    # The scene runs at the BVH's own rate, so every BVH frame is keyed on a whole scene frame
+    # (no rescaling of keys); other rates are then evaluated at sub-frames.
+    scene.render.fps = max(1, round(info.fps))
+    scene.render.fps_base = scene.render.fps / info.fps
     try:
         with quiet_fds(verbose):
             arm = retarget.import_bvh(str(Path(path).resolve()), scene)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         raise UserError(f"Blender could not import {path} ({str(e).strip().splitlines()[-1]})") from None
-    if arm is None or getattr(arm, "type", None) != "ARMATURE":
-        raise UserError(f"{path}: Blender's BVH import made no armature")
     mp = _mapping_for(scene, arm, mapping)
     # Where the importer put BVH frame 0 and how many scene frames one BVH frame spans.
     first, last = _action_range(arm, info.frames)
     per_frame = (last - first) / max(info.frames - 1, 1)
     fps = fps or info.fps
     at, start, stop, _ = _rig_frames(first, per_frame, info.fps, info.frames - 1, fps, frames, str(path))
-    with quiet_fds(verbose):
-        cam = retarget.frame_camera(scene, arm, list(at))
-        kp = _project(scene, arm, cam, mp, at)
+    try:
+        with quiet_fds(verbose):
+            cam = retarget.frame_camera(scene, arm, list(at), mp)
+    except ValueError as e:
+        raise UserError(f"{path}: {str(e).splitlines()[0]}") from None
+    kp = _project(scene, arm, cam, mp, at)
     stats = body_stats(kp)
     if stats is None:
         raise UserError(f"{path}: the auto-mapped skeleton never shows a whole body")
-    return Motion(keypoints=kp[start:stop], source_size=tuple(projection.render_size(scene)), fps=fps, mode="clip",
+    return Motion(keypoints=kp[start:stop], source_size=_render_size(scene), fps=fps, mode="clip",
                   source_stats=stats, first=start + 1, kind="bvh")
+
+
+def _render_size(scene) -> tuple[int, int]:
+    from blender_addon import projection
+    w, h = projection.render_size(scene)
+    return int(w), int(h)
 
 
 def _action_range(armature, frames: int) -> tuple[float, float]:

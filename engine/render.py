@@ -266,11 +266,12 @@ def _engine_skeletons(entry: dict, motion) -> np.ndarray:
 
 
 def _model_name(run: Path) -> str:
-    """The name an engine serves RUN under: config "name", else the folder's name; or RUN itself."""
+    """The name an engine serves RUN under: a local run's config "name", else its folder's name
+    (as `serve` names it); RUN that is no local folder is taken as the model's name itself."""
     from engine.runs import read_config
     if (run / "config.json").is_file():
         return str(read_config(run).get("name") or run.resolve().name)
-    return str(run)
+    return run.name or str(run)
 
 
 # --- the command --------------------------------------------------------------------------------

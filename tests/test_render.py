@@ -1,0 +1,204 @@
+"""`pix2dance render` end to end, as a user runs it: a real process per command, outputs read back.
+
+Sources: a CMU BVH from ../shared, a .blend built here with bpy, a real video (lite MediaPipe
+model) and a dataset-style .npz; in-process and through a real engine process on loopback. Bad
+inputs end with exit status 2, one line, and no output left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import PYTHON, ROOT, make_tiny_run, sample, standing_pose
+
+SIZE = 64   # the tiny run's frame size
+
+
+def pix2dance(*args, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([PYTHON, "-m", "engine.cli", "render", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_video(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(bgr)
+    cap.release()
+    return frames
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    """Exit 2; the last thing printed is one line naming the problem; no traceback, no bpy chatter."""
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("pix2dance render: error: "), result.stderr
+    assert fragment in lines[-1], lines[-1]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not result.stdout.strip(), result.stdout
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("npz") / "keypoints.npz"
+    kp = np.stack([standing_pose(256) for _ in range(30)])
+    kp[:, :, 0] += (np.sin(np.arange(30) / 4) * 20)[:, None]
+    np.savez(path, keypoints=kp, size=256, fps=10.0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def blend(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("blend") / "rig.blend"
+    subprocess.run([PYTHON, "-m", "tests.blend_rig", str(path)], cwd=ROOT, check=True, capture_output=True)
+    return path
+
+
+# --- each source, 20 frames -----------------------------------------------------------------------
+
+def test_render_npz_to_mp4_and_png_frames(tiny_run, npz, tmp_path):
+    out = tmp_path / "npz.mp4"
+    r = pix2dance(tiny_run, "--motion", npz, "--out", out, "--frames", "5:24", "--png", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    frames = read_video(out)
+    assert len(frames) == 20 and frames[0].shape == (SIZE, SIZE, 3)
+    pngs = sorted((tmp_path / "npz_frames").glob("*.png"))
+    assert [p.name for p in pngs[:2]] == ["000005.png", "000006.png"] and len(pngs) == 20
+    assert "wrote 20 frames" in r.stderr and ("avc1" in r.stderr or "mp4v" in r.stderr)   # says the codec
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]                  # no temp left
+
+
+def test_render_bvh_resampled(tiny_run, tmp_path):
+    pytest.importorskip("blender_addon.retarget")
+    out = tmp_path / "bvh.mp4"
+    r = pix2dance(tiny_run, "--motion", sample("mocap/cmu_131_01_dance.bvh"), "--out", out,
+                  "--fps", "10", "--frames", "1:20", "--device", "cpu", "--side-by-side")
+    assert r.returncode == 0, r.stderr
+    frames = read_video(out)
+    assert len(frames) == 20 and frames[0].shape == (SIZE, 2 * SIZE, 3)
+    skeleton_panel = frames[0][:, :SIZE]
+    assert skeleton_panel.max() > 100 and (skeleton_panel.max(axis=2) < 20).mean() > 0.6   # a skeleton on black
+    assert "parsing bvh" not in r.stderr + r.stdout                                        # bpy kept quiet
+
+
+def test_render_blend(tiny_run, blend, tmp_path):
+    out = tmp_path / "frames"
+    r = pix2dance(tiny_run, "--motion", blend, "--out", out, "--frames", "1:20", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 20 and pngs[0].name == "000001.png"
+    assert cv2.imread(str(pngs[0])).shape == (SIZE, SIZE, 3)
+    assert not (tmp_path / "frames.mp4").exists()
+
+
+def test_render_video_side_by_side(tiny_run, pose_model, tmp_path):
+    out = tmp_path / "video.mp4"
+    r = pix2dance(tiny_run, "--motion", sample("video/dancer_room.mp4"), "--out", out, "--frames", "1:20",
+                  "--side-by-side", "--pose-model", pose_model, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    frames = read_video(out)
+    assert len(frames) == 20 and frames[0].shape == (SIZE, 2 * SIZE, 3)
+    assert frames[0][:, :SIZE].std() > 20          # the source video frame, not a black skeleton panel
+
+
+# --- through a running engine -------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    run = make_tiny_run(tmp_path_factory.mktemp("served") / "tiny")
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    log = tmp_path_factory.mktemp("log") / "serve.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([PYTHON, "-m", "engine.cli", "serve", str(run), "--bind", address, "--device", "cpu"],
+                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        from engine.client import Client
+        deadline = time.monotonic() + 60
+        with Client(address, timeout=2.0) as c:
+            while True:
+                try:
+                    c.ping()
+                    break
+                except Exception:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"engine did not start: {log.read_text()}")
+        yield run, address
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_render_through_the_engine_matches_in_process(engine, npz, tmp_path):
+    run, address = engine
+    here, there = tmp_path / "here", tmp_path / "there"
+    r = pix2dance(run, "--motion", npz, "--out", here, "--frames", "1:20", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    r = pix2dance(run, "--motion", npz, "--out", there, "--frames", "1:20", "--engine", address, "--side-by-side")
+    assert r.returncode == 0, r.stderr
+    a, b = sorted(here.glob("*.png")), sorted(there.glob("*.png"))
+    assert len(a) == len(b) == 20
+    for pa, pb in zip(a[::5], b[::5]):
+        local, remote = cv2.imread(str(pa)), cv2.imread(str(pb))
+        assert remote.shape == (SIZE, 2 * SIZE, 3)
+        # normalized once, in the engine, exactly as in-process: the same frames
+        assert np.abs(local.astype(int) - remote[:, SIZE:].astype(int)).max() <= 2
+
+
+def test_engine_errors_are_one_line(engine, npz, tmp_path):
+    run, address = engine
+    r = pix2dance(tmp_path / "nobody", "--motion", npz, "--out", tmp_path / "x.mp4", "--engine", address)
+    assert_one_line_error(r, "has no model 'nobody'")
+    dead = f"tcp://127.0.0.1:{_free_port()}"
+    r = pix2dance(run, "--motion", npz, "--out", tmp_path / "x.mp4", "--engine", dead)
+    assert_one_line_error(r, "no reply from the pix2dance engine")
+    assert not (tmp_path / "x.mp4").exists()
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+def test_bad_inputs_exit_2_with_one_line_and_no_output(tiny_run, npz, tmp_path, pose_model):
+    out = tmp_path / "out.mp4"
+    (tmp_path / "motion.txt").write_text("not a motion")
+    assert_one_line_error(pix2dance(tiny_run, "--motion", tmp_path / "motion.txt", "--out", out),
+                          "unknown motion file type '.txt'")
+    broken = tmp_path / "broken.bvh"
+    text = sample("mocap/cmu_skeleton_example.bvh").read_text()
+    broken.write_text(text[: len(text) // 2])               # cut mid-motion: Blender would half-import it
+    assert_one_line_error(pix2dance(tiny_run, "--motion", broken, "--out", out), "not a valid BVH file")
+    assert_one_line_error(pix2dance(tiny_run, "--motion", npz, "--out", out, "--frames", "20:40"),
+                          "beyond the end")
+    assert_one_line_error(pix2dance(tiny_run, "--motion", tmp_path / "missing.npz", "--out", out), "not found")
+    from engine.video import write_video
+    write_video(tmp_path / "nobody.mp4", (np.full((96, 128, 3), 30, np.uint8) for _ in range(6)), fps=10)
+    assert_one_line_error(pix2dance(tiny_run, "--motion", tmp_path / "nobody.mp4", "--out", out,
+                                    "--pose-model", pose_model), "no person found")
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+@pytest.mark.parametrize("missing", ["armature", "camera"])
+def test_blend_without_armature_or_camera(tiny_run, tmp_path, missing):
+    path = tmp_path / f"no_{missing}.blend"
+    subprocess.run([PYTHON, "-m", "tests.blend_rig", str(path), f"--no-{missing}"], cwd=ROOT, check=True,
+                   capture_output=True)
+    r = pix2dance(tiny_run, "--motion", path, "--out", tmp_path / "out")
+    assert_one_line_error(r, f"has no {missing}")
+    assert "Info:" not in r.stderr and "Read blend" not in r.stderr + r.stdout    # bpy's chatter stayed out
+    assert not (tmp_path / "out").exists()
