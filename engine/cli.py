@@ -70,7 +70,8 @@ def cmd_render(a: argparse.Namespace) -> None:
     from engine import render
     render.run(a.run, a.motion, a.out, fps=a.fps, frames=a.frames, armature=a.armature, camera=a.camera,
                mapping=a.mapping, engine=a.engine, side_by_side=a.side_by_side, png=a.png,
-               device=a.device, pose_model=a.pose_model, verbose=a.verbose, quiet=a.quiet)
+               device=a.device, pose_model=a.pose_model, verbose=a.verbose, quiet=a.quiet,
+               engine_timeout=a.timeout)
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -159,17 +160,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys)
 
     p = add("render", "render a motion (.blend, .bvh, .npz, video) as the trained dancer")
-    p.add_argument("run", type=Path, metavar="RUN_DIR")
-    p.add_argument("--motion", required=True, type=Path, help=".blend, .bvh, .npz, .mp4 or .mov")
-    p.add_argument("--out", required=True, type=Path, help="OUT.mp4, or a folder for PNG frames")
-    p.add_argument("--fps", type=float, help="output rate (default: the source's)")
-    p.add_argument("--frames", type=_frames_range, help="inclusive range A:B of the resampled source frames")
-    p.add_argument("--armature", help="armature object name in a .blend")
-    p.add_argument("--camera", help="camera object name in a .blend")
-    p.add_argument("--mapping", type=Path, help="bone-mapping JSON (the add-on's format)")
-    p.add_argument("--engine", help="render through a running engine at this address")
-    p.add_argument("--side-by-side", action="store_true", help="source beside the generated dancer")
-    p.add_argument("--png", action="store_true", help="also write PNG frames beside the mp4")
+    p.epilog = ("examples: pix2dance render runs/anna --motion dance.bvh --out dance.mp4 --fps 30 --side-by-side | "
+                "pix2dance render runs/anna --motion other_dancer.mp4 --out frames/ --frames 1:120")
+    p.add_argument("run", type=Path, metavar="RUN_DIR",
+                   help="trained run folder (with --engine: the model name the engine serves it under)")
+    p.add_argument("--motion", required=True, type=Path,
+                   help=".blend (scene camera, armature, scene frame range), .bvh (auto-mapped, automatic "
+                        "front camera), .npz (a dataset's keypoints.npz), or a video .mp4/.mov (motion transfer: "
+                        "MediaPipe poses, smoothed)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="OUT.mp4 (or .mov/.m4v/.avi) for a video; any other name is a folder of PNG frames "
+                        "numbered like --frames (000001.png ...)")
+    p.add_argument("--fps", type=float, help="output frame rate; the source is resampled to it (default: the source's)")
+    p.add_argument("--frames", type=_frames_range, metavar="A:B",
+                   help="inclusive range of the source's frames after resampling, numbered from 1 like Blender "
+                        "frames (frame 1 = the source's first; --fps 10 --frames 1:40 renders exactly 40 frames)")
+    p.add_argument("--armature", help="armature object name in a .blend (default: the add-on's, else the first)")
+    p.add_argument("--camera", help="camera object name in a .blend (default: the scene camera)")
+    p.add_argument("--mapping", type=Path,
+                   help="bone-mapping JSON (the add-on's format) for a .blend or .bvh "
+                        "(default: the mapping saved in the .blend, else auto-detected)")
+    p.add_argument("--engine", metavar="ADDRESS",
+                   help="render through a running `pix2dance serve` at this address (e.g. tcp://127.0.0.1:5555)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds a silent engine is waited for before giving up (--engine; default 10)")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="the source beside the dancer: the source video frame, or the skeleton the dancer was given")
+    p.add_argument("--png", action="store_true", help="with a video OUT, also write PNG frames to OUT_frames/")
     p.add_argument("--pose-model", type=Path, help="MediaPipe pose landmarker .task file (video sources)")
     _device_arg(p)
     p.set_defaults(func=cmd_render)
