@@ -295,7 +295,22 @@ def show_preview(scene, png: bytes, camera=None) -> "bpy.types.Image":
             bg.image = image
             bg.alpha = 1.0
         cam.show_background_images = True
+    _show_in_editors(image)
     return image
+
+
+def _show_in_editors(image) -> None:
+    """Image Editors showing nothing (or the preview) show the preview; 3D views redraw."""
+    wm = bpy.context.window_manager
+    for window in getattr(wm, "windows", ()):
+        for area in window.screen.areas if window.screen else ():
+            if area.type == "IMAGE_EDITOR":
+                space = area.spaces.active
+                if not space.use_image_pin and (space.image is None or space.image == image):
+                    space.image = image
+                area.tag_redraw()
+            elif area.type == "VIEW_3D":
+                area.tag_redraw()
 
 
 @dataclass

@@ -153,7 +153,7 @@ class JobOperator:
         job = self._job
         if event.type == "ESC" and event.value == "PRESS":
             job.cancel()
-        elif event.type != "TIMER" or event.timer is not self._timer:
+        elif event.type != "TIMER":
             return {"PASS_THROUGH"}      # Blender stays usable while the job runs
         job.step()
         wm = context.window_manager

@@ -198,6 +198,84 @@ def test_test_connection_without_engine_reports_error(addon, monkeypatch):
     assert s.connected is False and "unreachable" in s.last_error
 
 
+def test_other_protocol_version_is_a_report(addon):
+    """A fake engine on loopback that speaks protocol v99: the report says so, no traceback."""
+    import threading
+    import zmq
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    stop_flag = threading.Event()
+
+    def serve():
+        while not stop_flag.is_set():
+            if router.poll(50):
+                ident, head, *_ = router.recv_multipart()
+                rid = json.loads(head)["id"]
+                router.send_multipart([ident, json.dumps({"v": 99, "id": rid, "kind": "ping", "time": 0}).encode()])
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        build_scene()
+        s = bpy.context.scene.pix2dance
+        s.engine_address = f"tcp://127.0.0.1:{port}"
+        with pytest.raises(RuntimeError, match="another protocol version"):
+            bpy.ops.pix2dance.test_connection()
+        assert "v99" in s.last_error and not s.connected
+    finally:
+        stop_flag.set()
+        thread.join()
+        router.close()
+        ctx.term()
+
+
+QUIT_WHILE_WAITING = r"""
+import sys, time
+import bpy, blender_addon
+from blender_addon import jobs
+blender_addon.register()
+c = jobs.Connection(sys.argv[-1], timeout=60.0)
+job = jobs.ConnectionJob(bpy.context.scene.name, c)
+job.start_worker()                       # waits on an engine that never answers
+lp = jobs.live_preview()
+import numpy as np
+lp.request(jobs.PreviewRequest(bpy.context.scene.name, 1, np.zeros((23, 3), np.float32), (64, 64), "", c))
+time.sleep(0.5)
+print("QUITTING", flush=True)
+"""
+
+
+def test_quitting_with_the_engine_gone_does_not_hang(tmp_path):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", QUIT_WHILE_WAITING, address], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "QUITTING" in result.stdout, result.stderr[-2000:]
+    assert time.monotonic() - start < 30  # the workers would wait 60 s for the engine; exit does not
+
+
+def test_local_engine_is_started_and_stopped(addon, tiny_run, monkeypatch):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    prefs = preferences.Prefs(address=address, timeout=2.0, start_local_engine=True, local_run_dir=str(tiny_run),
+                              command=f"{sys.executable} -m engine.cli")
+    assert preferences.local_engine_command(prefs)[-4:] == ["serve", str(tiny_run), "--bind", address]
+    proc = preferences.start_local_engine(prefs)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with Client(address, timeout=2.0) as c:
+                    assert tiny_run.name in [m["name"] for m in c.info()["models"]]
+                break
+            except ClientError:
+                assert proc.poll() is None and time.monotonic() < deadline, preferences.local_engine_state()
+        assert preferences.local_engine_running()
+    finally:
+        preferences.stop_local_engine()
+    assert proc.poll() is not None and not preferences.local_engine_running()
+
+
 def test_test_connection_lists_models(rig, tiny_run):
     assert bpy.ops.pix2dance.test_connection() == {"FINISHED"}
     s = rig[0].pix2dance
