@@ -81,6 +81,8 @@ class Clip:
     path: Path
     info: video.VideoInfo
     source: str                       # "mediapipe" or "given"
+    width: int = 0                    # of the decoded frames (OpenCV applies rotation metadata,
+    height: int = 0                   # so these may be the container's swapped)
     sampled: int = 0
     drops: Counter = field(default_factory=Counter)
     samples: list[Sample] = field(default_factory=list)
@@ -212,6 +214,7 @@ def detect_clip(path: Path, info: video.VideoInfo, fps: float, model: Path | Non
 
     def take(frame: video.Frame, people: list[np.ndarray]) -> None:
         clip.sampled += 1
+        clip.height, clip.width = frame.bgr.shape[:2]
         kp, reason = classify(people)
         if reason:
             clip.drops[reason] += 1
@@ -233,7 +236,7 @@ def detect_clip(path: Path, info: video.VideoInfo, fps: float, model: Path | Non
 
 def fit_crop(clip: Clip, size: int) -> None:
     """Fix the clip's crop; joints that fall outside it are hidden, or drop the frame if core."""
-    clip.crop = clip_crop(np.stack([s.kp for s in clip.samples]), clip.info.width, clip.info.height)
+    clip.crop = clip_crop(np.stack([s.kp for s in clip.samples]), clip.width, clip.height)
     kept = []
     for s in clip.samples:
         kp = clip.crop.to_crop_pixels(s.kp, size)
@@ -494,8 +497,8 @@ def _metadata(clips, arrays, fps, size, val_fraction, model, seconds) -> dict:
         "joints": list(JOINTS),
         "sources": [{
             "video": str(c.path),
-            "width": c.info.width,
-            "height": c.info.height,
+            "width": c.width,
+            "height": c.height,
             "source_fps": c.info.fps,
             "crop": {"x": c.crop.x, "y": c.crop.y, "side": c.crop.side},
             "sampled": c.sampled,

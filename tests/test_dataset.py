@@ -317,3 +317,28 @@ def test_force_replaces_an_existing_dataset(tmp_path, pose_model):
     assert _meta(out)["counts"]["train"] > 0
     code, err = _cli(tmp_path / "nothing.mp4", "--out", tmp_path / "other", "--fps", 0)
     assert code == 2 and "--fps must be a positive number" in err  # arguments are checked first
+
+
+def test_two_videos_decoded_again_in_pass_two_make_one_dataset(tmp_path, pose_model, monkeypatch):
+    """Several clips of one dancer: one crop and one time split per clip; with no memory budget
+    pass 2 decodes the videos again and must land on the very same frames."""
+    short = tmp_path / "short.mp4"
+    video.write_video(short, (cv2.resize(rgb, (240, 240)) for _, rgb in video.sample(sample(ROOM), fps=10)), fps=10)
+    monkeypatch.setattr(dataset, "MEMORY_BUDGET", 0)
+    out = tmp_path / "two"
+    meta = dataset.build([sample(ROOM), short], out, fps=5, size=SIZE, pose_model=pose_model, quiet=True)
+    a, b = meta["sources"]
+    assert (a["width"], b["width"]) == (576, 240) and a["crop"] != b["crop"]
+    assert a["sampled"] == 20 and b["sampled"] == 20  # 4 s at 5 fps, each
+    z = _npz(out)
+    for source in (0, 1):
+        mine = z["source"] == source
+        assert z["time"][mine & (z["split"] == 0)].max() < z["time"][mine & (z["split"] == 1)].min()
+    assert meta["counts"]["train"] + meta["counts"]["val"] == a["kept"] + b["kept"] == len(z["time"])
+    # the re-decoded frame is the one whose keypoints were found: compare with a fresh crop
+    first = int(np.flatnonzero((z["source"] == 0) & (z["split"] == 0))[0])
+    rgb = next(f for t, f in video.sample(sample(ROOM), 5) if abs(t - z["time"][first]) < 1e-6)
+    crop = Crop(**a["crop"])
+    _, frames, _ = dataset.load_pairs(out, "train")
+    expected = dataset.crop_image(rgb, crop, SIZE)
+    assert np.abs(frames[z["index"][first]].astype(int) - expected).mean() < 1
