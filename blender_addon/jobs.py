@@ -24,6 +24,7 @@ are daemons, sockets have LINGER 0 and every engine call has a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import queue
@@ -44,7 +45,23 @@ from ._engine import joints
 log = logging.getLogger(__name__)
 
 INTERVAL = 0.05         # seconds between timer ticks while work is in flight
-PROJECT_BATCH = 25      # poses projected per main-thread step (each costs a frame_set)
+PROJECT_BATCH = 25      # poses projected per main-thread step in the UI (each costs a frame_set)
+
+_quiet = {"depth": 0}
+
+
+@contextlib.contextmanager
+def no_live_preview():
+    """While a job moves the scene through frames itself, the frame-change handler sends nothing."""
+    _quiet["depth"] += 1
+    try:
+        yield
+    finally:
+        _quiet["depth"] -= 1
+
+
+def live_preview_allowed() -> bool:
+    return _quiet["depth"] == 0
 
 
 class AddonError(Exception):
@@ -576,19 +593,23 @@ class RenderJob(Job):
         self.source_size = tuple(int(v) for v in projection.render_size(scene))
         original = scene.frame_current
         parts = []
+        # Background mode has no UI to keep responsive: one slice (one frame restore) is quicker.
+        batch = n if bpy.app.background else PROJECT_BATCH
         try:
-            for a in range(0, n, PROJECT_BATCH):
+            for a in range(0, n, batch):
                 scene, arm, cam = self._objects()   # refetched each slice: the user may undo between
-                parts.append(np.asarray(projection.project_frames(scene, arm, cam, plan.mapping,
-                                                                  plan.frames[a:a + PROJECT_BATCH]), np.float32))
-                self.done = min(n, a + PROJECT_BATCH)
+                with no_live_preview():
+                    kp = projection.project_frames(scene, arm, cam, plan.mapping, plan.frames[a:a + batch])
+                parts.append(np.asarray(kp, np.float32))
+                self.done = min(n, a + batch)
                 if self.cancelled:
                     return
                 yield
         finally:
             s = bpy.data.scenes.get(plan.scene_name)
             if s is not None and s.frame_current != original:
-                s.frame_set(original)
+                with no_live_preview():
+                    s.frame_set(original)
         self.keypoints = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
         self.timings["project"] = time.perf_counter() - t0
         self._check_view()
@@ -607,11 +628,19 @@ class RenderJob(Job):
             t0 = time.perf_counter()
             self.status, self.done = "Rendering the rig (Workbench)", 0
             scene, arm, cam = self._objects()
-            for _ in sequencer.render_rig_frames(scene, cam, plan.frames, plan.folder / sequencer.RIG_FOLDER):
-                self.done += 1
-                if self.cancelled:
-                    return
-                yield
+            frames = sequencer.render_rig_frames(scene, cam, plan.frames, plan.folder / sequencer.RIG_FOLDER)
+            try:
+                while True:
+                    with no_live_preview():
+                        if next(frames, None) is None:
+                            break
+                    self.done += 1
+                    if self.cancelled:
+                        return
+                    yield
+            finally:
+                with no_live_preview():
+                    frames.close()      # restores the render settings and the frame
             self.timings["rig"] = time.perf_counter() - t0
         self._make_strips()
 

@@ -354,7 +354,7 @@ def bring_in_bvh(scene, path: Path, mode: str, set_range: bool) -> str:
 def on_frame_change(scene, depsgraph=None) -> None:
     """frame_change_post: send the new pose to the live-preview worker (cheap; never raises)."""
     s = getattr(scene, "pix2dance", None)
-    if s is None or not s.live_preview:
+    if s is None or not s.live_preview or not jobs.live_preview_allowed():
         return
     try:
         request = current_pose_request(scene)

@@ -34,8 +34,10 @@ def _is_camera(_self, obj) -> bool:
 
 def _live_preview_changed(self, context) -> None:
     # Imported here: operators imports this module.
-    from . import jobs
-    if not self.live_preview:
+    from . import jobs, operators
+    if self.live_preview:
+        operators.on_frame_change(context.scene)   # show the current pose at once
+    else:
         jobs.stop_live_preview()
 
 

@@ -444,22 +444,32 @@ def test_preview_frame_shows_an_image(rig):
 def test_live_preview_shows_the_current_frame_and_drops_stale_replies(rig):
     scene, _, _ = rig
     s = scene.pix2dance
-    s.live_preview = True
-    try:
-        scene.frame_set(3)          # the frame_change_post handler sends frame 3 ...
-        scene.frame_set(5)          # ... and then frame 5: the reply for 3 is stale
-        lp = jobs._live["preview"]
-        assert lp is not None
+
+    def settle(lp, count):
         deadline = time.monotonic() + 20
-        while lp.shown + lp.dropped < 2 and time.monotonic() < deadline:
+        while lp.shown + lp.dropped < count and time.monotonic() < deadline:
             jobs.tick()             # background mode: timers never fire, so tick by hand
             time.sleep(0.02)
-        assert lp.shown == 1 and lp.dropped == 1, (lp.shown, lp.dropped, s.last_error)
+    s.live_preview = True           # switching it on sends the current frame (1) at once
+    try:
+        scene.frame_set(3)          # the frame_change_post handler sends frame 3 ...
+        scene.frame_set(5)          # ... and then frame 5: replies for 1 and 3 are stale
+        lp = jobs._live["preview"]
+        assert lp is not None
+        settle(lp, 3)
+        assert (lp.shown, lp.dropped) == (1, 2), (lp.shown, lp.dropped, s.last_error)
         assert "frame 5" in s.status
         assert jobs.PREVIEW_IMAGE in bpy.data.images
+        # A render moves the scene through its frames itself: the handler stays quiet meanwhile.
+        s.frame_start, s.frame_end = 1, 4
+        assert operators.plan_render(scene).wait().error is None
+        time.sleep(0.3)
+        jobs.tick()
+        assert (lp.shown, lp.dropped) == (1, 2) and lp._pending is None
     finally:
         s.live_preview = False
     assert jobs._live["preview"] is None
+
 
 
 # --- mocap -------------------------------------------------------------------------------------------
