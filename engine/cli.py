@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="dataset folder to write")
     p.add_argument("--fps", type=float, default=10.0, help="frames sampled per second of video (default 10)")
     p.add_argument("--size", type=int, default=256, help="square image size in pixels (default 256)")
-    p.add_argument("--pose-model", type=Path, help="MediaPipe pose landmarker .task file")
+    p.add_argument("--pose-model", type=Path, help="MediaPipe pose landmarker .task file (default: "
+                   "$PIX2DANCE_POSE_MODEL, else ~/.cache/pix2dance/, else downloaded there)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="last part of each clip kept for validation (default 0.1; 0 for none)")
     p.add_argument("--force", action="store_true", help="replace an existing dataset folder")

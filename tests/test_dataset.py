@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from engine import dataset, video
-from engine.dataset import Clip, Crop, Sample
-from engine.errors import UserError
+from engine.dataset import Crop, Sample
 from engine.joints import CORE, INDEX, JOINT_COLOURS, NUM_JOINTS, VISIBLE
 from tests.conftest import PYTHON, ROOT, sample, standing_pose
 
