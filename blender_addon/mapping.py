@@ -177,14 +177,25 @@ def _head(arm, bone):
     return arm.matrix_world @ bone.head_local
 
 
+_END_WORDS = {"top", "end", "nub", "tip"}
+_NOT_CONTINUATION = {"eye", "eyes", "jaw", "tongue", "teeth", "ear", "twist"}
+
+
 def _end_point(arm, bone):
-    """The far end of a bone, in world rest space: its first child's head when that is away from
-    the head (glTF imports give bones arbitrary lengths), else its tail."""
+    """The far end of a bone, in world rest space: a child named like an end (HeadTop_End, Nub,
+    Tip), else the only child (eyes, jaw and twist bones aside), else the mean of the children's
+    heads (a hand's fingers), else the tail (glTF imports give leaf bones arbitrary lengths, so
+    children are preferred)."""
     head = _head(arm, bone)
-    for child in bone.children:
-        p = _head(arm, child)
-        if (p - head).length > 1e-6:
-            return p
+    kids = [c for c in bone.children if (_head(arm, c) - head).length > 1e-6]
+    ends = [c for c in kids if _END_WORDS & set(tokens(c.name))]
+    if ends:
+        return _head(arm, ends[0])
+    kids = [c for c in kids if not _NOT_CONTINUATION & set(tokens(c.name))]
+    if len(kids) == 1:
+        return _head(arm, kids[0])
+    if kids:
+        return sum((_head(arm, c) for c in kids), head * 0) / len(kids)
     return arm.matrix_world @ bone.tail_local
 
 
@@ -222,6 +233,16 @@ def body_frame(arm, mapping: dict):
     return left, up, left.cross(up)
 
 
+def _torso_length(arm, mapping: dict) -> float | None:
+    """Rest distance from mid-shoulder to mid-hip, or None without shoulders and hips."""
+    J = mapping["joints"]
+    names = ("left_shoulder", "right_shoulder", "left_hip", "right_hip")
+    if not all(n in J and J[n]["bone"] in arm.data.bones for n in names):
+        return None
+    ls, rs, lh, rh = (rest_point(arm, J[n]["bone"], J[n].get("at", 0.0), J[n].get("offset")) for n in names)
+    return ((ls + rs) / 2 - (lh + rh) / 2).length
+
+
 def _is_eye_bone(name: str) -> bool:
     return "eye" in tokens(name)
 
@@ -250,6 +271,9 @@ def anchors(arm, mapping: dict) -> dict[str, tuple[str, tuple[float, float, floa
                 left, up, fwd = body_frame(arm, mapping)
             base, top = _head(arm, bone), _end_point(arm, bone)
             h = (top - base).length
+            torso = _torso_length(arm, mapping)
+            if torso and not 0.2 * torso <= h <= 1.0 * torso:
+                h = 0.5 * torso  # a head bone without a sensible end: a typical head for the torso
             a_up, a_fwd, a_left = FACE_MODEL[joint]
             world = base + (up * a_up + fwd * a_fwd + left * a_left) * h
         elif joint in HEELS:

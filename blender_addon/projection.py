@@ -91,7 +91,8 @@ class Projector:
     """One rig's joints, ready to project frame after frame.
 
     armature: the armature object; mapping: the JSON mapping (mapping.py). Building it reads the
-    rest pose once; `world_joints()` and `project()` then read only the current pose matrices.
+    rest pose once; `world_joints()` and `project()` then read only the current pose matrices
+    (one foreach_get) and do a handful of small numpy operations.
     """
 
     def __init__(self, armature, mapping: dict):
@@ -103,13 +104,23 @@ class Projector:
         names = [pb.name for pb in armature.pose.bones]
         index = {n: i for i, n in enumerate(names)}
         self.n_bones = len(names)
-        self.joint_idx = np.array([joints.INDEX[j] for j in anchors], np.int64)       # (K,)
-        self.bone_idx = np.array([index[b] for b, _ in anchors.values()], np.int64)   # (K,)
-        self.local = np.array([[*p, 1.0] for _, p in anchors.values()], np.float64).reshape(-1, 4)  # (K, 4)
+        keys = list(anchors)
+        self.bone_idx = np.array([index[anchors[j][0]] for j in keys], np.int64)             # (K,)
+        self.local = np.array([anchors[j][1] for j in keys], np.float64).reshape(-1, 3)       # (K, 3)
+        # Joints as combinations of anchors: (J, K) rows of one 1 (a mapped joint), two 0.5
+        # (neck, mid_hip) or zeros (unmapped), so one matrix product orders and derives them.
+        self.combine = np.zeros((joints.NUM_JOINTS, len(keys)))
+        for k, j in enumerate(keys):
+            self.combine[joints.INDEX[j], k] = 1.0
+        for d, a, b in _DERIVED:
+            if self.combine[a].any() and self.combine[b].any():
+                self.combine[d] = (self.combine[a] + self.combine[b]) / 2
+        self.have = self.combine.any(axis=1)                                                   # (J,)
         self._buf = np.empty(self.n_bones * 16, np.float32)
         # The head's forward direction in the head bone's rest frame, from the rest body frame
         # (left x up: independent of bone rolls); the head bone is the nose's bone.
         self.head_bone = None
+        self.nose = joints.INDEX["nose"]
         if "nose" in anchors:
             bone_name = anchors["nose"][0]
             _, _, fwd = mapping_mod.body_frame(armature, mapping)
@@ -124,19 +135,19 @@ class Projector:
         # foreach_get gives matrices column by column
         return self._buf.reshape(self.n_bones, 4, 4).transpose(0, 2, 1).astype(np.float64)
 
+    def _armature_joints(self, pose: np.ndarray) -> np.ndarray:
+        """(J, 3) joint positions in armature space (zeros where unmapped)."""
+        sel = pose[self.bone_idx]                                                  # (K, 4, 4)
+        pts = np.einsum("kij,kj->ki", sel[:, :3, :3], self.local) + sel[:, :3, 3]  # (K, 3)
+        return self.combine @ pts
+
     def world_joints(self, pose: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(J, 3) world positions (nan where unmapped) and a (J,) bool of which are mapped."""
         pose = self.pose_matrices() if pose is None else pose
         world = _mat(self.armature.matrix_world)
-        m = world @ pose[self.bone_idx]                             # (K, 4, 4)
-        pts = np.einsum("kij,kj->ki", m, self.local)[:, :3]
-        out = np.full((joints.NUM_JOINTS, 3), np.nan)
-        have = np.zeros(joints.NUM_JOINTS, bool)
-        out[self.joint_idx], have[self.joint_idx] = pts, True
-        for d, a, b in _DERIVED:
-            if have[a] and have[b]:
-                out[d], have[d] = (out[a] + out[b]) / 2, True
-        return out, have
+        out = self._armature_joints(pose) @ world[:3, :3].T + world[:3, 3]
+        out[~self.have] = np.nan
+        return out, self.have.copy()
 
     def head_forward(self, pose: np.ndarray) -> np.ndarray | None:
         """World direction the face looks along, or None without a head bone."""
@@ -152,24 +163,40 @@ class Projector:
         w, h = render_size(scene) if size is None else size
         cam = camera_params(scene, camera)
         pose = self.pose_matrices()
-        world, have = self.world_joints(pose)
+        world_m = _mat(self.armature.matrix_world)
+        to_cam = cam["inv"] @ world_m                                             # armature -> camera
+        local = self._armature_joints(pose) @ to_cam[:3, :3].T + to_cam[:3, 3]    # (J, 3) camera space
+        z = -local[:, 2]
+        (x0, x1), (y0, y1) = cam["x"], cam["y"]
+        s = np.ones_like(z) if cam["ortho"] else z / -cam["frame_z"]
+        safe = np.where(s == 0.0, 1.0, s)
+        nx = (local[:, 0] - x0 * safe) / ((x1 - x0) * safe)
+        ny = (local[:, 1] - y0 * safe) / ((y1 - y0) * safe)
         out = np.zeros((joints.NUM_JOINTS, 3), np.float32)
-        if not have.any():
-            return out
-        ndc = world_to_ndc(world[have], cam)
-        xy = np.stack([ndc[:, 0] * w, (1.0 - ndc[:, 1]) * h], axis=1)
-        inside = ((ndc[:, 2] > 0) & (ndc[:, 0] >= -MARGIN) & (ndc[:, 0] <= 1 + MARGIN)
-                  & (ndc[:, 1] >= -MARGIN) & (ndc[:, 1] <= 1 + MARGIN) & np.isfinite(xy).all(axis=1))
-        out[have, :2] = np.nan_to_num(xy, nan=0.0, posinf=0.0, neginf=0.0)
-        out[have, 2] = inside
-        fwd = self.head_forward(pose)
-        if fwd is not None and have[joints.INDEX["nose"]]:
-            head = world[joints.INDEX["nose"]]
-            to_cam = cam["cam_back"] if cam["ortho"] else cam["cam_pos"] - head
-            n = np.linalg.norm(to_cam)
-            if n > 0 and float(fwd @ to_cam) / n < FACE_AWAY:
+        out[:, 0] = nx * w
+        out[:, 1] = (1.0 - ny) * h
+        seen = (self.have & (z > 0) & (s != 0.0) & (nx >= -MARGIN) & (nx <= 1 + MARGIN)
+                & (ny >= -MARGIN) & (ny <= 1 + MARGIN))
+        out[:, 2] = seen
+        out[~self.have, :2] = 0.0
+        if self.head_bone is not None:
+            fwd = world_m[:3, :3] @ (pose[self.head_bone, :3, :3] @ self.head_fwd)
+            if cam["ortho"]:
+                look = cam["cam_back"]
+            else:
+                look = cam["cam_pos"] - (world_m[:3, :3] @ (self._nose_arm(pose)) + world_m[:3, 3])
+            denom = float(np.linalg.norm(fwd) * np.linalg.norm(look))
+            if denom > 0 and float(fwd @ look) / denom < FACE_AWAY:
                 out[_FACE_IDX, 2] = 0.0
         return out
+
+    def _nose_arm(self, pose: np.ndarray) -> np.ndarray:
+        """The nose (or, unmapped, the head bone's head) in armature space."""
+        k = np.flatnonzero(self.combine[self.nose])
+        if len(k):
+            sel = pose[self.bone_idx[k[0]]]
+            return sel[:3, :3] @ self.local[k[0]] + sel[:3, 3]
+        return pose[self.head_bone, :3, 3]
 
 
 def _check(scene, armature, camera):

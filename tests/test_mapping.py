@@ -214,3 +214,23 @@ def test_names():
     assert M.tokens("mixamorig:LeftUpLeg") == ["left", "up", "leg"]
     assert M.side_of("thigh.L") == "left" and M.side_of("UpperArm_R") == "right" and M.side_of("Spine") is None
     assert M.side_of("LHipJoint") == "left" and M.stem("DEF-upper_arm.L.001") == "upper arm"
+
+
+def test_eye_bones_and_face_model():
+    """Eye bones, when present, give the eyes; nose and ears come from the head bone's face model,
+    in front of / beside the head whatever the head bone's roll."""
+    empty_scene()
+    bones = humanoid()
+    bones["LeftEye"] = ("Head", (0.03, -0.09, 1.72), (0.03, -0.12, 1.72))
+    bones["RightEye"] = ("Head", (-0.03, -0.09, 1.72), (-0.03, -0.12, 1.72))
+    arm = build_rig(bones)
+    bpy.ops.object.mode_set(mode="EDIT")
+    arm.data.edit_bones["Head"].roll = 1.3  # an arbitrary roll must not move the face
+    bpy.ops.object.mode_set(mode="OBJECT")
+    m = M.auto_map(arm)
+    assert m["joints"]["left_eye"]["bone"] == "LeftEye" and m["joints"]["nose"]["bone"] == "Head"
+    rest = M.rest_positions(arm, m)
+    assert (rest["left_eye"] - bpy.data.objects["Rig"].data.bones["LeftEye"].head_local).length < 1e-6
+    assert rest["nose"].y < -0.1 and abs(rest["nose"].x) < 1e-6 and 1.6 < rest["nose"].z < 1.85
+    assert rest["left_ear"].x > 0.08 and rest["right_ear"].x < -0.08
+    assert rest["left_heel"].y > rest["left_ankle"].y and abs(rest["left_heel"].z) < 1e-6
