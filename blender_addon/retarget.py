@@ -48,32 +48,65 @@ def check_file(path, extensions: tuple[str, ...], what: str) -> Path:
 
 
 def bvh_header(path) -> dict:
-    """Check a BVH file and read its motion header: {"frames": int, "frame_time": float}.
+    """Check a BVH file fully and read its motion header: {"frames": int, "frame_time": float,
+    "channels": int}.
 
-    ValueError (one line) when the file is missing, not .bvh, does not start with HIERARCHY, or
-    lacks a valid MOTION / Frames / Frame Time header.
+    ValueError (one line) when the file is missing, not .bvh, does not start with HIERARCHY, has
+    no ROOT, lacks a valid MOTION / Frames / Frame Time header, or has a motion line whose number
+    of values differs from the hierarchy's channel count (Blender's importer would print a
+    traceback and leave a half-imported armature).
     """
     p = check_file(path, (".bvh",), "BVH")
-    with open(p, "rb") as f:
-        head = f.read(1 << 20)
-    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
-    if not text.upper().startswith("HIERARCHY"):
+    try:
+        text = p.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise ValueError(f"cannot read {p.name}: {e.strerror or e}") from None
+    text = text.lstrip("\ufeff \t\r\n")
+    if not text[:9].upper() == "HIERARCHY":
         raise ValueError(f"{p.name} is not a BVH file (it does not start with HIERARCHY)")
+    upper = text.upper()
+    at = upper.find("\nMOTION")
+    if at < 0:
+        raise ValueError(f"{p.name}: BVH without a MOTION section")
+    hierarchy, motion = text[:at], text[at + 1:].splitlines()
+    if "ROOT" not in hierarchy.upper():
+        raise ValueError(f"{p.name}: BVH hierarchy without a ROOT joint")
+    channels = 0
+    for line in hierarchy.splitlines():
+        words = line.split()
+        if words and words[0].upper() == "CHANNELS":
+            try:
+                channels += int(words[1])
+            except (IndexError, ValueError):
+                raise ValueError(f"{p.name}: bad CHANNELS line in the BVH hierarchy: {line.strip()}") from None
     frames = frame_time = None
-    motion = False
-    with open(p, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            s = line.strip()
-            if s.upper() == "MOTION":
-                motion = True
-            elif motion and s.lower().startswith("frames:"):
-                frames = int(s.split(":", 1)[1])
-            elif motion and s.lower().startswith("frame time:"):
-                frame_time = float(s.split(":", 1)[1])
-                break
-    if not motion or frames is None or frame_time is None or frame_time <= 0 or frames < 1:
-        raise ValueError(f"{p.name}: BVH without a valid MOTION header (Frames, Frame Time)")
-    return {"frames": frames, "frame_time": frame_time}
+    body = 0
+    for i, line in enumerate(motion[1:], start=1):
+        s = line.strip()
+        low = s.lower()
+        if low.startswith("frames:"):
+            frames = _number(s, int, p)
+        elif low.startswith("frame time:"):
+            frame_time = _number(s, float, p)
+            body = i + 1
+            break
+    if frames is None or frame_time is None or frame_time <= 0 or frames < 1 or channels < 1:
+        raise ValueError(f"{p.name}: BVH without a valid MOTION header (Frames, Frame Time, CHANNELS)")
+    rows = [ln for ln in motion[body:] if ln.strip()]
+    if len(rows) < frames:
+        raise ValueError(f"{p.name}: BVH says {frames} frames but has {len(rows)} motion lines")
+    for n, row in enumerate(rows[:frames], start=1):
+        if len(row.split()) != channels:
+            raise ValueError(f"{p.name}: motion line {n} has {len(row.split())} values, the hierarchy "
+                             f"has {channels} channels")
+    return {"frames": frames, "frame_time": frame_time, "channels": channels}
+
+
+def _number(line: str, kind, p: Path):
+    try:
+        return kind(line.split(":", 1)[1])
+    except ValueError:
+        raise ValueError(f"{p.name}: bad BVH header line: {line}") from None
 
 
 def scene_fps(scene) -> float:

@@ -69,7 +69,7 @@ def test_bvh_onto_xbot_follows_mocap(bvh):
 def test_import_resamples_to_scene_fps():
     scene = empty_scene()
     path = sample("mocap/cmu_131_01_dance.bvh")  # 994 frames at 120 fps = 8.28 s
-    assert R.bvh_header(path) == {"frames": 994, "frame_time": pytest.approx(1 / 120, rel=1e-3)}
+    assert R.bvh_header(path) == {"frames": 994, "frame_time": pytest.approx(1 / 120, rel=1e-3), "channels": 96}
     scene.render.fps, scene.render.fps_base = 24, 1.0
     a = R.import_bvh(path, scene)
     assert R.motion_range(a) == (1, 199) and scene.render.fps == 24
@@ -125,8 +125,20 @@ def test_files_are_checked(tmp_path):
         R.import_bvh(fake)
     cut = tmp_path / "cut.bvh"
     cut.write_text("HIERARCHY\nROOT Hips\n{\n")
-    with pytest.raises(ValueError, match="MOTION header"):
+    with pytest.raises(ValueError, match="without a MOTION"):
         R.import_bvh(cut)
+    good = sample("mocap/cmu_skeleton_example.bvh").read_text().splitlines()
+    short = tmp_path / "short.bvh"  # a motion line lost two values
+    lines = list(good)
+    first_motion = next(i for i, ln in enumerate(lines) if ln.lower().startswith("frame time")) + 1
+    lines[first_motion + 5] = " ".join(lines[first_motion + 5].split()[:-2])
+    short.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="motion line 6 has 94 values, the hierarchy has 96 channels"):
+        R.import_bvh(short)
+    few = tmp_path / "few.bvh"  # fewer lines than Frames says
+    few.write_text("\n".join(good[:first_motion + 10]) + "\n")
+    with pytest.raises(ValueError, match="says 278 frames but has 10 motion lines"):
+        R.import_bvh(few)
     assert not [o for o in bpy.data.objects]  # nothing was imported
 
 
