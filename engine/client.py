@@ -112,14 +112,22 @@ class _Engine:
         self.socket.close(linger=0)
         self.open()
         for call in self.outstanding.values():
-            self.socket.send_multipart(call.message, copy=False)
+            self.post(call.message)
         self.last_heard = time.monotonic()
 
     def send(self, call: _Call) -> None:
         if not self.outstanding:
             self.last_heard = time.monotonic()    # silence counts from now, not from the last reply
         self.outstanding[call.rid] = call
-        self.socket.send_multipart(call.message, copy=False)
+        self.post(call.message)
+
+    def post(self, message: list) -> None:
+        """Send without ever blocking: with no connected peer (engine down, key refused) a DEALER
+        would block; the message then stays outstanding and the next reopen sends it again."""
+        try:
+            self.socket.send_multipart(message, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            pass
 
     def revive(self) -> None:
         if self.dead:
@@ -268,7 +276,10 @@ class Client:
         poller = zmq.Poller()
         for e in busy:
             poller.register(e.socket, zmq.POLLIN)
-        ready = dict(poller.poll(max(1, int(wait * 1000))))
+        # wake in time for the earliest silence deadline, so EngineUnavailable is not late
+        now = time.monotonic()
+        wait = min([wait] + [e.last_heard + self.window - now for e in busy])
+        ready = dict(poller.poll(max(1, int(wait * 1000) + 1)))
         now = time.monotonic()
         for e in busy:
             if e.socket in ready:
@@ -282,7 +293,7 @@ class Client:
                     e.reopen()
             elif silent > self.window / 3 and now - e.last_ping > self.window / 3:
                 # A heartbeat: a live engine answers pings at once, even in the middle of a render.
-                e.socket.send_multipart([protocol.header(f"{self._prefix}-hb", "ping")])
+                e.post([protocol.header(f"{self._prefix}-hb", "ping")])
                 e.last_ping = now
 
     def _drain(self, engine: _Engine) -> None:
