@@ -350,13 +350,16 @@ def apply_preset(arm, preset) -> dict:
                 if b is not None:
                     out[joint] = {"bone": b.name, "at": float(spec.get("at", 0.0))}
                     break
+    for side in ("left", "right"):  # a toe at its bone's tail: its end child's head when it has one
+        e = out.get(f"{side}_toe")
+        if e is not None and e["at"] == 1.0:
+            out[f"{side}_toe"] = _tip_entry(arm, bones[e["bone"]])
     _fill_toes(arm, out)
     return validate(arm, {"preset": preset.get("preset", "custom"), "joints": out})
 
 
 def _fill_toes(arm, J: dict) -> None:
-    """A toe mapped to a toe bone at its head means the toe tip: use the bone's far end instead
-    (its child's head, or its tail at 1) when the preset says at 0 on a bone with no end child."""
+    """An unmapped toe: the tip of a toe-named child of the ankle bone, when there is one."""
     bones = _bones(arm)
     for side in ("left", "right"):
         e = J.get(f"{side}_toe")

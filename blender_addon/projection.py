@@ -18,6 +18,8 @@ Imports only bpy, mathutils, bpy_extras, numpy and the engine's joints (copied i
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 try:  # the built extension
@@ -212,18 +214,29 @@ def project(scene, armature, camera, mapping: dict) -> np.ndarray:
     return Projector(armature, mapping).project(scene, camera)
 
 
+def set_frame(scene, frame) -> None:
+    """frame_set for a whole or fractional scene frame (fractions as a subframe)."""
+    whole = math.floor(float(frame) + 1e-9)
+    sub = float(frame) - whole
+    if sub > 1e-9:
+        scene.frame_set(int(whole), subframe=sub)
+    else:
+        scene.frame_set(int(whole))
+
+
 def project_frames(scene, armature, camera, mapping: dict, frames) -> np.ndarray:
-    """(N, J, 3) float32 keypoints for the given scene frames (frame_set each; the scene goes
-    back to its current frame afterwards)."""
+    """(N, J, 3) float32 keypoints for the given scene frames (frame_set each; a fractional
+    frame is set as a subframe, so F-curves are sampled between keys; the scene goes back to its
+    current frame afterwards)."""
     _check(scene, armature, camera)
     proj = Projector(armature, mapping)
     size = render_size(scene)
-    frames = [int(f) for f in frames]
+    frames = list(frames)
     out = np.zeros((len(frames), joints.NUM_JOINTS, 3), np.float32)
     current = scene.frame_current
     try:
         for i, f in enumerate(frames):
-            scene.frame_set(f)
+            set_frame(scene, f)
             out[i] = proj.project(scene, camera, size)
     finally:
         if scene.frame_current != current:
@@ -238,7 +251,7 @@ def world_frames(scene, armature, mapping: dict, frames) -> np.ndarray:
     current = scene.frame_current
     try:
         for i, f in enumerate(frames):
-            scene.frame_set(int(f))
+            set_frame(scene, f)
             out[i] = proj.world_joints()[0]
     finally:
         scene.frame_set(current)

@@ -173,3 +173,17 @@ def test_retarget_bvh_one_call():
     scene.frame_set(last)
     b = proj.world_joints()[0]
     assert np.nanmax(np.linalg.norm(a - b, axis=1)) > 0.05
+
+
+def test_fractional_frames_sample_between_keys():
+    scene = empty_scene()
+    src = R.import_bvh(sample("mocap/cmu_skeleton_example.bvh"), scene)
+    m = M.auto_map(src)
+    w = P.world_frames(scene, src, m, [10, 10.5, 11])
+    cam = R.frame_camera(scene, src, [10, 11])
+    kp = P.project_frames(scene, src, cam, m, [10, 10.5, 11])
+    moved = np.nanmax(np.abs(w[2] - w[0]))
+    assert moved > 0.05
+    assert np.nanmax(np.abs(w[1] - (w[0] + w[2]) / 2)) < 0.25 * moved    # about halfway
+    assert np.abs(kp[1, BODY, :2] - kp[0, BODY, :2]).max() > 0.1
+    assert scene.frame_current == 1
