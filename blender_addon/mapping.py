@@ -138,23 +138,35 @@ def save_mapping(mapping: dict, path) -> None:
     os.replace(tmp, path)
 
 
-def mapped(mapping: dict) -> set[str]:
-    """Joints the mapping fills, the derived ones included when both their sources are mapped."""
-    have = {j for j in mapping.get("joints", {}) if j in joints.INDEX and j not in DERIVED}
+def mapped(mapping: dict, armature=None) -> set[str]:
+    """Joints the mapping fills, the derived ones included when both their sources are mapped.
+    With an armature, entries naming bones it lacks do not count."""
+    bones = armature.data.bones if armature is not None else None
+    have = {j for j, e in mapping.get("joints", {}).items()
+            if j in joints.INDEX and j not in DERIVED and (bones is None or e.get("bone") in bones)}
     have |= {d for d, (a, b) in DERIVED.items() if a in have and b in have}
     return have
 
 
-def missing_joints(mapping: dict) -> list[str]:
-    """Joints the mapping leaves out, in joints.JOINTS order."""
-    have = mapped(mapping)
+def missing_joints(mapping: dict, armature=None) -> list[str]:
+    """Joints the mapping leaves out (or, given the armature, maps to bones it lacks), in
+    joints.JOINTS order."""
+    have = mapped(mapping, armature)
     return [j for j in joints.JOINTS if j not in have]
 
 
-def required_missing(mapping: dict) -> list[str]:
-    """CORE joints the mapping leaves out: a render refuses while this is not empty."""
-    have = mapped(mapping)
+def required_missing(mapping: dict, armature=None) -> list[str]:
+    """CORE joints the mapping leaves out (or maps to bones the armature lacks): a render refuses
+    while this is not empty."""
+    have = mapped(mapping, armature)
     return [j for j in joints.CORE if j not in have]
+
+
+def missing_bones(mapping: dict, armature) -> dict[str, str]:
+    """joint -> bone name for entries naming a bone the armature does not have (renamed, deleted)."""
+    bones = armature.data.bones
+    return {j: e.get("bone", "") for j, e in mapping.get("joints", {}).items()
+            if j not in DERIVED and e.get("bone") not in bones}
 
 
 # --- rest-pose geometry -------------------------------------------------------------------------

@@ -234,3 +234,14 @@ def test_eye_bones_and_face_model():
     assert rest["nose"].y < -0.1 and abs(rest["nose"].x) < 1e-6 and 1.6 < rest["nose"].z < 1.85
     assert rest["left_ear"].x > 0.08 and rest["right_ear"].x < -0.08
     assert rest["left_heel"].y > rest["left_ankle"].y and abs(rest["left_heel"].z) < 1e-6
+
+
+def test_renamed_bone_counts_as_missing():
+    empty_scene()
+    arm = build_rig(humanoid())
+    m = M.auto_map(arm)
+    assert M.required_missing(m, arm) == [] and M.missing_bones(m, arm) == {}
+    arm.data.bones["Hand_L"].name = "Hand_L_renamed"
+    assert M.required_missing(m) == []                       # the mapping alone looks complete
+    assert M.required_missing(m, arm) == ["left_wrist"]      # but the rig lacks the bone
+    assert M.missing_bones(m, arm) == {"left_wrist": "Hand_L"}
