@@ -532,6 +532,8 @@ def shutdown() -> None:
 # Callables run in the render worker after each PNG is written, as hook(job, frames_written):
 # for scripts and tests (cancel after k frames, stop the engine mid-render). Empty normally.
 AFTER_FRAME: list = []
+# Output folders a render job is writing into now: a second render into one is refused.
+RENDERING: set = set()
 
 @dataclass
 class RenderPlan:
@@ -573,6 +575,7 @@ class RenderJob(Job):
         self.rig_strip = None
         self.out_of_view: list[int] = []            # frames where the rig is partly out of view
         self.timings: dict[str, float] = {}
+        self._claimed = False                       # holds its folder in RENDERING
 
     # --- main thread
     def _objects(self):
@@ -586,6 +589,10 @@ class RenderJob(Job):
     def main(self):
         from . import projection
         plan = self.plan
+        if plan.folder in RENDERING:
+            raise AddonError(f"A render into {plan.folder} is already running")
+        RENDERING.add(plan.folder)
+        self._claimed = True
         n = len(plan.frames)
         self.total, self.status = n, "Projecting poses"
         t0 = time.perf_counter()
@@ -678,6 +685,8 @@ class RenderJob(Job):
         self.done = len(self.rendered)
 
     def cleanup(self) -> None:
+        if self._claimed:
+            RENDERING.discard(self.plan.folder)
         settings = _settings(self.plan.scene_name)
         if settings is None:
             return

@@ -86,8 +86,11 @@ def plan_render(scene) -> jobs.RenderJob:
     m = checked_mapping(scene, arm)
     if s.frame_end < s.frame_start:
         raise AddonError(f"The frame range ends ({s.frame_end}) before it starts ({s.frame_start})")
+    folder = output_folder(scene)
+    if folder in jobs.RENDERING:
+        raise AddonError(f"A render into {folder} is already running (Esc cancels it)")
     plan = jobs.RenderPlan(scene_name=scene.name, armature_name=arm.name, camera_name=cam.name, mapping=m,
-                           frames=list(range(s.frame_start, s.frame_end + 1)), folder=output_folder(scene),
+                           frames=list(range(s.frame_start, s.frame_end + 1)), folder=folder,
                            connection=connection_for(scene), model=s.model.strip(), chunk=s.chunk,
                            rig_render=s.add_rig_render)
     return jobs.RenderJob(plan)

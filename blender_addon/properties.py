@@ -24,6 +24,10 @@ from bpy.props import (BoolProperty, CollectionProperty, FloatProperty, FloatVec
 from . import mapping as bone_mapping
 
 
+# Blender 4.5+ warns when a path property is given a "//" (blend-relative) value without this flag.
+BLEND_RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 5, 0) else set()
+
+
 def _is_armature(_self, obj) -> bool:
     return obj.type == "ARMATURE"
 
@@ -63,7 +67,7 @@ class PIX2DANCE_PG_settings(bpy.types.PropertyGroup):
         description="ZeroMQ address of a running `pix2dance serve` (empty: the default in the add-on's preferences)")
     model: StringProperty(name="Model", default="",
                           description="Dancer to render (empty: the engine's only or first model)")
-    output_dir: StringProperty(name="Output", subtype="DIR_PATH", default="//pix2dance/",
+    output_dir: StringProperty(name="Output", subtype="DIR_PATH", default="//pix2dance/", options=BLEND_RELATIVE,
                                description="Folder for the rendered frames (default: beside the .blend)")
     frame_start: IntProperty(name="Start", default=1, min=0,
                              description="First frame Render to Sequencer renders")

@@ -286,10 +286,10 @@ def test_test_connection_lists_models(rig, tiny_run):
 def test_user_errors_are_reports(rig):
     scene, arm, cam = rig
     s = scene.pix2dance
-    s.engine_address = "not an address"
+    address, s.engine_address = s.engine_address, "not an address"
     with pytest.raises(RuntimeError, match="not of the form tcp://"):
         bpy.ops.pix2dance.test_connection()
-    s.engine_address = ""
+    s.engine_address = address
     s.camera, scene.camera = None, None
     with pytest.raises(RuntimeError, match="No camera"):
         bpy.ops.pix2dance.render_to_sequencer()
@@ -306,6 +306,24 @@ def test_user_errors_are_reports(rig):
     with pytest.raises(RuntimeError, match="out of the view"):
         bpy.ops.pix2dance.preview_frame()
     assert not pngs(Path(s.output_dir))
+    cam.rotation_euler = (math.radians(90), 0, 0)
+    s.frame_start, s.frame_end = 5, 4
+    with pytest.raises(RuntimeError, match="ends .4. before it starts .5."):
+        bpy.ops.pix2dance.render_to_sequencer()
+    s.frame_start, s.frame_end = 1, 4
+    out = s.output_dir
+    s.output_dir = "//pix2dance/"   # relative to an unsaved .blend
+    with pytest.raises(RuntimeError, match="Save the .blend first"):
+        bpy.ops.pix2dance.render_to_sequencer()
+    s.output_dir = out
+    # One render at a time into one folder.
+    first = operators.plan_render(scene)
+    first.step()                    # it has started (projected) and holds the folder
+    with pytest.raises(RuntimeError, match="already running"):
+        bpy.ops.pix2dance.render_to_sequencer()
+    first.cancel()
+    assert first.wait().cancelled and not jobs.RENDERING
+    assert bpy.ops.pix2dance.render_to_sequencer() == {"FINISHED"}
 
 
 def test_auto_map_operator(rig):
