@@ -110,6 +110,10 @@ def test_matches_world_to_camera_view(ortho):
     ours = P.world_to_ndc(world[have], P.camera_params(scene, cam))
     ref = np.array([world_to_camera_view(scene, cam, Vector(p))[:] for p in world[have]])
     np.testing.assert_allclose(ours, ref, atol=1e-5)
+    # project() takes its own fast path: the same pixels, y flipped.
+    kp = proj.project(scene, cam)
+    np.testing.assert_allclose(kp[have, 0], ref[:, 0] * W, atol=1e-2)
+    np.testing.assert_allclose(kp[have, 1], (1 - ref[:, 1]) * H, atol=1e-2)
 
 
 def test_turned_around_is_back_view():
