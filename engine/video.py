@@ -227,10 +227,17 @@ class VideoWriter:
             raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
         os.close(fd)
         self._tmp = Path(name)
-        self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, (width, height))
-        if not self._writer.isOpened():
+        # H.264 encoders refuse some sizes (odd ones): then the next codec for this suffix.
+        fallbacks = _CODECS.get(self.path.suffix.lower(), ())
+        for codec in [self.codec] + [c for c in fallbacks if c != self.codec]:
+            with _quiet_opencv():
+                self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*codec), self.fps, (width, height))
+            if self._writer.isOpened():
+                self.codec = codec
+                break
+        else:
             self.discard()
-            raise UserError(f"cannot write {self.path} with codec {self.codec} at {width}x{height}")
+            raise UserError(f"cannot write {self.path} at {width}x{height} with codec {self.codec}")
         self.size = (width, height)
 
     def write(self, rgb: np.ndarray) -> None:

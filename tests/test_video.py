@@ -130,3 +130,12 @@ def test_bad_files_are_one_line_user_errors(tmp_path):
         assert "\n" not in str(e.value)
         with pytest.raises(UserError):
             list(video.sample(path, 10))
+
+
+def test_writer_falls_back_when_a_codec_will_not_open(tmp_path):
+    out = tmp_path / "odd.mp4"
+    with video.VideoWriter(out, fps=5, codec="XXXX") as w:  # no such encoder: the next one for .mp4
+        for _ in range(3):
+            w.write(np.zeros((33, 47, 3), np.uint8))
+    assert w.codec in ("avc1", "mp4v") and w.frames == 3
+    assert video.probe(out).frames == 3
