@@ -37,6 +37,7 @@ from pathlib import Path
 
 import bpy
 import numpy as np
+import zmq
 
 from . import sequencer
 from ._engine import client as engine_client
@@ -156,6 +157,8 @@ class Job:
             self.post("failed", describe(e))
         except AddonError as e:
             self.post("failed", str(e))
+        except zmq.ZMQError as e:   # e.g. an address ZeroMQ cannot connect to
+            self.post("failed", f"Cannot use engine address: {e}")
         except Exception as e:  # a bug: keep the traceback in the log, give the user one line
             log.exception("pix2dance: %s worker failed", self.name)
             self.post("failed", f"Internal error in the {self.name} worker: {e!r}")
@@ -427,18 +430,21 @@ class LivePreview:
                     if self._stop:
                         return
                     req, self._pending = self._pending, None
-                if c is None or key != req.connection:
-                    if c is not None:
-                        c.close()
-                    c, key = req.connection.open(), req.connection
                 try:
+                    if c is None or key != req.connection:
+                        if c is not None:
+                            c.close()
+                        c = None
+                        c, key = req.connection.open(), req.connection
                     model, png = render_one(c, req)
                     self.sent += 1
                     self.results.put(("image", req, model, png))
-                except (engine_client.ClientError, AddonError) as e:
-                    msg = describe(e) if isinstance(e, engine_client.ClientError) else str(e)
+                except (engine_client.ClientError, AddonError, zmq.ZMQError) as e:
+                    msg = describe(e) if isinstance(e, engine_client.ClientError) else \
+                        f"Cannot use engine address: {e}" if isinstance(e, zmq.ZMQError) else str(e)
                     self.results.put(("error", req, msg, None))
-                    c.close()
+                    if c is not None:
+                        c.close()
                     c = None          # a fresh socket next time (the engine may come back)
                 except Exception as e:  # a bug: log it, keep the worker alive for the next pose
                     log.exception("pix2dance: live preview failed")

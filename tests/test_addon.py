@@ -289,6 +289,9 @@ def test_user_errors_are_reports(rig):
     address, s.engine_address = s.engine_address, "not an address"
     with pytest.raises(RuntimeError, match="not of the form tcp://"):
         bpy.ops.pix2dance.test_connection()
+    s.engine_address = "tcp://127.0.0.1:notaport"
+    with pytest.raises(RuntimeError, match="Cannot use engine address: Invalid argument"):
+        bpy.ops.pix2dance.test_connection()
     s.engine_address = address
     s.camera, scene.camera = None, None
     with pytest.raises(RuntimeError, match="No camera"):
@@ -488,6 +491,26 @@ def test_live_preview_shows_the_current_frame_and_drops_stale_replies(rig):
         s.live_preview = False
     assert jobs._live["preview"] is None
 
+
+
+
+def test_live_preview_with_the_engine_gone_shows_the_error(rig, monkeypatch):
+    monkeypatch.setattr(preferences, "FALLBACK", preferences.Prefs(timeout=1.0))
+    scene, _, _ = rig
+    s = scene.pix2dance
+    s.engine_address = f"tcp://127.0.0.1:{free_port()}"
+    s.last_error = ""
+    s.live_preview = True
+    try:
+        lp = jobs._live["preview"]
+        deadline = time.monotonic() + 20
+        while not s.last_error and time.monotonic() < deadline:
+            jobs.tick()
+            time.sleep(0.05)
+        assert "unreachable or timed out" in s.last_error and not s.connected
+        assert lp.alive and lp.shown == 0   # the worker waits for the next pose, it did not die
+    finally:
+        s.live_preview = False
 
 
 # --- mocap -------------------------------------------------------------------------------------------
