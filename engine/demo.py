@@ -8,7 +8,7 @@
 3. engine.train trains a small pix2pix generator on it (minutes on a CPU);
 4. the engine server starts on a free loopback port, and a new choreography the model never saw
    is rendered through engine.client, the path the Blender add-on takes;
-5. the outputs, each printed at the end:
+5. the outputs, each printed at the end (beside them: the clips, the dataset, the run, generated/):
    - side_by_side.mp4: skeleton | true render | generated,
    - eval.json: SSIM, PSNR, L1 and flicker against the true renders, and pose error (MediaPipe on
      the generated frames against the true skeleton; null when no pose model resolves, e.g. offline),
@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,15 +94,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def engine_server(run_dir: Path, device: str, timeout: float = 120.0):
+def engine_server(run_dir: Path | None, device: str, timeout: float = 120.0):
     """Start `pix2dance serve RUN` on a free loopback port; yield its address; always stop it.
+
+    run_dir None serves what `pix2dance serve` serves with no run: the demo model in assets/demo.
 
     The server is this Python running engine.cli, so it is the very command a user types. It is
     stopped with SIGTERM (its clean shutdown) and killed if it has not gone within 10 seconds.
     """
     from engine.client import Client, ClientError
     address = f"tcp://127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "engine.cli", "serve", str(run_dir), "--bind", address, "--device", device, "--quiet"]
+    cmd = [sys.executable, "-m", "engine.cli", "serve", *([str(run_dir)] if run_dir else []),
+           "--bind", address, "--device", device, "--quiet"]
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -146,6 +150,35 @@ def to_crop(keypoints: np.ndarray, crop: dict) -> np.ndarray:
     from engine import dataset
     side = int(crop["side"])
     return dataset.Crop(int(crop["x"]), int(crop["y"]), side).to_crop_pixels(keypoints, side)
+
+
+def unseen_truth(clip, crop: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The unseen dance's true renders cut like the dataset, (N, S, S, 3), and its skeleton in model pixels."""
+    from engine import synth
+    truth = crop_frames(synth.read_frames(clip), crop, size)
+    kp = to_crop(clip.keypoints, crop)
+    kp[..., :2] *= size / crop["side"]
+    return truth, kp
+
+
+def write_frames(folder: Path, frames: np.ndarray) -> None:
+    """(N, H, W, 3) RGB -> folder/000000.png ..."""
+    import cv2
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, rgb in enumerate(frames):
+        if not cv2.imwrite(str(folder / f"{i:06d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise UserError(f"cannot write {folder / f'{i:06d}.png'}")
+
+
+def load_unseen(out: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From a finished demo folder: true renders, skeleton (model pixels) and generated frames of the unseen dance."""
+    import cv2
+    from engine import synth
+    out = Path(out)
+    info = json.loads((out / "dataset" / "dataset.json").read_text())
+    truth, kp = unseen_truth(synth.load_clip(out / "test_clip"), info["sources"][0]["crop"], int(info["size"]))
+    generated = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted((out / "generated").glob("*.png"))])
+    return truth, kp, generated
 
 
 def generate_via_engine(run_dir: Path, keypoints: np.ndarray, side: int, device: str, quiet: bool) -> np.ndarray:
@@ -236,7 +269,7 @@ def side_by_side(skeletons: np.ndarray, truth: np.ndarray, generated: np.ndarray
 def run(out: str | Path = "demo-output", quick: bool = False, device: str = "auto", quiet: bool = False,
         settings: DemoSettings | None = None) -> DemoResult:
     """Run the demo into `out` (replaced atomically when done); returns where everything is."""
-    from engine import dataset, skeleton, synth, train, video
+    from engine import dataset, synth, train
     s = settings or (QUICK if quick else FULL)
     out = Path(out)
     started = time.perf_counter()
@@ -256,46 +289,16 @@ def run(out: str | Path = "demo-output", quick: bool = False, device: str = "aut
         lap("synth", t0)
 
         t0 = time.perf_counter()
-        data_dir = tmp / "dataset"
-        dataset.build([train_clip.video], data_dir, fps=s.fps, size=s.size, val_fraction=0.1, quiet=quiet,
+        dataset.build([train_clip.video], tmp / "dataset", fps=s.fps, size=s.size, val_fraction=0.1, quiet=quiet,
                       keypoints=[train_clip.keypoints])
-        info = json.loads((data_dir / "dataset.json").read_text())
-        crop = info["sources"][0]["crop"]
         lap("dataset", t0)
 
         t0 = time.perf_counter()
-        run_dir = tmp / "run"
-        train.run(data_dir, run_dir, steps=s.steps, size=s.size, ngf=s.ngf, batch=s.batch, device=device,
+        train.run(tmp / "dataset", tmp / "run", steps=s.steps, size=s.size, ngf=s.ngf, batch=s.batch, device=device,
                   seed=s.seed, quiet=quiet, val_every=s.val_every, checkpoint_every=s.steps)
         lap("train", t0)
 
-        t0 = time.perf_counter()
-        test_kp = to_crop(test_clip.keypoints, crop)                                  # (N, J, 3) crop px
-        generated = generate_via_engine(run_dir, test_kp, int(crop["side"]), device, quiet)
-        lap("render", t0)
-
-        t0 = time.perf_counter()
-        truth = crop_frames(synth.read_frames(test_clip), crop, s.size)
-        kp_model = test_kp.copy()
-        kp_model[..., :2] *= s.size / crop["side"]                                    # model pixels
-        skeletons = skeleton.draw_batch(kp_model, s.size)
-        scores = image_scores(generated, truth, kp_model)
-        pose_model = resolve_pose_model(quiet)
-        pose_error = pose_error_true = None
-        detection_rate = detection_rate_true = None
-        if pose_model is not None:
-            pose_error, detection_rate = pose_scores(
-                detect_poses(generated, pose_model, s.fps, quiet, "pose error (generated)"), kp_model)
-            pose_error_true, detection_rate_true = pose_scores(
-                detect_poses(truth, pose_model, s.fps, quiet, "pose error (true renders)"), kp_model)
-        report = {**scores, "pose_error": pose_error, "detection_rate": detection_rate,
-                  "pose_error_true_render": pose_error_true, "detection_rate_true_render": detection_rate_true,
-                  "pose_model": pose_model.name if pose_model else None, "frames": int(len(generated)),
-                  "unseen_choreography": True, "normalization": "none (same camera, dataset crop)",
-                  "settings": asdict(s), "device": device}
-        codec = video.write_video(tmp / "side_by_side.mp4", side_by_side(skeletons, truth, generated, s.panel), s.fps)
-        shutil.copyfile(run_dir / train.PLOT, tmp / "losses.png")
-        lap("evaluate", t0)
+        report, codec = evaluate_unseen(tmp, s, device, quiet, times)
         report["seconds"] = {**times, "total": round(time.perf_counter() - started, 1)}
         with atomic_file(tmp / "eval.json") as f:
             f.write_text(json.dumps(report, indent=2) + "\n")
@@ -304,6 +307,44 @@ def run(out: str | Path = "demo-output", quick: bool = False, device: str = "aut
                         losses_png=out / "losses.png", run_dir=out / "run", scores=report)
     _summary(result, codec)
     return result
+
+
+def evaluate_unseen(folder: Path, s: DemoSettings, device: str, quiet: bool, times: dict) -> tuple[dict, str]:
+    """Steps 4-5 in a demo folder holding test_clip/, dataset/ and run/: serve the run, render the
+    unseen dance through the client, score it; writes generated/, side_by_side.mp4, losses.png.
+
+    Returns the report (eval.json's content, less `seconds`) and the video codec used.
+    """
+    from engine import skeleton, synth, train, video
+    t0 = time.perf_counter()
+    test_clip = synth.load_clip(folder / "test_clip")
+    crop = json.loads((folder / "dataset" / "dataset.json").read_text())["sources"][0]["crop"]
+    test_kp = to_crop(test_clip.keypoints, crop)                                  # (N, J, 3) crop px
+    generated = generate_via_engine(folder / "run", test_kp, int(crop["side"]), device, quiet)
+    times["render"] = round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    write_frames(folder / "generated", generated)
+    truth, kp_model = unseen_truth(test_clip, crop, s.size)
+    skeletons = skeleton.draw_batch(kp_model, s.size)
+    scores = image_scores(generated, truth, kp_model)
+    pose_model = resolve_pose_model(quiet)
+    pose_error = pose_error_true = None
+    detection_rate = detection_rate_true = None
+    if pose_model is not None:
+        pose_error, detection_rate = pose_scores(
+            detect_poses(generated, pose_model, s.fps, quiet, "pose error (generated)"), kp_model)
+        pose_error_true, detection_rate_true = pose_scores(
+            detect_poses(truth, pose_model, s.fps, quiet, "pose error (true renders)"), kp_model)
+    report = {**scores, "pose_error": pose_error, "detection_rate": detection_rate,
+              "pose_error_true_render": pose_error_true, "detection_rate_true_render": detection_rate_true,
+              "pose_model": pose_model.name if pose_model else None, "frames": int(len(generated)),
+              "unseen_choreography": True, "normalization": "none (same camera, dataset crop)",
+              "settings": asdict(s), "device": device}
+    codec = video.write_video(folder / "side_by_side.mp4", side_by_side(skeletons, truth, generated, s.panel), s.fps)
+    shutil.copyfile(folder / "run" / train.PLOT, folder / "losses.png")
+    times["evaluate"] = round(time.perf_counter() - t0, 1)
+    return report, codec
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -322,3 +363,85 @@ def _summary(r: DemoResult, codec: str) -> None:
     log.info("  scores:                                            %s", r.eval_json)
     log.info("  training curves:                                   %s", r.losses_png)
     log.info("  the trained model (serve it: pix2dance serve %s)", r.run_dir)
+
+
+# --- the small demo model in assets/demo ------------------------------------------------------
+
+# The full demo, trained twice as long (so a finished demo folder can be resumed into it).
+ASSET = DemoSettings(train_frames=480, test_frames=120, fps=24.0, render_size=256, size=128, ngf=16,
+                     steps=3000, batch=4, panel=256, val_every=500)
+ASSET_README = """# The demo model
+
+A pix2pix generator of the synthetic dancer (engine/synth.py), trained by pix2dance's own pipeline:
+`pix2dance serve` with no run directory serves it, so the Blender add-on works out of the box.
+
+- {size} x {size} px, ngf {ngf}, fp16 safetensors ({mb:.1f} MB); model name `demo`.
+- Training dance: {train_frames} frames at {fps:g} fps (seed {seed}), rendered with Blender Workbench at
+  {render_size} px; dataset from the exact skeletons; {steps} steps, batch {batch}, on {device}.
+- On an unseen dance ({test_frames} frames) against its true renders: SSIM {ssim:.3f}, PSNR {psnr:.2f} dB,
+  pose error {pose_error} (MediaPipe on the true renders: {pose_error_true}).
+
+Made with (about {minutes:.0f} minutes on 2 CPU cores):
+
+    .venv/bin/python -m engine.demo --build-model assets/demo --work demo-model-work
+
+`--work` keeps the demo folder (clips, dataset, run, side_by_side.mp4); rerunning with a larger
+`--steps` resumes the same run and exports again.
+"""
+
+
+def build_demo_model(dest: str | Path, work: str | Path, device: str = "auto", quiet: bool = False,
+                     settings: DemoSettings = ASSET) -> Path:
+    """Train the demo model with the demo pipeline in `work` (resuming a run there) and export it, fp16, to dest."""
+    from engine import runs, train
+    started = time.perf_counter()
+    work, dest = Path(work), Path(dest)
+    if (work / "run" / "config.json").is_file() and (work / "eval.json").is_file():
+        # Resume the run there to settings.steps, then evaluate it again in place.
+        train.run(work / "dataset", work / "run", steps=settings.steps, device=device, quiet=quiet,
+                  val_every=settings.val_every, checkpoint_every=settings.val_every)
+        times: dict[str, float] = {}
+        scores, _ = evaluate_unseen(work, settings, device, quiet, times)
+        with atomic_file(work / "eval.json") as f:
+            f.write_text(json.dumps({**scores, "seconds": times}, indent=2) + "\n")
+    else:
+        scores = run(work, device=device, quiet=quiet, settings=settings).scores
+    generator, config = runs.load_generator(work / "run", "cpu")
+    config = {k: v for k, v in config.items() if k != "dataset"}
+    config.update(name="demo", description="the synthetic dancer of engine/synth.py (pix2dance demo model)",
+                  unseen={k: scores.get(k) for k in ("ssim", "psnr", "l1", "pose_error", "pose_error_true_render")})
+    pe = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    with atomic_dir(dest) as tmp:
+        runs.save_generator(tmp, generator, config, half=True)
+        mb = (tmp / runs.GENERATOR).stat().st_size / 1e6
+        (tmp / "README.md").write_text(ASSET_README.format(
+            **asdict(settings), mb=mb, device=device, ssim=scores["ssim"], psnr=scores["psnr"],
+            pose_error=pe(scores["pose_error"]), pose_error_true=pe(scores["pose_error_true_render"]),
+            minutes=(time.perf_counter() - started) / 60))
+    log.info("demo model written to %s (%.1f MB)", dest, mb)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.demo --build-model assets/demo --work DIR`: (re)build the committed demo model."""
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m engine.demo", description=main.__doc__)
+    p.add_argument("--build-model", type=Path, required=True, metavar="DEST")
+    p.add_argument("--work", type=Path, required=True, help="demo folder to build (or resume) the model in")
+    p.add_argument("--steps", type=int, default=ASSET.steps)
+    p.add_argument("--train-frames", type=int, default=ASSET.train_frames)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(message)s")
+    settings = dataclasses.replace(ASSET, steps=a.steps, train_frames=a.train_frames)
+    try:
+        build_demo_model(a.build_model, a.work, device=a.device, quiet=a.quiet, settings=settings)
+    except UserError as e:
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
