@@ -105,9 +105,12 @@ def pick_model(info: dict, wanted: str) -> dict:
 
 
 def model_key(model: dict) -> str:
-    """A hash of what the engine says about a model (name, size, stats...): changes when it is retrained."""
+    """A hash of what the engine says about a model (name, size, stats, and whatever else `info` adds,
+    such as a weights digest): a model trained again on other data renders again. Where it runs
+    (device, precision) does not count: the frames are the same dancer."""
     import json
-    text = json.dumps({k: v for k, v in model.items() if k != "device"}, sort_keys=True, default=str)
+    text = json.dumps({k: v for k, v in model.items() if k not in ("device", "precision")}, sort_keys=True,
+                      default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 

@@ -184,6 +184,64 @@ def test_register_unregister_twice(monkeypatch):
     blender_addon.unregister()  # unregistering twice is harmless
 
 
+class RecordingLayout:
+    """Stands in for bpy.types.UILayout (there is none headless) and checks what a draw() names:
+    every property must exist on its data and every operator must be registered."""
+
+    def __init__(self, log):
+        self.log, self.alert, self.active, self.enabled = log, False, True, True
+
+    def _sub(self, *a, **k):
+        return RecordingLayout(self.log)
+    column = row = box = split = _sub
+
+    def label(self, text="", icon="NONE"):
+        self.log.append(("label", text))
+
+    def prop(self, data, name, **k):
+        props = data.bl_rna.properties.keys() if hasattr(data, "bl_rna") else vars(data)
+        assert name in props, f"{type(data).__name__} has no property {name!r}"
+        self.log.append(("prop", name))
+
+    def prop_search(self, data, name, search_data, search_name, **k):
+        self.prop(data, name)
+        assert search_name in search_data.bl_rna.properties.keys()
+
+    def operator(self, idname, **k):
+        module, name = idname.split(".")
+        getattr(getattr(bpy.ops, module), name).get_rna_type()
+        self.log.append(("operator", idname))
+
+    def operator_menu_enum(self, idname, prop, **k):
+        self.operator(idname)
+
+    def template_list(self, listtype, list_id, data, name, active_data, active_name, **k):
+        assert hasattr(bpy.types, listtype) and name in data.bl_rna.properties.keys()
+        self.log.append(("list", name))
+
+
+def test_panels_and_preferences_draw(rig):
+    from types import SimpleNamespace
+    from blender_addon import panels
+    scene, arm, _ = rig
+    bpy.ops.pix2dance.auto_map()
+    scene.pix2dance.last_error = "something went wrong"
+    log = []
+    for cls in panels.CLASSES:
+        if issubclass(cls, bpy.types.Panel):
+            cls.draw(SimpleNamespace(layout=RecordingLayout(log)), bpy.context)
+    row = scene.pix2dance.mapping[0]
+    panels.PIX2DANCE_UL_mapping.draw_item(None, bpy.context, RecordingLayout(log), scene.pix2dance, row, 0, None, "", 0)
+    p = preferences.PIX2DANCE_AP_preferences
+    fake_prefs = SimpleNamespace(layout=RecordingLayout(log), engine_address="", timeout=1.0, curve_server_key="",
+                                 curve_client_key="", start_local_engine=False, local_run_dir="", command="")
+    p.draw(fake_prefs, bpy.context)
+    ops = {x[1] for x in log if x[0] == "operator"}
+    assert {"pix2dance.render_to_sequencer", "pix2dance.preview_frame", "pix2dance.auto_map",
+            "pix2dance.test_connection", "pix2dance.retarget_bvh", "pix2dance.use_scene_range"} <= ops
+    assert ("label", "something went wrong") in log and ("list", "mapping") in log
+
+
 # --- errors are reports, never tracebacks ----------------------------------------------------------
 
 def test_test_connection_without_engine_reports_error(addon, monkeypatch):
