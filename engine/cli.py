@@ -192,9 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(p)
     p.set_defaults(func=cmd_render)
 
-    p = add("demo", "the whole product end to end on a synthetic dancer")
-    p.add_argument("--out", type=Path, default=Path("demo-output"))
-    p.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
+    p = add("demo", "the whole product end to end on a synthetic dancer (about 10 minutes on 2 CPU cores)")
+    p.add_argument("--out", type=Path, default=Path("demo-output"),
+                   help="folder to write, replaced when the demo finishes (default: demo-output)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a minute or two, blurry (what the tests run)")
     _device_arg(p)
     p.set_defaults(func=cmd_demo)
 
