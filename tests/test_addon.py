@@ -508,6 +508,38 @@ def test_rig_render_adds_a_second_strip(rig):
     assert sequencer.find_tagged(scene, "rig") is None and len(our_strips(scene)) == 1
 
 
+def test_modal_path_reports_progress_and_esc_cancels(rig, monkeypatch):
+    """The UI path of the job operators (modal(), driven by TIMER events), without a UI: events
+    are handed in by hand. Each PNG takes 0.2 s longer here, so Esc lands mid-render."""
+    from types import SimpleNamespace
+    scene, _, _ = rig
+    scene.pix2dance.chunk = 1
+    monkeypatch.setattr(jobs, "AFTER_FRAME", [lambda job, n: time.sleep(0.2)])
+
+    class Op(operators.JobOperator):          # the mixin alone: bpy operators need Blender's machinery
+        def __init__(self):
+            self.reports = []
+
+        def report(self, kind, message):
+            self.reports.append((set(kind), message))
+    op = Op()
+    op._job = operators.plan_render(scene)
+    timer, esc = SimpleNamespace(type="TIMER", value="NOTHING"), SimpleNamespace(type="ESC", value="PRESS")
+    assert op.modal(bpy.context, SimpleNamespace(type="MOUSEMOVE", value="NOTHING")) == {"PASS_THROUGH"}
+    deadline = time.monotonic() + 30
+    while not op._job.rendered and time.monotonic() < deadline:
+        assert op.modal(bpy.context, timer) == {"RUNNING_MODAL"}
+        time.sleep(0.05)
+    result = op.modal(bpy.context, esc)
+    while result == {"RUNNING_MODAL"} and time.monotonic() < deadline:
+        result = op.modal(bpy.context, timer)
+        time.sleep(0.05)
+    assert result == {"CANCELLED"} and ({"WARNING"}, "Render cancelled") in op.reports
+    written = pngs(Path(scene.pix2dance.output_dir))
+    assert 1 <= len(written) < 12 and our_strips(scene) == []
+    assert "cancelled" in scene.pix2dance.status
+
+
 # --- preview -------------------------------------------------------------------------------------
 
 def test_preview_frame_shows_an_image(rig):
