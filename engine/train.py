@@ -229,7 +229,7 @@ class Trainer:
         adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
         self.opt_G = torch.optim.Adam(self.G.parameters(), **adam)
         self.opt_D = torch.optim.Adam(self.D.parameters(), **adam)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10, enabled=amp == "fp16")  # 2^16 overflows for steps
         # What the step calls: DDP wrappers (one forward and one backward each per step), and D
         # unwrapped for the generator's loss, whose D gradients are never wanted or all-reduced.
         self.G_step, self.D_step, self.D_for_G = self.G, self.D, self.D
@@ -307,8 +307,13 @@ class Trainer:
         self.loss_count += 1
 
     def take_losses(self) -> dict[str, float]:
-        """Mean D, G_GAN, G_L1 since the last call (one device sync)."""
-        values = (self.loss_sums / max(1, self.loss_count)).tolist()
+        """Mean D, G_GAN, G_L1 since the last call, over all ranks (one device sync; every rank calls it)."""
+        means = self.loss_sums / max(1, self.loss_count)
+        if self.dist.active:
+            import torch.distributed as dist
+            dist.all_reduce(means)                              # SUM: gloo has no AVG
+            means /= self.dist.world
+        values = means.tolist()
         self.loss_sums.zero_()
         self.loss_count = 0
         return dict(zip(("D", "G_GAN", "G_L1"), values))
@@ -658,7 +663,7 @@ def run(dataset: str | Path, out: str | Path, steps: int = 20000, size: int | No
         if start >= cfg.steps:   # already done: validate what is there and exit cleanly
             if d.rank == 0:
                 log.info("%s is already at step %d (>= --steps %d): validating only", out, start, cfg.steps)
-            last = checkpoint_and_validate(start, True, False)
+            last = checkpoint_and_validate(start, True, latest is None)   # --steps 0: an untrained run
         if d.rank == 0 and last:
             log.info("step %d: val %s L1 %.4f, SSIM %.4f, PSNR %.2f dB", last["step"], val_name,
                      last["l1"], last["ssim"], last["psnr"])

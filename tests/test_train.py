@@ -95,6 +95,30 @@ def test_optimizer_state_round_trips_through_tensors_and_json():
             assert torch.equal(torch.as_tensor(a["state"][pid][key]), torch.as_tensor(b["state"][pid][key]))
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_step_runs_and_learns_nothing_strange(data, amp):
+    """The GPU path's autocast (+ GradScaler for fp16), exercised on the CPU: finite losses, weights move."""
+    split = train.load_split(data, "train", 64)
+    cfg = train.TrainConfig(steps=10, size=64, ngf=8, ndf=8, batch=2, seed=0)
+    trainer = train.Trainer(cfg, split, torch.device("cpu"), amp=amp)
+    before = [p.detach().clone() for p in trainer.G.parameters()]
+    for step in range(3):
+        trainer.step(step)
+    losses = trainer.take_losses()
+    assert all(np.isfinite(v) for v in losses.values()), losses
+    assert trainer.scaler.is_enabled() == (amp == "fp16")
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.G.parameters()))
+    scores, fakes = train.validate(trainer.G, split, torch.device("cpu"), amp)
+    assert fakes.dtype == torch.uint8 and fakes.shape == split.frames.shape and 0 <= scores["l1"] <= 1
+
+
+def test_zero_steps_writes_an_untrained_run(data, tmp_path):
+    out = tmp_path / "zero"
+    last = train.run(data, out, steps=0, ngf=8, device="cpu", seed=1, quiet=True)
+    assert last["step"] == 0 and json.loads((out / "state.json").read_text())["step"] == 0
+    load_generator(out)
+
+
 # --- the loop -------------------------------------------------------------------------------------
 
 def test_l1_on_training_pairs_falls_by_half(data, tmp_path):
