@@ -272,6 +272,7 @@ def run(out: str | Path = "demo-output", quick: bool = False, device: str = "aut
     from engine import dataset, synth, train
     s = settings or (QUICK if quick else FULL)
     out = Path(out)
+    check_out(out)
     started = time.perf_counter()
     times: dict[str, float] = {}
 
@@ -307,6 +308,15 @@ def run(out: str | Path = "demo-output", quick: bool = False, device: str = "aut
                         losses_png=out / "losses.png", run_dir=out / "run", scores=report)
     _summary(result, codec)
     return result
+
+
+def check_out(out: Path) -> None:
+    """The demo replaces `out` when done: refuse a file, or a non-empty folder that is not a demo's."""
+    if out.is_file():
+        raise UserError(f"--out {out} is a file; give a folder for the demo's outputs")
+    if out.is_dir() and any(out.iterdir()) and not (out / "eval.json").is_file() and not (out / "train_clip").is_dir():
+        raise UserError(f"--out {out} is a folder that a demo did not write; the demo replaces its --out, "
+                        "so give a new or empty folder")
 
 
 def evaluate_unseen(folder: Path, s: DemoSettings, device: str, quiet: bool, times: dict) -> tuple[dict, str]:

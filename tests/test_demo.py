@@ -137,3 +137,15 @@ def test_image_scores_of_identical_frames():
     assert kp.shape == (2, NUM_JOINTS, 3)
     scores = demo.image_scores(frames, frames, kp)
     assert scores["ssim"] == pytest.approx(1.0, abs=1e-4) and scores["l1"] == 0.0 and scores["psnr"] >= 99
+
+
+def test_demo_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("...")
+    with pytest.raises(UserError, match="did not write"):
+        demo.run(precious, quick=True, quiet=True)
+    assert (precious / "chapter1.tex").read_text() == "..."
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        demo.run(tmp_path / "file", quick=True, quiet=True)
