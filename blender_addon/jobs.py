@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,11 +123,15 @@ def pose_hash(kp: np.ndarray, source_size: tuple[int, int]) -> str:
 
 # --- the job machinery -------------------------------------------------------------------------
 
+_every_job: "weakref.WeakSet[Job]" = weakref.WeakSet()   # to abandon them all on unregister
+
+
 class Job:
     """Main-thread generator (`main`) + optional worker thread (`work`), stepped by its owner."""
     name = "job"
 
     def __init__(self):
+        _every_job.add(self)
         self._queue: queue.Queue = queue.Queue()
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
@@ -145,6 +150,13 @@ class Job:
     def cancel(self) -> None:
         """Ask the job to stop: the worker stops between frames, the main side at its next step."""
         self._cancel.set()
+
+    def abandon(self) -> None:
+        """Cancel and end the main side now (its owner is going away: operator cancelled, add-on
+        unregistered); the worker, a daemon, stops on its own at its next check or timeout."""
+        self.cancel()
+        if not self.finished:
+            self._finish()
 
     # --- worker side
     def work(self) -> None:
@@ -228,10 +240,16 @@ class Job:
     def _finish(self) -> None:
         if self._thread is not None and not self._worker_done:
             self.cancel()  # the main side ended early: stop the worker too (it is a daemon)
-        if self._main is not None:
-            self._main.close()
         self.finished = True
-        self.cleanup()
+        try:
+            if self._main is not None:
+                self._main.close()   # runs the main side's finally blocks (frame restored, ...)
+        except Exception:
+            log.exception("pix2dance: ending %s", self.name)
+        try:
+            self.cleanup()
+        except Exception:
+            log.exception("pix2dance: cleaning up %s", self.name)
 
     def cleanup(self) -> None:
         """Main thread, once, however the job ended."""
@@ -528,8 +546,8 @@ def ensure_timer() -> None:
 
 def shutdown() -> None:
     """Cancel everything (unregister): workers stop on their own, nothing waits on the engine."""
-    for job in _active:
-        job.cancel()
+    for job in list(_every_job):
+        job.abandon()
     _active.clear()
     stop_live_preview()
     if bpy.app.timers.is_registered(tick):

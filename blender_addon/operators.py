@@ -169,9 +169,9 @@ class JobOperator:
         self._end_modal(context)
         return self.finished(context, job)
 
-    def cancel(self, context):  # Blender ends the operator (file closed, window gone)
+    def cancel(self, context):  # Blender ends the operator (another file loaded, window closed)
         if self._job is not None:
-            self._job.cancel()
+            self._job.abandon()
         self._end_modal(context)
 
     def _end_modal(self, context) -> None:

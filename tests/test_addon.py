@@ -385,6 +385,13 @@ def test_user_errors_are_reports(rig):
     first.cancel()
     assert first.wait().cancelled and not jobs.RENDERING
     assert bpy.ops.pix2dance.render_to_sequencer() == {"FINISHED"}
+    # Unregistering mid-render abandons the job: it releases its folder and touches nothing more.
+    second = operators.plan_render(scene)
+    second.step()
+    assert jobs.RENDERING
+    blender_addon.unregister()
+    assert second.finished and second.cancelled and not jobs.RENDERING
+    blender_addon.register()
 
 
 def test_auto_map_operator(rig):
