@@ -16,17 +16,21 @@ may be called repeatedly.
 
 from __future__ import annotations
 
-from . import jobs, operators, panels, preferences, properties
-
-# Registration order: data types first (operators and panels refer to them), then the UI.
-_MODULES = (preferences, properties, operators, panels)
 _state = {"registered": False}
+
+
+def _modules():
+    """The modules with Blender classes, in registration order (data types first: operators and
+    panels refer to them). Imported here, not at package import, so that headless users of
+    `blender_addon.projection` or `.mapping` (engine.render, engine.synth) load only what they use."""
+    from . import operators, panels, preferences, properties
+    return (preferences, properties, operators, panels)
 
 
 def register() -> None:
     if _state["registered"]:
         unregister()  # a second register() starts clean instead of failing on duplicate classes
-    for module in _MODULES:
+    for module in _modules():
         module.register()
     _state["registered"] = True
 
@@ -34,7 +38,8 @@ def register() -> None:
 def unregister() -> None:
     if not _state["registered"]:
         return
-    jobs.shutdown()  # cancel work and stop the timer first: nothing may run on unregistered types
-    for module in reversed(_MODULES):
+    from . import jobs
+    jobs.shutdown()  # abandon work and stop the timer first: nothing may run on unregistered types
+    for module in reversed(_modules()):
         module.unregister()
     _state["registered"] = False
