@@ -474,6 +474,18 @@ def restore(trainer: Trainer, path: Path) -> int:
     return step
 
 
+def remove_leftovers(run_dir: Path) -> None:
+    """Delete the temp files and folders of writes a kill interrupted (engine.atomic names them .NAME.*.tmp)."""
+    ours = (CONFIG, GENERATOR, STATE, LOSSES, METRICS, PLOT)
+    for path in Path(run_dir).glob(".*.tmp"):
+        if any(path.name.startswith(f".{name}.") for name in ours):
+            path.unlink(missing_ok=True)
+    for folder in (Path(run_dir) / CHECKPOINTS, Path(run_dir) / SAMPLES):
+        for path in folder.glob(".*.tmp") if folder.is_dir() else ():
+            if path.name.startswith(".step_"):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 # --- JSON-lines history (survives resume) -------------------------------------------------------
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -625,6 +637,7 @@ def run(dataset: str | Path, out: str | Path, steps: int = 20000, size: int | No
             (out / SAMPLES).mkdir(exist_ok=True)
             for name in (LOSSES, METRICS):        # rows written after the checkpoint are replayed
                 truncate_jsonl(out / name, start)
+            remove_leftovers(out)
             if latest is not None:
                 log.info("resuming %s from step %d (%s)", out, start, latest.name)
             log.info("training %s: %d -> %d steps, %d train / %d %s pairs at %d px, ngf %d, batch %d x %d, %s%s",
