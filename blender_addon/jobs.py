@@ -676,7 +676,9 @@ class RenderJob(Job):
                 with no_live_preview():
                     frames.close()      # restores the render settings and the frame
             self.timings["rig"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         self._make_strips()
+        self.timings["strips"] = time.perf_counter() - t0
 
     def _check_view(self) -> None:
         """AddonError when no mapped joint is in view in any frame; remember partly visible frames."""
