@@ -75,11 +75,17 @@ def loss_plot(losses: list[dict], metrics: list[dict], path: str | Path) -> None
     plt.close(fig)
 
 
-def grid(skeletons: np.ndarray, reals: np.ndarray, fakes: np.ndarray, max_rows: int = 4) -> np.ndarray:
-    """Rows of skeleton | real | generated, uint8 (N, S, S, 3) each -> one RGB image."""
+def grid(skeletons: np.ndarray, reals: np.ndarray, fakes: np.ndarray, max_rows: int = 4,
+         min_panel: int = 128) -> np.ndarray:
+    """Rows of skeleton | real | generated, uint8 (N, S, S, 3) each -> one RGB image.
+
+    Small images are enlarged (nearest neighbour, whole pixels) to at least `min_panel` px a panel.
+    """
     n = min(len(skeletons), max_rows)
     rows = [np.concatenate([skeletons[i], reals[i], fakes[i]], axis=1) for i in range(n)]
-    return np.concatenate(rows, axis=0)
+    image = np.concatenate(rows, axis=0)
+    k = max(1, -(-min_panel // skeletons.shape[1])) if n else 1
+    return image.repeat(k, axis=0).repeat(k, axis=1) if k > 1 else image
 
 
 def save_png(image: np.ndarray, path: str | Path) -> None:

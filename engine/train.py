@@ -166,15 +166,18 @@ def batch_indices(seed: int, step: int, n: int, batch: int, rank: int = 0, world
 def jitter(x: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Scale-and-crop every image of (B, C, H, W): zoom (B,) >= 1, shift (B, 2) in [-1, 1] of the slack.
 
-    One affine grid per sample, so the skeleton and the frame stacked in C move together.
+    One affine grid per sample, so the skeleton and the frame stacked in C move together. zoom and
+    shift live on the CPU (no device sync for the test below); only the (B, 2, 3) matrices move.
     """
+    zoom, shift = zoom.cpu(), shift.cpu()
     if bool((zoom == 1).all()):
         return x
     inv = 1.0 / zoom                                             # share of the image kept
-    theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
+    theta = torch.zeros(len(x), 2, 3)
     theta[:, 0, 0] = inv
     theta[:, 1, 1] = inv
     theta[:, :, 2] = shift * (1 - inv)[:, None]                  # crop centre within the slack
+    theta = theta.to(x.device, x.dtype, non_blocking=True)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -259,7 +262,7 @@ class Trainer:
         g = torch.Generator().manual_seed((cfg.seed * 7_919 + step * 104_729 + d.rank) % (2**63))
         zoom = 1 + (cfg.jitter - 1) * torch.rand(cfg.batch, generator=g)
         shift = torch.rand(cfg.batch, 2, generator=g) * 2 - 1
-        x = jitter(x, zoom.to(self.device), shift.to(self.device))
+        x = jitter(x, zoom, shift)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x[:, :3], x[:, 3:]
@@ -534,6 +537,17 @@ def init_distributed(device: str) -> Dist:
     return Dist(rank=rank, world=world, local_rank=local_rank, active=True)
 
 
+def _shared_random_seed(d: Dist) -> int:
+    """A fresh random seed, the same on every rank (rank 0's): the data order depends on it."""
+    seed = torch.tensor([int.from_bytes(os.urandom(4), "little")], dtype=torch.int64)
+    if d.active:
+        import torch.distributed as dist
+        if dist.get_backend() == "nccl":
+            seed = seed.cuda()
+        dist.broadcast(seed, src=0)
+    return int(seed.item())
+
+
 def _barrier(d: Dist) -> None:
     if d.active:
         import torch.distributed as dist
@@ -594,6 +608,11 @@ def run(dataset: str | Path, out: str | Path, steps: int = 20000, size: int | No
         raise UserError("--checkpoint-every, --val-every and the log interval must be >= 1")
     if gan is not None and gan not in ("vanilla", "lsgan"):
         raise UserError(f"unknown GAN loss {gan!r} (vanilla or lsgan)")
+    for name, value in (("--ngf", ngf), ("--ndf", ndf), ("--batch", batch)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be >= 1, got {value}")
+    if lr is not None and not lr > 0:
+        raise UserError(f"--lr must be > 0, got {lr}")
     if jitter is not None and jitter < 1:
         raise UserError(f"--jitter is a zoom factor >= 1 (1: no jitter), got {jitter}")
     dataset, out = Path(dataset), Path(out)
@@ -606,7 +625,7 @@ def run(dataset: str | Path, out: str | Path, steps: int = 20000, size: int | No
                  "lr": lr, "decay_from": decay_from, "jitter": jitter}
         if not list_checkpoints(out):   # a fresh run: defaults that depend on the data or on ngf
             asked["size"] = size or int(info["size"])
-            asked["seed"] = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
+            asked["seed"] = seed if seed is not None else _shared_random_seed(d)
             asked["ndf"] = ndf if ndf is not None else (ngf or TrainConfig.ngf)
         cfg, latest = _settle_config(out, asked, steps)
         cfg.world_size = d.world
