@@ -679,6 +679,7 @@ class RenderJob(Job):
         t0 = time.perf_counter()
         self._make_strips()
         self.timings["strips"] = time.perf_counter() - t0
+        self.status = self.summary()
 
     def _check_view(self) -> None:
         """AddonError when no mapped joint is in view in any frame; remember partly visible frames."""

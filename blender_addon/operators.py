@@ -244,8 +244,6 @@ class PIX2DANCE_OT_render_to_sequencer(JobOperator, bpy.types.Operator):
         if job.out_of_view and not job.error:
             f = job.out_of_view
             self.report({"WARNING"}, f"The armature is partly out of view in {len(f)} frames ({f[0]}-{f[-1]})")
-        if "FINISHED" in result:
-            self.report({"INFO"}, job.summary())
         return result
 
 
