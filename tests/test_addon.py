@@ -98,17 +98,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_engine(run_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_engine(run_dir: Path, keys: Path | None = None) -> tuple[subprocess.Popen, str]:
     """`python -m engine.cli serve RUN --bind tcp://127.0.0.1:<free port>`, pinged until it answers."""
     address = f"tcp://127.0.0.1:{free_port()}"
+    curve = ["--curve-secret", str(keys / "server.key_secret"), "--curve-clients", str(keys / "clients")] if keys else []
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", str(run_dir), "--bind", address,
-                             "--device", "cpu", "--quiet"], cwd=ROOT)
+                             "--device", "cpu", "--quiet", *curve], cwd=ROOT)
     deadline = time.monotonic() + 90
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"engine exited with status {proc.returncode}")
         try:
-            with Client(address, timeout=2.0) as c:
+            with Client(address, timeout=2.0,
+                        curve=(keys / "server.key", keys / "client.key_secret") if keys else None) as c:
                 c.ping()
             return proc, address
         except ClientError:
@@ -332,6 +334,26 @@ def test_local_engine_is_started_and_stopped(addon, tiny_run, monkeypatch):
     finally:
         preferences.stop_local_engine()
     assert proc.poll() is not None and not preferences.local_engine_running()
+
+
+def test_curve_keys_from_the_preferences(addon, tiny_run, tmp_path, monkeypatch):
+    """An engine that demands CURVE keys: refused without the preferences' key files, served with them."""
+    keys = tmp_path / "keys"
+    assert subprocess.run([sys.executable, "-m", "engine.cli", "keys", "--out", str(keys), "--quiet"],
+                          cwd=ROOT).returncode == 0
+    proc, address = start_engine(tiny_run, keys)
+    try:
+        build_scene()
+        s = bpy.context.scene.pix2dance
+        s.engine_address = address
+        monkeypatch.setattr(preferences, "FALLBACK", preferences.Prefs(timeout=1.0))
+        with pytest.raises(RuntimeError, match="unreachable or timed out"):
+            bpy.ops.pix2dance.test_connection()
+        monkeypatch.setattr(preferences, "FALLBACK", preferences.Prefs(
+            timeout=3.0, curve_server_key=str(keys / "server.key"), curve_client_key=str(keys / "client.key_secret")))
+        assert bpy.ops.pix2dance.test_connection() == {"FINISHED"} and s.connected
+    finally:
+        stop(proc)
 
 
 def test_test_connection_lists_models(rig, tiny_run):
