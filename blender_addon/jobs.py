@@ -422,6 +422,7 @@ class LivePreview:
         self._stop = False
         self.results: queue.Queue = queue.Queue()
         self.sent = self.shown = self.dropped = 0
+        self._last_sent = 0.0          # request time of the reply shown last
         self._thread = threading.Thread(target=self._run, name="pix2dance-live-preview", daemon=True)
         self._thread.start()
 
@@ -489,14 +490,22 @@ class LivePreview:
                 settings.last_error = a
                 settings.connected = False
                 continue
-            if scene.frame_current != req.frame:
-                self.dropped += 1         # stale: the frame has moved on
+            if scene.frame_current != req.frame and not (_animation_playing() and req.sent > self._last_sent):
+                # Stale: the frame has moved on. (During playback the newest reply is shown anyway,
+                # a frame or two late: else a playing timeline would never show the dancer.)
+                self.dropped += 1
                 continue
+            self._last_sent = req.sent
             camera = bpy.data.objects.get(req.camera_name) if settings.preview_background else None
             show_preview(scene, b, camera)
             self.shown += 1
             settings.connected, settings.last_error = True, ""
             settings.status = f"Live preview: frame {req.frame} ({a}, {(time.monotonic() - req.sent) * 1000:.0f} ms)"
+
+
+def _animation_playing() -> bool:
+    wm = bpy.context.window_manager
+    return any(w.screen is not None and w.screen.is_animation_playing for w in getattr(wm, "windows", ()))
 
 
 _live: dict = {"preview": None}
