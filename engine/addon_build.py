@@ -20,7 +20,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-import re
 import subprocess
 import sys
 import tomllib
