@@ -568,6 +568,9 @@ def shutdown() -> None:
 # Callables run in the render worker after each PNG is written, as hook(job, frames_written):
 # for scripts and tests (cancel after k frames, stop the engine mid-render). Empty normally.
 AFTER_FRAME: list = []
+# An engine answering "busy" (its queue full) is asked again this many times, waiting
+# BUSY_WAIT s, then twice that, ... (at most 10 s) in between.
+BUSY_RETRIES, BUSY_WAIT = 6, 0.5
 # Output folders a render job is writing into now: a second render into one is refused.
 RENDERING: set = set()
 
@@ -719,6 +722,9 @@ class RenderJob(Job):
         self.total = todo
         self.status = f"Rendering {todo} frames with {model} ({reused} unchanged)"
 
+    def on_busy(self, retries: int) -> None:
+        self.status = f"Engine busy, trying again ({retries})"
+
     def on_frame(self, frame: int) -> None:
         self.rendered.append(frame)
         self.done = len(self.rendered)
@@ -757,25 +763,38 @@ class RenderJob(Job):
             if not todo or self.cancelled:
                 return
             plan.folder.mkdir(parents=True, exist_ok=True)
-            stream = c.render(model["name"], np.ascontiguousarray(self.keypoints[todo]), source_size=self.source_size,
-                              mode="clip", source_stats=self.stats, frame_ids=[plan.frames[i] for i in todo],
-                              fmt="png", chunk=plan.chunk, in_flight=plan.in_flight, joints=list(joints.JOINTS))
             index = {plan.frames[i]: i for i in todo}
-            written = 0
-            try:
-                for frame in stream:
-                    sequencer.write_atomic(plan.folder / sequencer.frame_name(frame.id), frame.data)
-                    manifest.record(frame.id, entry_of(index[frame.id]))
-                    written += 1
-                    if written % plan.chunk == 0:
-                        manifest.save()        # every chunk: a crash loses at most one chunk's records
-                    self.post("frame", frame.id)
-                    for hook in AFTER_FRAME:
-                        hook(self, written)
-                    if self.cancelled:
-                        break
-            finally:
-                stream.close()
+            pending, written, retries = todo, 0, 0
+            while pending and not self.cancelled:
+                stream = c.render(model["name"], np.ascontiguousarray(self.keypoints[pending]),
+                                  source_size=self.source_size, mode="clip", source_stats=self.stats,
+                                  frame_ids=[plan.frames[i] for i in pending], fmt="png", chunk=plan.chunk,
+                                  in_flight=plan.in_flight, joints=list(joints.JOINTS))
+                got: set[int] = set()
+                try:
+                    for frame in stream:
+                        sequencer.write_atomic(plan.folder / sequencer.frame_name(frame.id), frame.data)
+                        manifest.record(frame.id, entry_of(index[frame.id]))
+                        got.add(frame.id)
+                        written += 1
+                        if written % plan.chunk == 0:
+                            manifest.save()    # every chunk: a crash loses at most one chunk's records
+                        self.post("frame", frame.id)
+                        for hook in AFTER_FRAME:
+                            hook(self, written)
+                        if self.cancelled:
+                            break
+                    pending = []
+                except engine_client.EngineError as e:
+                    # "busy": the engine's queue is full (other clients); the protocol says try again later.
+                    if e.code != "busy" or retries >= BUSY_RETRIES:
+                        raise
+                    retries += 1
+                    pending = [i for i in pending if plan.frames[i] not in got]
+                    self.post("busy", retries)
+                    self._cancel.wait(min(BUSY_WAIT * 2 ** (retries - 1), 10.0))
+                finally:
+                    stream.close()
         finally:
             try:
                 manifest.save()

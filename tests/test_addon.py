@@ -290,6 +290,72 @@ def test_other_protocol_version_is_a_report(addon):
         ctx.term()
 
 
+class FakeEngine:
+    """A ZeroMQ ROUTER on loopback speaking protocol v1 with a scripted render behaviour: for
+    protocol corner cases a real engine will not produce on demand (a full queue: "busy")."""
+
+    def __init__(self, busy_first: int = 0):
+        import threading
+        import zmq
+        self.busy_left, self.renders = busy_first, []
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.address = f"tcp://127.0.0.1:{self.router.bind_to_random_port('tcp://127.0.0.1')}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        from engine import joints, protocol
+        while not self._stop.is_set():
+            if not self.router.poll(20):
+                continue
+            ident, head, *binary = self.router.recv_multipart()
+            h = json.loads(head)
+            rid, kind = h["id"], h["kind"]
+            if kind == "info":
+                model = {"name": "fake", "size": 64, "joints": list(joints.JOINTS)}
+                reply = [protocol.header(rid, "info", protocol=1, server="fake", models=[model])]
+            elif kind == "render" and self.busy_left > 0:
+                self.busy_left -= 1
+                reply = protocol.error(rid, "busy", "queue full: try again later")
+            elif kind == "render":
+                self.renders.append(list(h["frames"]))
+                reply = [protocol.header(rid, "render", model="fake", frames=h["frames"], format="png",
+                                         width=64, height=64, channels=3)]
+                reply += [b"\x89PNG fake frame %d" % f for f in h["frames"]]
+            else:
+                reply = [protocol.header(rid, kind, time=0.0)]
+            self.router.send_multipart([ident, *reply])
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        self.router.close()
+        self.ctx.term()
+
+
+def test_busy_engine_is_asked_again(addon, tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "BUSY_WAIT", 0.05)
+    fake = FakeEngine(busy_first=2)
+    try:
+        scene, arm, cam = build_scene()
+        s = scene.pix2dance
+        s.armature, s.camera, s.engine_address = arm, cam, fake.address
+        s.output_dir, s.frame_start, s.frame_end, s.chunk = str(tmp_path / "out") + "/", 1, 12, 4
+        assert bpy.ops.pix2dance.render_to_sequencer() == {"FINISHED"}
+        assert pngs(tmp_path / "out") == [sequencer.frame_name(f) for f in range(1, 13)]
+        assert sorted(f for r in fake.renders for f in r) == list(range(1, 13))  # each frame rendered once
+        assert (tmp_path / "out" / "000007.png").read_bytes() == b"\x89PNG fake frame 7"
+        fake.busy_left = 100              # always busy: the render gives up with a report
+        s.frame_end = 14
+        with pytest.raises(RuntimeError, match=r"Engine error \(busy\)"):
+            bpy.ops.pix2dance.render_to_sequencer()
+    finally:
+        fake.close()
+
+
 QUIT_WHILE_WAITING = r"""
 import sys, time
 import bpy, blender_addon
