@@ -40,8 +40,8 @@ def one_thread():
 
 
 def pix2dance(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The CLI in a subprocess (tests.tiny_dataset's launcher: the CLI, plus the test-only reader)."""
-    return subprocess.run([PYTHON, "-m", "tests.tiny_dataset", *args], cwd=ROOT, env=ENV,
+    """`pix2dance ARGS` in a subprocess, one thread."""
+    return subprocess.run([PYTHON, "-m", "engine.cli", *args], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -154,7 +154,7 @@ def test_sigkill_then_rerun_resumes_exactly(data, tmp_path):
     """kill -9 after a checkpoint; the rerun starts from it and ends where an unbroken run ends."""
     run, ref = tmp_path / "run", tmp_path / "ref"
     args = ["train", str(data), *TINY, "--steps", "80", "--checkpoint-every", "20", "--val-every", "80"]
-    proc = subprocess.Popen([PYTHON, "-m", "tests.tiny_dataset", *args, "--out", str(run)], cwd=ROOT, env=ENV,
+    proc = subprocess.Popen([PYTHON, "-m", "engine.cli", *args, "--out", str(run)], cwd=ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 90
     while not (run / "state.json").exists() and proc.poll() is None and time.time() < deadline:
@@ -236,7 +236,7 @@ def test_bad_inputs_are_user_errors(data, tmp_path, capsys):
 def test_ddp_two_gloo_processes_train_and_save_one_checkpoint(data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tests.tiny_dataset", "train", str(data), "--out", str(out), *TINY,
+           "-m", "engine.cli", "train", str(data), "--out", str(out), *TINY,
            "--steps", "6", "--batch", "2", "--checkpoint-every", "6", "--val-every", "6"]
     done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
