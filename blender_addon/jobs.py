@@ -396,7 +396,8 @@ class PreviewJob(Job):
         scene = bpy.data.scenes.get(self.request.scene_name)
         if scene is None:
             return
-        self.image = show_preview(scene, png, bpy.data.objects.get(self.request.camera_name))
+        camera = bpy.data.objects.get(self.request.camera_name) if scene.pix2dance.preview_background else None
+        self.image = show_preview(scene, png, camera)
         self.status = f"Preview of frame {self.request.frame} ({model})"
         scene.pix2dance.last_error = ""
         scene.pix2dance.status = self.status
