@@ -114,7 +114,8 @@ def run(run: str | Path, data: str | Path, out: str | Path, split: str = "val", 
     pairs = train.load_split(data, split, size)
     n = len(pairs)
     if n == 0:
-        raise UserError(f"{data} has no {split} pairs to evaluate on")
+        other = "train" if split == "val" else "val"
+        raise UserError(f"{data} has no {split} pairs to evaluate on (try --split {other})")
     model = resolve_model(pose_model)
 
     fakes = train.generate(G, pairs.skeletons, dev, batch=batch)               # (N, 3, S, S) uint8

@@ -616,6 +616,8 @@ def run(dataset: str | Path, out: str | Path, steps: int = 20000, size: int | No
     if jitter is not None and jitter < 1:
         raise UserError(f"--jitter is a zoom factor >= 1 (1: no jitter), got {jitter}")
     dataset, out = Path(dataset), Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a run folder")
     info = dataset_info(dataset)
     d = init_distributed(device)
     try:
