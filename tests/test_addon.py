@@ -645,11 +645,14 @@ def test_preview_frame_shows_an_image(rig):
     assert tuple(image.size) == (64, 64)
     assert any(bg.image == image for bg in cam.data.background_images)
     assert "frame 8" in scene.pix2dance.status
-    # Without "Show in camera" the image still updates, the camera is left alone.
+    at_8 = list(image.pixels[:])
+    # Without "Show in camera" the image still updates (another pose, other pixels), the camera is left alone.
     cam.data.background_images.clear()
     scene.pix2dance.preview_background = False
+    scene.frame_set(12)
     assert bpy.ops.pix2dance.preview_frame() == {"FINISHED"}
     assert len(cam.data.background_images) == 0
+    assert bpy.data.images[jobs.PREVIEW_IMAGE] == image and list(image.pixels[:]) != at_8
 
 
 def test_live_preview_shows_the_current_frame_and_drops_stale_replies(rig):
