@@ -28,7 +28,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from engine import metrics, plots, train
 from engine.atomic import atomic_dir
