@@ -185,7 +185,7 @@ def test_known_keypoints_skip_mediapipe_and_count_missing_people(tmp_path, monke
     kp = np.repeat(standing_pose(256)[None] * (576 / 256), info.frames, axis=0)
     kp[:, :, 0] += np.linspace(0, 100, info.frames)[:, None]  # walks right
     kp[90:, :, 2] = 0.0  # nobody in the last second
-    kp[30:33, INDEX["left_knee"], 2] = 0.2  # a hidden knee
+    kp[30:33, INDEX["left_hip"], 2] = 0.2  # a hidden hip
     meta = dataset.build([sample(ROOM)], tmp_path / "given", fps=FPS, size=SIZE, keypoints=[kp], quiet=True)
     src = meta["sources"][0]
     assert src["keypoints_from"] == "given" and meta["pose_model"] is None
@@ -242,11 +242,17 @@ def test_classify_reasons():
     ghost = person.copy()
     ghost[:, 2] = 0.3
     low = person.copy()
-    low[INDEX["right_ankle"], 2] = 0.1
+    low[INDEX["right_hip"], 2] = 0.1
+    turning = person.copy()
+    turning[[INDEX["left_elbow"], INDEX["left_wrist"]], 2] = 0.1    # an arm behind the body
+    hidden = turning.copy()
+    hidden[INDEX["right_ankle"], 2] = 0.1
     assert dataset.classify([]) == (None, "no_person")
     assert dataset.classify([person, person + 50])[1] == "two_people"
     assert dataset.classify([person, ghost])[1] is None  # a faint ghost does not count
     assert dataset.classify([low])[1] == "low_visibility"
+    assert dataset.classify([turning])[1] is None
+    assert dataset.classify([hidden])[1] == "low_visibility"
 
 
 def test_split_by_time_with_a_gap():
