@@ -716,7 +716,6 @@ class RenderJob(Job):
             sequencer.side_by_side(scene, self.strip, self.rig_strip)
         else:
             sequencer.remove_tagged(scene, "rig")
-            sequencer.reset_transform(self.strip)
 
     def on_model(self, model: str, todo: int, reused: int) -> None:
         self.model, self.reused = model, reused

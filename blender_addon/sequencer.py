@@ -141,24 +141,20 @@ def replace_image_strip(scene, tag: str, name: str, folder: Path, frames: list[i
 
 
 def side_by_side(scene, dancer, rig) -> None:
-    """Composite the two strips: the rig's render on the left half, the dancer on the right half."""
+    """Composite the two strips: the rig's render on the left half, the dancer on the right half.
+
+    Both strips come fitted (FIT sets their transform's scale): the square dancer is then min(w, h)
+    wide and the rig's render fills the frame; these scales are multiplied down to half a frame.
+    """
     r = scene.render
     width = r.resolution_x * r.resolution_percentage / 100
     height = r.resolution_y * r.resolution_percentage / 100
-    # After FIT, the square dancer is min(w, h) wide and the rig render fills the frame.
-    square = min(width, height)
-    dancer_scale = min(width / 2, height) / square
-    rig_scale = 0.5
-    dancer.transform.scale_x = dancer.transform.scale_y = dancer_scale
-    dancer.transform.offset_x = width / 4
-    rig.transform.scale_x = rig.transform.scale_y = rig_scale
-    rig.transform.offset_x = -width / 4
+    shrink = min(width / 2, height) / min(width, height)
+    for strip, factor, offset in ((dancer, shrink, width / 4), (rig, 0.5, -width / 4)):
+        strip.transform.scale_x *= factor
+        strip.transform.scale_y *= factor
+        strip.transform.offset_x = offset
     dancer.blend_type = "ALPHA_OVER"
-
-
-def reset_transform(strip) -> None:
-    strip.transform.scale_x = strip.transform.scale_y = 1.0
-    strip.transform.offset_x = strip.transform.offset_y = 0.0
 
 
 def remove_tagged(scene, tag: str) -> None:

@@ -152,6 +152,26 @@ def rig(addon, engine, tmp_path):
     return scene, arm, cam
 
 
+def image_pixels(path: Path):
+    """(H, W, 3) float RGB of an image file, top row first."""
+    import numpy as np
+    image = bpy.data.images.load(str(path))
+    w, h = image.size
+    px = np.array(image.pixels[:], np.float32).reshape(h, w, 4)[::-1, :, :3]
+    bpy.data.images.remove(image)
+    return px
+
+
+def render_sequencer(scene, frame: int, path: Path):
+    """What the sequencer shows at `frame`, rendered to path.png and read back."""
+    scene.frame_set(frame)
+    scene.render.use_sequencer = True
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.filepath = str(path)
+    bpy.ops.render.render(write_still=True)
+    return image_pixels(path.with_suffix(".png"))
+
+
 def pngs(folder: Path) -> list[str]:
     return sorted(p.name for p in Path(folder).glob("*.png"))
 
@@ -510,6 +530,13 @@ def test_render_to_sequencer_12_frames(rig, tiny_run):
     assert (strip.frame_final_start, strip.frame_final_end) == (1, 13)
     assert Path(bpy.path.abspath(strip.directory)).resolve() == out.resolve()
     assert [e.filename for e in strip.elements] == pngs(out)
+    # FIT: the 64 px square fills the 240 px height of the 320 x 240 frame. Rendered through the
+    # sequencer, frame 5 shows it there, and black bars beside it.
+    assert strip.transform.scale_x == pytest.approx(240 / 64) == strip.transform.scale_y
+    vse = render_sequencer(scene, 5, out / "vse")
+    dancer = image_pixels(out / "000005.png")
+    assert vse.shape == (240, 320, 3) and vse[:, :35].max() < 0.02 and vse[:, 285:].max() < 0.02
+    assert abs(vse[10:230, 50:270].mean() - dancer.mean()) < 0.05
     # A rerun renders nothing new and replaces the strip (same channel, still one).
     channel = strip.channel
     job = operators.plan_render(scene).wait()
@@ -595,7 +622,9 @@ def test_rig_render_adds_a_second_strip(rig):
     dancer, rig_strip = sequencer.find_tagged(scene, "dancer"), sequencer.find_tagged(scene, "rig")
     assert dancer is not None and rig_strip is not None and dancer.channel != rig_strip.channel
     assert rig_strip.frame_final_start == dancer.frame_final_start == 2
-    assert dancer.transform.offset_x > 0 > rig_strip.transform.offset_x  # side by side
+    assert dancer.transform.offset_x == 40 and rig_strip.transform.offset_x == -40  # side by side
+    assert dancer.transform.scale_x == pytest.approx(80 / 64)        # the square fills the right half
+    assert rig_strip.transform.scale_x == pytest.approx(0.5)         # the 160 x 120 rig render: the left half
     assert scene.render.engine == engine_before and scene.frame_current == 1  # settings restored
     # Switching the option off removes the rig strip on the next render.
     s.add_rig_render = False
