@@ -664,6 +664,31 @@ def test_modal_path_reports_progress_and_esc_cancels(rig, monkeypatch):
     assert "cancelled" in scene.pix2dance.status
 
 
+def test_hiding_the_skin_does_not_move_the_joints(addon):
+    """Render to Sequencer (background) hides the rig's skinned meshes while it reads poses."""
+    import numpy as np
+    from tests.conftest import sample
+    from blender_addon import mapping, projection
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.import_scene.gltf(filepath=str(sample("rigs/Xbot.glb")))
+    scene = bpy.context.scene
+    arm = next(o for o in scene.objects if o.type == "ARMATURE")
+    pb = arm.pose.bones["mixamorig:LeftArm"]       # Xbot's own clip barely moves: raise an arm
+    pb.rotation_mode = "XYZ"
+    for frame, degrees in ((1, 0), (8, 70)):
+        pb.rotation_euler = (math.radians(degrees), 0, 0)
+        pb.keyframe_insert("rotation_euler", frame=frame)
+    m = mapping.auto_map(arm)
+    from blender_addon import retarget
+    cam = retarget.frame_camera(scene, arm, range(1, 9), m)
+    plain = projection.project_frames(scene, arm, cam, m, range(1, 9))
+    with jobs.skins_hidden(arm) as skins:
+        assert skins and all(o.hide_viewport for o in skins)
+        hidden = projection.project_frames(scene, arm, cam, m, range(1, 9))
+    assert not any(o.hide_viewport for o in skins)
+    assert np.abs(plain - hidden).max() < 1e-3 and np.ptp(plain[:, :, 0], axis=0).max() > 1  # it moves
+
+
 # --- preview -------------------------------------------------------------------------------------
 
 def test_preview_frame_shows_an_image(rig):
