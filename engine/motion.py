@@ -175,7 +175,20 @@ class BvhInfo:
         return 1.0 / self.frame_time
 
 
+_BVH_CHECKED: dict[tuple, BvhInfo] = {}
+
+
 def check_bvh(path: Path) -> BvhInfo:
+    """check_bvh_file, remembered per (path, size, mtime): precheck and load both call it."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _BVH_CHECKED:
+        _BVH_CHECKED.clear()
+        _BVH_CHECKED[key] = check_bvh_file(path)
+    return _BVH_CHECKED[key]
+
+
+def check_bvh_file(path: Path) -> BvhInfo:
     """Parse a BVH's structure fully (hierarchy, channel counts, every motion line), or UserError.
 
     Blender's importer prints a traceback and half-imports a broken file; this check means it
@@ -247,13 +260,20 @@ def check_bvh(path: Path) -> BvhInfo:
         raise bad(n, "bad 'Frames:' or 'Frame Time:'") from None
     if frames < 1 or not (0 < frame_time < 10):
         raise bad(n, f"{frames} frames of {frame_time} s each")
-    rows = 0
+    rows, values, lines_at = 0, [], []
     for n, tok in it:
         if len(tok) != channels:
             raise bad(n, f"{len(tok)} values, the hierarchy has {channels} channels")
-        if not _floats(tok):
-            raise bad(n, "a motion value is not a number")
+        values.extend(tok)
+        lines_at.append(n)
         rows += 1
+    try:   # all numbers at once (a per-value check costs seconds on long captures)
+        numbers = np.array(values, dtype=np.float64)
+    except ValueError:
+        first = next(i for i, v in enumerate(values) if not _floats([v]))
+        raise bad(lines_at[first // channels], f"{values[first]!r} is not a number") from None
+    if not np.isfinite(numbers).all():
+        raise bad(n, "a motion value is not finite")
     if rows < frames:
         raise UserError(f"{path} is not a valid BVH file: {rows} motion lines, the header says {frames}")
     return BvhInfo(joints=joints, channels=channels, frames=frames, frame_time=frame_time)
@@ -610,13 +630,24 @@ def _find_camera(bpy, scene, name: str | None):
     return cams[0]
 
 
+STATS_FRAMES = 300      # rigs: body statistics from at most this many frames spread over the source
+
+
 def _rig_frames(first: float, per_frame: float, src_fps: float, duration_frames: float,
-                fps: float, frames: tuple[int, int] | None, what: str) -> tuple[np.ndarray, int, int, int]:
-    """Blender frame numbers (fractional) of the whole resampled source, and the asked slice."""
+                fps: float, frames: tuple[int, int] | None, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scene frame numbers (fractional) to project: (all needed, positions of the asked range in
+    them, positions of the statistics sample in them).
+
+    Statistics cover the whole resampled source (so any range is normalized alike), sampled at
+    STATS_FRAMES evenly spread frames when the source is longer: percentiles do not need more.
+    """
     total = frame_count(duration_frames / src_fps, fps)
     start, stop = select(total, frames, fps, what)
-    at = first + np.arange(total) * (src_fps / fps) * per_frame
-    return at, start, stop, total
+    stats_idx = np.arange(total) if total <= STATS_FRAMES else np.unique(
+        np.linspace(0, total - 1, STATS_FRAMES).round().astype(int))
+    need = np.union1d(np.arange(start, stop), stats_idx)
+    at = first + need * (src_fps / fps) * per_frame
+    return at, np.searchsorted(need, np.arange(start, stop)), np.searchsorted(need, stats_idx)
 
 
 def _project(scene, armature, camera, mapping, at: np.ndarray) -> np.ndarray:
@@ -659,15 +690,19 @@ def load_blend(path: Path, fps: float | None = None, frames: tuple[int, int] | N
     mp = _mapping_for(scene, arm, mapping)
     src_fps = scene.render.fps / (scene.render.fps_base or 1.0)
     fps = fps or src_fps
-    at, start, stop, _ = _rig_frames(scene.frame_start, 1.0, src_fps, scene.frame_end - scene.frame_start,
-                                     fps, frames, f"{path} (frames {scene.frame_start}-{scene.frame_end})")
+    at, sel, sample = _rig_frames(scene.frame_start, 1.0, src_fps, scene.frame_end - scene.frame_start,
+                                  fps, frames, f"{path} (frames {scene.frame_start}-{scene.frame_end})")
     with quiet_fds(verbose):
         kp = _project(scene, arm, cam, mp, at)
-    stats = body_stats(kp)
+    stats = body_stats(kp[sample])
     if stats is None:
         raise UserError(f"{path}: armature {arm.name!r} never shows a whole body through camera {cam.name!r}")
-    return Motion(keypoints=kp[start:stop], source_size=_render_size(scene), fps=fps, mode="clip",
-                  source_stats=stats, first=start + 1, kind="blend")
+    return Motion(keypoints=kp[sel], source_size=_render_size(scene), fps=fps, mode="clip",
+                  source_stats=stats, first=_first(frames), kind="blend")
+
+
+def _first(frames: tuple[int, int] | None) -> int:
+    return frames[0] if frames else 1
 
 
 def load_bvh(path: Path, fps: float | None = None, frames: tuple[int, int] | None = None,
@@ -693,18 +728,18 @@ def load_bvh(path: Path, fps: float | None = None, frames: tuple[int, int] | Non
     first, last = _action_range(arm, info.frames)
     per_frame = (last - first) / max(info.frames - 1, 1)
     fps = fps or info.fps
-    at, start, stop, _ = _rig_frames(first, per_frame, info.fps, info.frames - 1, fps, frames, str(path))
+    at, sel, sample = _rig_frames(first, per_frame, info.fps, info.frames - 1, fps, frames, str(path))
     try:
         with quiet_fds(verbose):
-            cam = retarget.frame_camera(scene, arm, list(at), mp)
+            cam = retarget.frame_camera(scene, arm, list(at[sample]), mp)   # frames the whole motion
     except ValueError as e:
         raise UserError(f"{path}: {str(e).splitlines()[0]}") from None
     kp = _project(scene, arm, cam, mp, at)
-    stats = body_stats(kp)
+    stats = body_stats(kp[sample])
     if stats is None:
         raise UserError(f"{path}: the auto-mapped skeleton never shows a whole body")
-    return Motion(keypoints=kp[start:stop], source_size=_render_size(scene), fps=fps, mode="clip",
-                  source_stats=stats, first=start + 1, kind="bvh")
+    return Motion(keypoints=kp[sel], source_size=_render_size(scene), fps=fps, mode="clip",
+                  source_stats=stats, first=_first(frames), kind="bvh")
 
 
 def _render_size(scene) -> tuple[int, int]:

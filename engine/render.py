@@ -304,7 +304,8 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
         from engine.video import choose_codec
         choose_codec(video_path)                      # an unwritable suffix fails before any work
 
-    # The model first: a bad run fails before minutes of motion analysis.
+    # The model first: a bad run fails before minutes of motion analysis. (Not in a thread beside
+    # bpy: importing bpy while another thread loads torch weights deadlocks at times.)
     predictor, size, entry = None, None, None
     if engine is None:
         from engine.predictor import Predictor

@@ -79,6 +79,8 @@ def test_real_bvh_passes_the_check():
     (lambda t: t.replace("Frame Time:", "Frametime:", 1), "Frame Time"),
     (lambda t: t + "\n1 2 3\n", "values, the hierarchy has"),
     (lambda t: t.replace("CHANNELS 3", "CHANNELS 4", 1), "CHANNELS count"),
+    (lambda t: (lambda head, last: f"{head}\nabc {last.split(' ', 1)[1]}")(*t.rstrip().rsplit("\n", 1)),
+     "'abc' is not a number"),
 ])
 def test_broken_bvh_is_refused_with_a_reason(tmp_path, damage, message):
     bad = tmp_path / "bad.bvh"

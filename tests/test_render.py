@@ -167,8 +167,9 @@ def test_engine_errors_are_one_line(engine, npz, tmp_path):
     r = pix2dance(tmp_path / "nobody", "--motion", npz, "--out", tmp_path / "x.mp4", "--engine", address)
     assert_one_line_error(r, "has no model 'nobody'")
     dead = f"tcp://127.0.0.1:{_free_port()}"
-    r = pix2dance(run, "--motion", npz, "--out", tmp_path / "x.mp4", "--engine", dead)
+    r = pix2dance(run, "--motion", npz, "--out", tmp_path / "x.mp4", "--engine", dead, "--timeout", "2")
     assert_one_line_error(r, "no reply from the pix2dance engine")
+    assert "within 2 s" in r.stderr
     assert not (tmp_path / "x.mp4").exists()
 
 
