@@ -32,12 +32,28 @@ log = logging.getLogger(__name__)
 
 # --- checks shared by the operators (main thread) ------------------------------------------------
 
+def is_loopback(address: str) -> bool:
+    """tcp:// to this machine (127.x.x.x, ::1, localhost), or ipc:// / inproc://."""
+    scheme, _, rest = address.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    host = rest.rsplit(":", 1)[0].strip("[]").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def connection_for(scene) -> jobs.Connection:
-    """The scene's engine address (or the preferences' default), timeout and CURVE keys."""
+    """The scene's engine address (or the preferences' default), timeout and CURVE keys.
+
+    An engine on another machine needs Blender's "Allow Online Access" (bpy.app.online_access, as
+    extensions must respect); one on this machine (loopback) does not.
+    """
     prefs = get_prefs()
     address = scene.pix2dance.engine_address.strip() or prefs.address
     if "://" not in address:
         raise AddonError(f"Engine address {address!r} is not of the form tcp://host:port")
+    if not is_loopback(address) and not getattr(bpy.app, "online_access", True):
+        raise AddonError(f"Engine {address} is on another machine and Blender's online access is off: "
+                         f"allow it in Preferences > System > Network (engines on this machine need not)")
     return jobs.Connection(address, prefs.timeout, prefs.curve)
 
 

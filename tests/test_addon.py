@@ -455,6 +455,12 @@ def test_user_errors_are_reports(rig):
     address, s.engine_address = s.engine_address, "not an address"
     with pytest.raises(RuntimeError, match="not of the form tcp://"):
         bpy.ops.pix2dance.test_connection()
+    if not bpy.app.online_access:  # bpy as a module starts offline: remote engines are refused
+        s.engine_address = "tcp://10.255.255.1:5555"
+        with pytest.raises(RuntimeError, match="online access is off"):
+            bpy.ops.pix2dance.test_connection()
+    assert operators.is_loopback("tcp://localhost:5555") and operators.is_loopback("tcp://[::1]:5555")
+    assert not operators.is_loopback("tcp://192.168.1.20:5555")
     s.engine_address = "tcp://127.0.0.1:notaport"
     with pytest.raises(RuntimeError, match="Cannot use engine address: Invalid argument"):
         bpy.ops.pix2dance.test_connection()
