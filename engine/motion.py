@@ -692,7 +692,8 @@ def load_blend(path: Path, fps: float | None = None, frames: tuple[int, int] | N
     fps = fps or src_fps
     at, sel, sample = _rig_frames(scene.frame_start, 1.0, src_fps, scene.frame_end - scene.frame_start,
                                   fps, frames, f"{path} (frames {scene.frame_start}-{scene.frame_end})")
-    with quiet_fds(verbose):
+    from blender_addon import jobs
+    with quiet_fds(verbose), jobs.skins_hidden(arm):   # no skinning while poses are read: ~3x faster
         kp = _project(scene, arm, cam, mp, at)
     stats = body_stats(kp[sample])
     if stats is None:
