@@ -482,6 +482,10 @@ def test_user_errors_are_reports(rig):
         bpy.ops.pix2dance.preview_frame()
     assert not pngs(Path(s.output_dir))
     cam.rotation_euler = (math.radians(90), 0, 0)
+    s.model = "nobody"
+    with pytest.raises(RuntimeError, match="no model 'nobody'"):
+        bpy.ops.pix2dance.render_to_sequencer()
+    s.model = ""
     s.frame_start, s.frame_end = 5, 4
     with pytest.raises(RuntimeError, match="ends .4. before it starts .5."):
         bpy.ops.pix2dance.render_to_sequencer()
