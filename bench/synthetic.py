@@ -3,6 +3,7 @@
     .venv/bin/python bench/synthetic.py --quick                 # ~2 minutes on 2 CPU cores, tiny sizes
     .venv/bin/python bench/synthetic.py                         # the full demo's sizes (~10 minutes)
     .venv/bin/python bench/synthetic.py --train-frames 2400 --size 256 --ngf 32 --steps 20000 --device cuda
+    .venv/bin/python bench/synthetic.py --reuse demo-output     # score a finished `pix2dance demo`
 
 It runs the demo pipeline (engine.demo: Blender renders a training dance and an unseen one; dataset
 from ground-truth skeletons; training; the unseen dance rendered through a real engine server) at
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--pose-model", type=Path, help="MediaPipe .task file for pose error")
     p.add_argument("--out", type=Path, help="keep the run here (default: a temporary folder)")
+    p.add_argument("--reuse", type=Path, metavar="DEMO_DIR",
+                   help="score a finished demo folder (e.g. demo-output) instead of running one")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -86,9 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     s = dataclasses.replace(s, **given, val_every=max(given.get("steps", s.steps), 1))
 
     with tempfile.TemporaryDirectory(prefix="bench-synthetic-") as tmp:
-        out = a.out or Path(tmp) / "demo"
         t0 = time.perf_counter()
-        result = demo.run(out, device=a.device, quiet=True, settings=s)
+        if a.reuse:
+            out = a.reuse
+            scores = json.loads((out / "eval.json").read_text())
+            s = demo.DemoSettings(**scores["settings"]) if "settings" in scores else s
+        else:
+            out = a.out or Path(tmp) / "demo"
+            scores = demo.run(out, device=a.device, quiet=True, settings=s).scores
         seconds = time.perf_counter() - t0
         truth, kp, generated = demo.load_unseen(out)
         from engine.dataset import load_pairs
@@ -100,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             "mean frame": score("mean frame", np.repeat(train_frames.mean(0, keepdims=True).round().astype(np.uint8),
                                                         len(truth), 0), truth, kp, pose_model, s.fps),
         }
-        truth_pose = result.scores.get("pose_error_true_render")
+        truth_pose = scores.get("pose_error_true_render")
 
     fmt = lambda v, f: "   n/a" if v is None else format(v, f)  # noqa: E731
     print(f"\nsynthetic benchmark: unseen dance of {len(truth)} frames, model {s.size} px ngf {s.ngf}, "
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratios generator / nearest frame: SSIM x{g['ssim'] / nn['ssim']:.3f}, body SSIM "
           f"x{g['body']['ssim'] / nn['body']['ssim']:.3f}, L1 x{g['l1'] / nn['l1']:.3f} (lower is better), "
           f"PSNR {g['psnr'] - nn['psnr']:+.2f} dB")
-    times = result.scores["seconds"]
+    times = scores.get("seconds", {})
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) + f" (bench total {seconds:.0f})")
     if a.json:
         a.json.write_text(json.dumps({"settings": dataclasses.asdict(s), "results": rows, "true_render_pose_error": truth_pose,

@@ -391,12 +391,13 @@ A pix2pix generator of the synthetic dancer (engine/synth.py), trained by pix2da
 - On an unseen dance ({test_frames} frames) against its true renders: SSIM {ssim:.3f}, PSNR {psnr:.2f} dB,
   pose error {pose_error} (MediaPipe on the true renders: {pose_error_true}).
 
-Made with (about {minutes:.0f} minutes on 2 CPU cores):
+Made with:
 
     .venv/bin/python -m engine.demo --build-model assets/demo --work demo-model-work
 
-`--work` keeps the demo folder (clips, dataset, run, side_by_side.mp4); rerunning with a larger
-`--steps` resumes the same run and exports again.
+which runs the full demo's pipeline into `--work` (or, when `--work` already holds a finished
+demo, such as `demo-output` of `make demo`, resumes its run to {steps} steps) and exports the
+generator in fp16 with this README. This export: {minutes:.0f} minutes of wall time.
 """
 
 
@@ -421,6 +422,8 @@ def build_demo_model(dest: str | Path, work: str | Path, device: str = "auto", q
     config.update(name="demo", description="the synthetic dancer of engine/synth.py (pix2dance demo model)",
                   unseen={k: scores.get(k) for k in ("ssim", "psnr", "l1", "pose_error", "pose_error_true_render")})
     pe = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    import torch
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     with atomic_dir(dest) as tmp:
         runs.save_generator(tmp, generator, config, half=True)
         mb = (tmp / runs.GENERATOR).stat().st_size / 1e6
