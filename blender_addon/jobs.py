@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
+import os
 import queue
 import tempfile
 import threading
 import time
-import os
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +127,6 @@ def model_key(model: dict) -> str:
     """A hash of what the engine says about a model (name, size, stats, and whatever else `info` adds,
     such as a weights digest): a model trained again on other data renders again. Where it runs
     (device, precision) does not count: the frames are the same dancer."""
-    import json
     text = json.dumps({k: v for k, v in model.items() if k not in ("device", "precision")}, sort_keys=True,
                       default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
