@@ -651,24 +651,14 @@ def _rig_frames(first: float, per_frame: float, src_fps: float, duration_frames:
 
 
 def _project(scene, armature, camera, mapping, at: np.ndarray) -> np.ndarray:
-    """(N, J, 3) keypoints at scene frames `at`, which may be fractional (resampling).
-
-    The add-on's Projector does the projection (one source); stepping is done here with
-    frame_set(frame, subframe) so that F-curves are evaluated between keys, which
-    projection.project_frames (integer frames) does not do.
-    """
+    """(N, J, 3) keypoints at scene frames `at`, which may be fractional (resampling: the add-on
+    sets those as sub-frames, so F-curves are evaluated between keys)."""
     from blender_addon import projection
     try:
-        projector = projection.Projector(armature, mapping)
-        size = projection.render_size(scene)
-        out = np.zeros((len(at), NUM_JOINTS, 3), np.float32)
-        for i, f in enumerate(at):
-            whole = math.floor(f + 1e-6)
-            scene.frame_set(int(whole), subframe=float(max(f - whole, 0.0)))
-            out[i] = projector.project(scene, camera, size)
+        return np.asarray(projection.project_frames(scene, armature, camera, mapping, [float(f) for f in at]),
+                          dtype=np.float32)
     except ValueError as e:                      # the add-on's one-line explanations
         raise UserError(str(e).splitlines()[0]) from None
-    return out
 
 
 def load_blend(path: Path, fps: float | None = None, frames: tuple[int, int] | None = None,

@@ -57,6 +57,7 @@ class RenderResult:
     seconds: float                  # wall time of the whole command
     motion_seconds: float           # of which: loading the motion (bpy, MediaPipe)
     source: str                     # motion kind: blend, bvh, npz, video
+    model_seconds: float = 0.0      # of which: loading the generator (or asking the engine)
 
 
 # --- small pipeline helpers ---------------------------------------------------------------------
@@ -307,6 +308,7 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
     # The model first: a bad run fails before minutes of motion analysis. (Not in a thread beside
     # bpy: importing bpy while another thread loads torch weights deadlocks at times.)
     predictor, size, entry = None, None, None
+    t0 = time.perf_counter()
     if engine is None:
         from engine.predictor import Predictor
         predictor = Predictor(run_dir, device=device)
@@ -314,6 +316,7 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
     else:
         entry = _engine_model(engine, _model_name(run_dir), engine_timeout)
         size = int(entry["size"])
+    model_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     motion = motion_mod.load(motion_path, fps=fps, frames=frames, armature=armature, camera=camera,
@@ -351,7 +354,8 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
     width, height = writer.size
     seconds = time.perf_counter() - t_start
     result = RenderResult(out=out, frames=n, width=width, height=height, fps=motion.fps, codec=codec,
-                          png_dir=png_dir, seconds=seconds, motion_seconds=motion_seconds, source=motion.kind)
+                          png_dir=png_dir, seconds=seconds, motion_seconds=motion_seconds, source=motion.kind,
+                          model_seconds=model_seconds)
     where = f"{video_path} ({codec})" if video_path is not None else f"{png_dir}/"
     if video_path is not None and png_dir is not None:
         where += f" and {png_dir}/"
