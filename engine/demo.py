@@ -2,6 +2,7 @@
 
     pix2dance demo [--out demo-output] [--quick] [--device auto|cpu|cuda]      # what `make demo` runs
     engine.demo.run("demo-output", quick=False, device="auto", quiet=False) -> DemoResult
+    python -m engine.demo --build-model assets/demo --work DIR     # (re)build the shipped demo model
 
 1. engine.synth renders a training dance (Blender, headless) with its exact 2D skeleton;
 2. engine.dataset builds the training set from that video, with the ground-truth skeletons;
@@ -27,6 +28,7 @@ interrupted demo leaves no half-written demo-output/.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -37,7 +39,6 @@ import socket
 import subprocess
 import sys
 import time
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -108,6 +109,7 @@ def engine_server(run_dir: Path | None, device: str, timeout: float = 120.0):
            "--bind", address, "--device", device, "--quiet"]
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    log.info("starting the engine server: pix2dance serve %s --bind %s", run_dir or "(demo model)", address)
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + timeout
@@ -285,7 +287,7 @@ def run(out: str | Path = "demo-output", quick: bool = False, device: str = "aut
         t0 = time.perf_counter()
         train_clip = synth.make_clip(tmp / "train_clip", frames=s.train_frames, size=s.render_size, seed=s.seed,
                                      choreography="train", fps=s.fps, quiet=quiet)
-        test_clip = synth.make_clip(tmp / "test_clip", frames=s.test_frames, size=s.render_size, seed=s.seed,
+        synth.make_clip(tmp / "test_clip", frames=s.test_frames, size=s.render_size, seed=s.seed,
                                     choreography="test", fps=s.fps, quiet=quiet)
         lap("synth", t0)
 
