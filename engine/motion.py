@@ -650,20 +650,28 @@ def _rig_frames(first: float, per_frame: float, src_fps: float, duration_frames:
     return at, np.searchsorted(need, np.arange(start, stop)), np.searchsorted(need, stats_idx)
 
 
-def _project(scene, armature, camera, mapping, at: np.ndarray) -> np.ndarray:
+def _project(scene, armature, camera, mapping, at: np.ndarray, quiet: bool = True) -> np.ndarray:
     """(N, J, 3) keypoints at scene frames `at`, which may be fractional (resampling: the add-on
-    sets those as sub-frames, so F-curves are evaluated between keys)."""
+    sets those as sub-frames, so F-curves are evaluated between keys). A bar for long sources."""
+    from tqdm import tqdm
+
     from blender_addon import projection
-    try:
-        return np.asarray(projection.project_frames(scene, armature, camera, mapping, [float(f) for f in at]),
-                          dtype=np.float32)
-    except ValueError as e:                      # the add-on's one-line explanations
-        raise UserError(str(e).splitlines()[0]) from None
+    step = 100
+    out = np.zeros((len(at), NUM_JOINTS, 3), np.float32)
+    with tqdm(total=len(at), desc="project", unit="frame", disable=quiet or len(at) < 2 * step, leave=False) as bar:
+        for i in range(0, len(at), step):
+            try:
+                out[i:i + step] = projection.project_frames(scene, armature, camera, mapping,
+                                                            [float(f) for f in at[i:i + step]])
+            except ValueError as e:              # the add-on's one-line explanations
+                raise UserError(str(e).splitlines()[0]) from None
+            bar.update(len(at[i:i + step]))
+    return out
 
 
 def load_blend(path: Path, fps: float | None = None, frames: tuple[int, int] | None = None,
                armature: str | None = None, camera: str | None = None, mapping: Path | None = None,
-               verbose: bool = False) -> Motion:
+               verbose: bool = False, quiet: bool = True) -> Motion:
     """A .blend's animation through its scene camera, over the scene frame range."""
     check_blend(path)
     bpy = _bpy()
@@ -683,8 +691,8 @@ def load_blend(path: Path, fps: float | None = None, frames: tuple[int, int] | N
     at, sel, sample = _rig_frames(scene.frame_start, 1.0, src_fps, scene.frame_end - scene.frame_start,
                                   fps, frames, f"{path} (frames {scene.frame_start}-{scene.frame_end})")
     from blender_addon import jobs
-    with quiet_fds(verbose), jobs.skins_hidden(arm):   # no skinning while poses are read: ~3x faster
-        kp = _project(scene, arm, cam, mp, at)
+    with jobs.skins_hidden(arm):               # no skinning while poses are read: ~3x faster
+        kp = _project(scene, arm, cam, mp, at, quiet)
     stats = body_stats(kp[sample])
     if stats is None:
         raise UserError(f"{path}: armature {arm.name!r} never shows a whole body through camera {cam.name!r}")
@@ -697,7 +705,7 @@ def _first(frames: tuple[int, int] | None) -> int:
 
 
 def load_bvh(path: Path, fps: float | None = None, frames: tuple[int, int] | None = None,
-             mapping: Path | None = None, verbose: bool = False) -> Motion:
+             mapping: Path | None = None, verbose: bool = False, quiet: bool = True) -> Motion:
     """A BVH imported into an empty scene, auto-mapped, seen by an automatic front camera."""
     info = check_bvh(path)
     bpy = _bpy()
@@ -725,7 +733,7 @@ def load_bvh(path: Path, fps: float | None = None, frames: tuple[int, int] | Non
             cam = retarget.frame_camera(scene, arm, list(at[sample]), mp)   # frames the whole motion
     except ValueError as e:
         raise UserError(f"{path}: {str(e).splitlines()[0]}") from None
-    kp = _project(scene, arm, cam, mp, at)
+    kp = _project(scene, arm, cam, mp, at, quiet)
     stats = body_stats(kp[sample])
     if stats is None:
         raise UserError(f"{path}: the auto-mapped skeleton never shows a whole body")
@@ -787,7 +795,7 @@ def load(path: str | Path, *, fps: float | None = None, frames: tuple[int, int] 
     if ext == ".npz":
         return load_npz(path, fps, frames)
     if ext == ".bvh":
-        return load_bvh(path, fps, frames, mapping, verbose)
+        return load_bvh(path, fps, frames, mapping, verbose, quiet)
     if ext == ".blend":
-        return load_blend(path, fps, frames, armature, camera, mapping, verbose)
+        return load_blend(path, fps, frames, armature, camera, mapping, verbose, quiet)
     return load_video(path, fps, frames, Path(pose_model) if pose_model else None, panel, quiet)

@@ -280,7 +280,7 @@ def _model_name(run: Path) -> str:
 def output_paths(out: Path, png: bool) -> tuple[Path | None, Path | None]:
     """(video path or None, PNG folder or None) for OUT and --png."""
     out = Path(out)
-    if out.suffix.lower() in VIDEO_SUFFIXES:
+    if out.suffix.lower() in VIDEO_SUFFIXES + (".mkv", ".webm", ".gif"):   # the latter: a clear refusal
         return out, (out.with_name(out.stem + "_frames") if png else None)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder (use a .mp4 name for a video)")
