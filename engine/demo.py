@@ -66,7 +66,7 @@ class DemoSettings:
     seed: int = 0
 
 
-# Full: ~10 minutes on 2 CPU cores (see docs/demo.md for the measured budget).
+# Full: ~10 minutes on 2 CPU cores (the README gives the measured budget).
 FULL = DemoSettings(train_frames=480, test_frames=120, fps=24.0, render_size=256, size=128, ngf=16,
                     steps=1500, batch=4, panel=256, val_every=500)
 # Quick: tiny sizes, a minute or two; for tests and a first look.
