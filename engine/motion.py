@@ -596,7 +596,7 @@ def _mapping_for(scene, armature, mapping_file: Path | None) -> dict:
     return mapping
 
 
-def _find_armature(bpy, scene, name: str | None):
+def _find_armature(bpy, scene, name: str | None, what: str = "the .blend"):
     arms = [o for o in scene.objects if o.type == "ARMATURE"]
     if name:
         obj = bpy.data.objects.get(name)
@@ -605,7 +605,7 @@ def _find_armature(bpy, scene, name: str | None):
             raise UserError(f"no armature named {name!r} (armatures: {have})")
         return obj
     if not arms:
-        raise UserError("the .blend has no armature in its scene")
+        raise UserError(f"{what} has no armature in its scene {scene.name!r}")
     saved = _saved_object(scene, "armature", "ARMATURE")
     if saved is not None:
         return saved
@@ -614,7 +614,7 @@ def _find_armature(bpy, scene, name: str | None):
     return arms[0]
 
 
-def _find_camera(bpy, scene, name: str | None):
+def _find_camera(bpy, scene, name: str | None, what: str = "the .blend"):
     if name:
         obj = bpy.data.objects.get(name)
         if obj is None or obj.type != "CAMERA":
@@ -625,7 +625,7 @@ def _find_camera(bpy, scene, name: str | None):
         return scene.camera
     cams = [o for o in scene.objects if o.type == "CAMERA"]
     if not cams:
-        raise UserError("the .blend has no camera (add one, or name it with --camera)")
+        raise UserError(f"{what} has no camera in its scene {scene.name!r} (add one, or name it with --camera)")
     log.info("the scene has no active camera; using %r", cams[0].name)
     return cams[0]
 
@@ -683,8 +683,8 @@ def load_blend(path: Path, fps: float | None = None, frames: tuple[int, int] | N
     if "FINISHED" not in result:
         raise UserError(f"Blender could not open {path}")
     scene = bpy.context.scene
-    arm = _find_armature(bpy, scene, armature)
-    cam = _find_camera(bpy, scene, camera)
+    arm = _find_armature(bpy, scene, armature, Path(path).name)
+    cam = _find_camera(bpy, scene, camera, Path(path).name)
     mp = _mapping_for(scene, arm, mapping)
     src_fps = scene.render.fps / (scene.render.fps_base or 1.0)
     fps = fps or src_fps
