@@ -158,10 +158,13 @@ class _Writer:
             raise self._error
         self._q.put(frames)
 
-    def finish(self) -> str | None:
-        """Wait for the thread; move the video to its final name; the codec used (None: no video)."""
+    def finish(self, expected: int) -> str | None:
+        """Wait for the thread; if all `expected` frames were written, move the video to its final
+        name. Returns the codec used (None: no video)."""
         self._q.put(_DONE)
         self._thread.join()
+        if self._error is None and self.count != expected:
+            self._error = RuntimeError(f"wrote {self.count} frames, expected {expected}")
         if self._error is not None:
             self.discard()
             raise self._error
@@ -341,7 +344,7 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
             for generated, panels in chunks:
                 writer.put(compose(generated, panels))
                 bar.update(len(generated))
-            codec = writer.finish()
+            codec = writer.finish(n)
         except BaseException:
             writer.discard()
             raise
@@ -349,8 +352,6 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
             bar.close()
             if hasattr(chunks, "close"):
                 chunks.close()
-        if writer.count != n:
-            raise RuntimeError(f"wrote {writer.count} frames, expected {n}")
     width, height = writer.size
     seconds = time.perf_counter() - t_start
     result = RenderResult(out=out, frames=n, width=width, height=height, fps=motion.fps, codec=codec,
@@ -361,8 +362,8 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
         where += f" and {png_dir}/"
     log.info("wrote %d frames %dx%d at %g fps to %s in %.1f s (%.1f frames/s)", n, width, height, motion.fps,
              where, seconds, n / max(seconds, 1e-9))
-    if codec is not None and codec != "avc1":
-        log.warning("H.264 is not available in this OpenCV build; the video is %s (MPEG-4 Part 2)", codec)
+    if codec == "mp4v":
+        log.warning("H.264 is not available in this OpenCV build; the video is MPEG-4 Part 2 (mp4v)")
     return result
 
 

@@ -203,3 +203,29 @@ def test_blend_without_armature_or_camera(tiny_run, tmp_path, missing):
     assert_one_line_error(r, f"has no {missing}")
     assert "Info:" not in r.stderr and "Read blend" not in r.stderr + r.stdout    # bpy's chatter stayed out
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failure_mid_render_leaves_nothing_under_the_final_names(tiny_run, npz, tmp_path, monkeypatch):
+    """The generator fails on the third chunk: no mp4, no PNG folder, no temporary files left."""
+    from engine import render
+    from engine.predictor import Predictor
+    calls = {"n": 0}
+    real = Predictor.generate
+
+    def flaky(self, skeletons):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("GPU fell off the bus")
+        return real(self, skeletons)
+
+    monkeypatch.setattr(Predictor, "generate", flaky)
+    with pytest.raises(RuntimeError, match="fell off"):
+        render.run(tiny_run, npz, tmp_path / "out.mp4", png=True, device="cpu", quiet=True, chunk=4)
+    assert calls["n"] == 3
+    assert list(tmp_path.iterdir()) == []
+    # and the same render without the failure writes both, whole
+    monkeypatch.setattr(Predictor, "generate", real)
+    result = render.run(tiny_run, npz, tmp_path / "out.mp4", png=True, device="cpu", quiet=True, chunk=4)
+    assert result.frames == 30 and len(read_video(tmp_path / "out.mp4")) == 30
+    assert len(list((tmp_path / "out_frames").glob("*.png"))) == 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "out_frames"]
