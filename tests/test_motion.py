@@ -227,6 +227,11 @@ def test_blend_saved_mapping_is_used_and_bad_names_are_refused(rig_blend, tmp_pa
         motion.load(rig_blend, camera="Nope")
     with pytest.raises(UserError, match="no armature named 'Camera'"):
         motion.load(rig_blend, armature="Camera")
+    # --mapping FILE wins over what the .blend saved
+    import json
+    (tmp_path / "auto.json").write_text(json.dumps(auto))
+    forced = motion.load(saved, frames=(1, 1), mapping=tmp_path / "auto.json")
+    np.testing.assert_allclose(forced.keypoints, plain.keypoints, atol=1e-3)
     (tmp_path / "m.json").write_text('{"preset": "x", "joints": {"left_wrist": {"bone": "NoSuchBone"}}}')
     with pytest.raises(UserError, match="lacks: NoSuchBone"):
         motion.load(rig_blend, mapping=tmp_path / "m.json")
