@@ -425,8 +425,8 @@ def load_video(path: Path, fps: float | None = None, frames: tuple[int, int] | N
     src_fps = float(info.fps)
     fps = fps or src_fps
     total = frame_count((info.frames - 1) / src_fps, fps)       # frame counts of containers are estimates
-    start, stop = select(total, frames, fps, str(path)) if frames is None or frames[1] <= total else \
-        (frames[0] - 1, frames[1])                              # trust the decoder; checked below
+    # Past the container's estimate, the decoder has the last word (checked after decoding).
+    start, stop = select(max(total, frames[1]) if frames else total, frames, fps, str(path))
     t0, t1 = start / fps, (stop - 1) / fps                      # times of the first and last output frame
     upsample = fps > src_fps * 1.001
     want = stop - start
@@ -462,6 +462,7 @@ def load_video(path: Path, fps: float | None = None, frames: tuple[int, int] | N
 
 
 def normalize_smooth(kp: np.ndarray, fps: float) -> np.ndarray:
+    """engine.normalize.smooth (Savitzky-Golay), imported late: scipy is slow to import."""
     from engine import normalize
     return normalize.smooth(kp, fps)
 
@@ -759,7 +760,8 @@ def _action_range(armature, frames: int) -> tuple[float, float]:
 
 # --- entry point ------------------------------------------------------------------------------
 
-def precheck(path: str | Path, fps: float | None = None, mapping: str | Path | None = None) -> str:
+def precheck(path: str | Path, fps: float | None = None, mapping: str | Path | None = None,
+             frames: tuple[int, int] | None = None) -> str:
     """Cheap checks before any model or bpy work: extension, existence, --fps, --mapping, and the
     file's own structure for .bvh and .blend. Returns the lower-case extension; UserError otherwise."""
     path = Path(path)
@@ -769,6 +771,9 @@ def precheck(path: str | Path, fps: float | None = None, mapping: str | Path | N
                         "use .blend, .bvh, .npz, .mp4 or .mov")
     check_exists(path)
     _check_fps(fps)
+    if frames is not None and (frames[0] < 1 or frames[1] < frames[0]):
+        raise UserError(f"--frames {frames[0]}:{frames[1]}: frames are numbered from 1 and the range must "
+                        "not end before it starts")
     if mapping is not None:
         if ext not in RIG_EXTENSIONS:
             raise UserError(f"--mapping applies to .blend and .bvh motions, not {ext}")
@@ -790,7 +795,7 @@ def load(path: str | Path, *, fps: float | None = None, frames: tuple[int, int] 
     panel: for video sources, keep the source frames letterboxed to this size (side-by-side).
     """
     path = Path(path)
-    ext = precheck(path, fps, mapping)
+    ext = precheck(path, fps, mapping, frames)
     mapping = Path(mapping) if mapping is not None else None
     if ext == ".npz":
         return load_npz(path, fps, frames)

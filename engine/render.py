@@ -302,7 +302,7 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
     from engine import motion as motion_mod
     t_start = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out)
-    motion_mod.precheck(motion_path, fps, mapping)    # a bad motion file fails before the model loads
+    motion_mod.precheck(motion_path, fps, mapping, frames)   # a bad motion file fails before the model loads
     video_path, png_dir = output_paths(out, png)
     if video_path is not None:
         from engine.video import choose_codec
