@@ -1,6 +1,6 @@
 """Benchmark `pix2dance render` against the plain way, side by side in one run.
 
-    .venv/bin/python bench/render.py            # a few minutes: 256 px, ngf 64, 120 BVH / 60 video frames
+    .venv/bin/python bench/render.py            # a few minutes: 256 px, ngf 64, 96 BVH / 48 video frames
     .venv/bin/python bench/render.py --quick    # seconds: 128 px, ngf 16, 24 / 12 frames (each side 3 times, alternately)
     .venv/bin/python bench/render.py --device cuda --size 256 --ngf 64 --frames 240
 
@@ -88,7 +88,7 @@ def main() -> None:
     a = ap.parse_args()
     size = a.size or (128 if a.quick else 256)
     ngf = a.ngf or (16 if a.quick else 64)
-    n_bvh = a.frames or (24 if a.quick else 120)
+    n_bvh = a.frames or (24 if a.quick else 96)
     reps = 3 if a.quick else 1
     n_vid = max(n_bvh // 2, 4)
     logging.basicConfig(level=logging.WARNING)
