@@ -13,12 +13,13 @@ through Python lists), anything with .tolist(), nested sequences, or a buffer of
 float32. The wire format is protocol.py.
 
 Reliability (the zguide's "Lazy Pirate", one DEALER socket per engine): each request carries an
-id; while replies are outstanding the client pings an engine that has been silent for a while (a
-busy engine still answers pings: its inference runs in another thread), and if an engine stays
-silent for timeout / (retries + 1) seconds the socket is closed, reopened and the outstanding
-requests are sent again, up to `retries` times. So EngineUnavailable comes within about `timeout`
-seconds of an engine falling silent, however long a render is. Sockets have LINGER 0: close()
-never hangs.
+id; if an engine stays silent for timeout / (retries + 1) seconds, the socket is closed, reopened
+and the outstanding requests are sent again, up to `retries` times, so EngineUnavailable comes
+within about `timeout` seconds of an engine falling silent. A long render is not silence: while
+renders are outstanding the client pings a quiet engine with the ids it waits for; a busy engine
+answers at once (its inference runs in another thread) and names the ids it does not hold (lost
+when an engine restarted behind the address), which are sent again. Sockets have LINGER 0:
+close() never hangs.
 
 Several engines: give a list of addresses. Render chunks go to the engine with the fewest chunks
 in flight (at most `in_flight` each), which is ZeroMQ's load-balancing pattern done by the
@@ -292,9 +293,13 @@ class Client:
                 else:
                     e.reopen()
             elif silent > self.window / 3 and now - e.last_ping > self.window / 3:
-                # A heartbeat: a live engine answers pings at once, even in the middle of a render.
-                e.post([protocol.header(f"{self._prefix}-hb", "ping")])
-                e.last_ping = now
+                # A heartbeat while renders run: a live engine answers pings at once, even mid-render,
+                # and names the renders it does not hold (lost in a restart) so they are sent again.
+                renders = [rid for rid, c in e.outstanding.items() if c.chunk is not None]
+                if renders:
+                    e.post([protocol.header(f"{self._prefix}-hb", "ping",
+                                            pending=renders[:protocol.MAX_PENDING_IDS])])
+                    e.last_ping = now
 
     def _drain(self, engine: _Engine) -> None:
         while True:
@@ -317,8 +322,14 @@ class Client:
                 if rid in engine.outstanding or rid is None:
                     raise EngineError(str(head.get("code")), str(head.get("message")))
                 continue                         # an error for a request we gave up on
+            if rid == f"{self._prefix}-hb":     # a heartbeat's answer: resend what the engine lost
+                for lost in head.get("lost") or []:
+                    call = engine.outstanding.get(lost) if isinstance(lost, str) else None
+                    if call is not None:
+                        engine.post(call.message)
+                continue
             call = engine.outstanding.pop(rid, None) if isinstance(rid, str) else None
-            if call is not None:                 # else a heartbeat or a stale reply to a resent request
+            if call is not None:                 # else a stale reply to a request sent twice
                 call.reply = (head, frames[1:])
 
     def _stream(self, message, count: int, in_flight: int):

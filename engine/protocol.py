@@ -18,7 +18,9 @@ Frame 0: the header, a UTF-8 JSON object of at most MAX_HEADER bytes
 Frames 1..: binary data, each in its own frame (as jupyter_client does): never inside the JSON.
 
 Kinds (a reply has the kind of its request, or "error")
-    ping     request  {}                                   -> reply {"time": server unix time}
+    ping     request  {} or {"pending": [render ids]}      -> reply {"time": server unix time, "lost": [ids]}
+                      "lost": those of the pending ids the server does not hold (neither queued nor
+                      running): an engine restarted behind the address, so the client sends them again
     info     request  {}                                   -> reply {"protocol": 1, "server": "pix2dance X.Y",
                       "models": [{"name", "size", "joints": [...], "stats", "stats_size", "device"}],
                       "limits": {"max_frames", "max_size", "max_message"}}
@@ -74,6 +76,7 @@ MAX_SIZE = 4096                  # output image side in pixels
 MAX_SOURCE = 1 << 16             # source image side in pixels
 MAX_MESSAGE = 64 * 1024 * 1024   # bytes in one message part (ZMQ_MAXMSGSIZE)
 MAX_ID = 128                     # characters in a request id
+MAX_PENDING_IDS = 1024           # ids in a ping's "pending"
 
 
 class ProtocolError(Exception):

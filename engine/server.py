@@ -34,7 +34,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,13 +178,14 @@ class Server:
             self.close()
             raise UserError(f"cannot bind {bind}: {e}") from None
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
-        # Worker -> main thread: finished replies, [identity, *envelope, header, *images].
+        # Worker -> main thread: finished replies, [request id, identity, *envelope, header, *images].
         self.results = self.ctx.socket(zmq.PAIR)
         self.results.bind(f"inproc://results-{id(self)}")
         self._worker_out = self.ctx.socket(zmq.PAIR)
         self._worker_out.connect(f"inproc://results-{id(self)}")
         self.pending: deque[Job] = deque()
         self.queued = 0                      # frames accepted and not yet replied to
+        self.held: Counter[str] = Counter()  # their ids (main thread only): until the reply is sent
         self.cond = threading.Condition()
         self.stopping = False
         self.worker = threading.Thread(target=self._work, name="pix2dance-inference", daemon=True)
@@ -233,9 +234,13 @@ class Server:
     def _forward_results(self) -> None:
         while True:
             try:
-                reply = self.results.recv_multipart(zmq.NOBLOCK, copy=False)
+                rid, *reply = self.results.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            rid = rid.bytes.decode()
+            self.held[rid] -= 1                          # from now on its reply is on the way
+            if self.held[rid] <= 0:
+                del self.held[rid]
             self.router.send_multipart(reply, copy=False)
 
     def _send(self, identity: bytes, envelope: list[bytes], frames: list[bytes]) -> None:
@@ -271,7 +276,16 @@ class Server:
         if kind in ("ping", "info") and binary:
             raise protocol.ProtocolError("bad_request", f"{kind} takes no binary frames, got {len(binary)}", rid)
         if kind == "ping":
-            return [protocol.header(rid, "ping", time=time.time())]
+            # "pending": render ids the client still waits for; those this server does not hold were
+            # lost (an engine restarted behind the same address) and the client sends them again.
+            # Messages on one connection arrive in order, so anything sent before this ping is here.
+            asked = head.get("pending")
+            if asked is not None and (not isinstance(asked, list) or len(asked) > protocol.MAX_PENDING_IDS
+                                      or not all(isinstance(i, str) for i in asked)):
+                raise protocol.ProtocolError("bad_request", f'"pending" must be a list of at most '
+                                             f'{protocol.MAX_PENDING_IDS} request ids', rid)
+            lost = [i for i in asked or [] if i not in self.held]
+            return [protocol.header(rid, "ping", time=time.time(), lost=lost)]
         if kind == "info":
             return [protocol.header(rid, "info", protocol=protocol.VERSION, server=f"pix2dance {__version__}",
                                     models=[p.describe() for p in self.models.values()],
@@ -287,6 +301,7 @@ class Server:
             if self.queued + request_count(request) > self.max_pending:
                 raise protocol.ProtocolError("busy", f"{self.queued} frames are queued; try again shortly", rid)
             self.queued += request_count(request)
+            self.held[rid] += 1
             self.pending.append(Job(identity, envelope, request, predictor, keypoints))
             self.cond.notify()
         return None
@@ -379,7 +394,7 @@ class Server:
                 self.pending.remove(job)
             self.queued -= job.count
             job.skeletons, job.frames = None, []
-        self._worker_out.send_multipart([job.identity, *job.envelope, *reply], copy=False)
+        self._worker_out.send_multipart([job.request.id.encode(), job.identity, *job.envelope, *reply], copy=False)
 
 
 def request_count(request: protocol.RenderRequest) -> int:

@@ -175,12 +175,16 @@ def test_ping_is_answered_while_a_render_runs(engine):
     try:
         s.send_multipart(raw_render("long", 256))
         time.sleep(0.05)
-        s.send_multipart([protocol.header("quick", "ping")])
-        order = []
-        while len(order) < 2:
+        # a heartbeat names the renders its client waits for; the server says which it does not hold
+        s.send_multipart([protocol.header("quick", "ping", pending=["long", "ghost"])])
+        replies = []
+        while len(replies) < 2:
             assert s.poll(60_000), "no reply"
-            order.append(json.loads(s.recv_multipart()[0])["id"])
-        assert order == ["quick", "long"]
+            replies.append(json.loads(s.recv_multipart()[0]))
+        assert [r["id"] for r in replies] == ["quick", "long"]
+        assert replies[0]["lost"] == ["ghost"] and replies[1]["kind"] == "render"
+        s.send_multipart([protocol.header("after", "ping", pending=["long"])])
+        assert s.poll(5000) and json.loads(s.recv_multipart()[0])["lost"] == ["long"]
     finally:
         s.close()
 

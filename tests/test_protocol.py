@@ -1,0 +1,121 @@
+"""The wire format: encoding, decoding and the checks every request passes before the engine sees it."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from engine import protocol
+from engine.joints import JOINTS
+from engine.protocol import ProtocolError
+
+N, J = 3, len(JOINTS)
+KEYPOINTS = struct.pack(f"<{N * J * 3}f", *range(N * J * 3))
+
+
+def request(**changes) -> tuple[dict, list[bytes]]:
+    msg = protocol.render_request("r1", "anna", [10, 11, 12], list(JOINTS), KEYPOINTS, source_size=(1920, 1080),
+                                  mode="clip", stats=None, fmt="jpeg", size=512, quality=80)
+    head = protocol.decode_header(msg[0])
+    for key, value in changes.items():
+        if "." in key:
+            outer, inner = key.split(".")
+            head[outer][inner] = value
+        else:
+            head[key] = value
+    return head, msg[1:]
+
+
+def code_of(head: dict, binary: list[bytes]) -> str:
+    with pytest.raises(ProtocolError) as e:
+        protocol.parse_render(head, binary)
+    assert e.value.request_id == "r1" and e.value.message
+    return e.value.code
+
+
+def test_a_render_request_round_trips():
+    head, binary = request()
+    assert head["v"] == protocol.VERSION and head["kind"] == "render" and head["shape"] == [N, J, 3]
+    r = protocol.parse_render(head, binary)
+    assert (r.id, r.model, r.frames, r.joints, r.source_size) == ("r1", "anna", [10, 11, 12], list(JOINTS), (1920, 1080))
+    assert (r.mode, r.stats, r.format, r.size, r.quality) == ("clip", None, "jpeg", 512, 80)
+    assert struct.unpack(f"<{N * J * 3}f", r.keypoints) == tuple(float(i) for i in range(N * J * 3))
+
+
+def test_headers_are_compact_json_with_the_version_first():
+    h = protocol.header("abc", "ping")
+    assert h.startswith(b'{"v":1,"id":"abc","kind":"ping"')
+    assert protocol.decode_header(h) == {"v": 1, "id": "abc", "kind": "ping"}
+    err = json.loads(protocol.error("abc", "busy", "queue full")[0])
+    assert err == {"v": 1, "id": "abc", "kind": "error", "code": "busy", "message": "queue full"}
+
+
+@pytest.mark.parametrize("frame", [b"", b"\xff\xfe", b"[1, 2]", b'"ping"', b"{", b'{"v": 1, "kind": "ping"}',
+                                   b'{"v": 1, "id": 5, "kind": "ping"}', b'{"v": 1, "id": "", "kind": "ping"}',
+                                   b'{"v": NaN, "id": "a", "kind": "ping"}', b"[" * 100000,
+                                   b'{"v": 1, "id": "' + b"x" * 200 + b'", "kind": "ping"}'])
+def test_unreadable_headers_are_bad_messages(frame):
+    with pytest.raises(ProtocolError) as e:
+        protocol.decode_header(frame)
+    assert e.value.code == "bad_message"
+
+
+def test_a_header_that_is_too_big_is_refused_before_parsing():
+    with pytest.raises(ProtocolError, match="bytes"):
+        protocol.decode_header(b" " * (protocol.MAX_HEADER + 1))
+
+
+def test_version_is_checked():
+    protocol.check_version({"v": 1, "id": "a"})
+    for v in (2, 0, "1", None, True):
+        with pytest.raises(ProtocolError) as e:
+            protocol.check_version({"v": v, "id": "a"})
+        assert e.value.code == "version" and "v1" in e.value.message
+
+
+def test_error_replies_may_have_a_null_id():
+    frame = protocol.error(None, "bad_message", "not JSON")[0]
+    assert protocol.decode_header(frame, reply=True)["code"] == "bad_message"
+    with pytest.raises(ProtocolError):
+        protocol.decode_header(frame)
+
+
+@pytest.mark.parametrize("changes, code", [
+    ({"model": ""}, "bad_request"), ({"model": 7}, "bad_request"),
+    ({"frames": []}, "bad_request"), ({"frames": [1, 2, "x"]}, "bad_request"), ({"frames": [1, 2, 2.5]}, "bad_request"),
+    ({"frames": list(range(protocol.MAX_FRAMES + 1))}, "too_large"),
+    ({"joints": ["nose"] * J}, "bad_request"), ({"joints": []}, "bad_request"), ({"joints": [1] * J}, "bad_request"),
+    ({"source_size": [0, 1080]}, "bad_request"), ({"source_size": [1920]}, "bad_request"),
+    ({"source_size": [10**9, 1080]}, "bad_request"), ({"source_size": [True, 1080]}, "bad_request"),
+    ({"normalize.mode": "magic"}, "bad_request"), ({"normalize": "clip"}, "bad_request"),
+    ({"normalize.stats": {"height": 1}}, "bad_request"),
+    ({"normalize.stats": dict.fromkeys(protocol.STATS_KEYS, 0.0)}, "bad_request"),
+    ({"output.format": "gif"}, "bad_request"), ({"output.size": 8}, "bad_request"),
+    ({"output.size": 10**9}, "too_large"), ({"output.quality": 101}, "bad_request"),
+    ({"dtype": "<f8"}, "bad_request"), ({"dtype": ">f4"}, "bad_request"),
+    ({"shape": [N, J, 2]}, "bad_request"), ({"shape": [N + 1, J, 3]}, "bad_request"),
+])
+def test_bad_fields_are_refused_with_a_code(changes, code):
+    head, binary = request(**changes)
+    assert code_of(head, binary) == code
+
+
+def test_binary_frames_must_match_the_header():
+    head, binary = request()
+    assert code_of(head, []) == "bad_request"
+    assert code_of(head, binary + [b""]) == "bad_request"
+    assert code_of(head, [binary[0][:-4]]) == "bad_request"
+    assert code_of(head, [binary[0] + binary[0]]) == "bad_request"
+
+
+def test_valid_stats_pass_and_subsets_of_joints_are_allowed():
+    stats = {"height": 300.0, "ankle_y": 900, "center_x": 960, "ankle_far": 850, "ankle_near": 950,
+             "height_far": 280, "height_near": 320, "frames": 40}
+    head, binary = request(**{"normalize.stats": stats})
+    assert protocol.parse_render(head, binary).stats == {**{k: float(v) for k, v in stats.items()}, "frames": 40}
+    msg = protocol.render_request("r1", "anna", [0], ["left_wrist", "right_wrist"], struct.pack("<6f", *range(6)),
+                                  source_size=(10, 10))
+    r = protocol.parse_render(protocol.decode_header(msg[0]), msg[1:])
+    assert r.joints == ["left_wrist", "right_wrist"] and (r.mode, r.format, r.size) == ("frame", "png", None)
