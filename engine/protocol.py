@@ -36,7 +36,8 @@ Kinds (a reply has the kind of its request, or "error")
                        "output": {"format": "png" | "jpeg" | "raw", "size": null | int, "quality": 1-100}
                        "dtype": "<f4", "shape": [N, J, 3]}
                       frame 1: keypoints, little-endian float32, N x J x 3 (x, y, visibility), row-major
-                      -> reply {"model", "frames": [ids], "format", "width", "height", "channels": 3}
+                      -> reply {"model", "frames": [ids], "format", "width", "height", "channels": 3,
+                                "predict_s": seconds the predictor spent on it (normalize, draw, generate)}
                          frames 1..N: one image each, in request order: PNG or JPEG bytes, or raw RGB
                          (height x width x 3 uint8, row-major)
     error    reply    {"code": <code>, "message": "<one line>"}   and no binary frames
