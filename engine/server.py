@@ -47,6 +47,8 @@ log = logging.getLogger("pix2dance.serve")
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
 SERVER_SECRET, SERVER_PUBLIC = "server.key_secret", "server.key"
+# One request's images (and drawn skeletons) are held in memory until its reply: bound them.
+MAX_REQUEST_PIXELS = 64 * 1024 * 1024        # 1024 frames at 256 px, 64 at 1024 px
 CLIENT_SECRET, CLIENT_PUBLIC = "client.key_secret", "client.key"
 CLIENTS = "clients"
 
@@ -255,6 +257,7 @@ class Server:
         envelope: list[bytes] = []
         if len(rest) > 1 and rest[0] == b"":   # a REQ socket's delimiter: accept and echo it
             envelope, rest = [b""], rest[1:]
+        head = None
         try:
             if not rest:
                 raise protocol.ProtocolError("bad_message", "empty message")
@@ -265,7 +268,8 @@ class Server:
             reply = protocol.error(e.request_id, e.code, e.message)
         except Exception as e:               # a bug: answer, log, keep serving
             log.exception("internal error on a request")
-            reply = protocol.error(None, "internal", f"{type(e).__name__}: {str(e)[:200]}")
+            rid = head.get("id") if head is not None else None
+            reply = protocol.error(rid, "internal", f"{type(e).__name__}: {str(e)[:200]}")
         if reply is not None:
             self._send(identity, envelope, reply)
 
@@ -297,6 +301,10 @@ class Server:
         if predictor is None:
             raise protocol.ProtocolError("unknown_model", f"no model {request.model[:60]!r} here; "
                                          f"serving {sorted(self.models)}", rid)
+        side = max(request.size or predictor.size, predictor.size)
+        if request_count(request) * side * side * 3 > MAX_REQUEST_PIXELS * 3:
+            raise protocol.ProtocolError("too_large", f"{request_count(request)} frames of {side} x {side} px in one "
+                                         f"request; send fewer frames per request", rid)
         keypoints = self._canonical(request, predictor.joints)
         with self.cond:
             if self.queued + request_count(request) > self.max_pending:
@@ -444,6 +452,8 @@ def main(runs: list[Path] | None = None, bind: str = "tcp://127.0.0.1:5555", dev
          max_batch: int | None = None) -> None:
     """`pix2dance serve`: check the bind and keys, load the runs, serve until SIGTERM or Ctrl-C."""
     curve = check_security(bind, curve_secret, curve_clients)      # before torch: fails at once
+    if max_batch is not None and max_batch < 1:
+        raise UserError(f"--max-batch must be at least 1, got {max_batch}")
     keys = load_server_keys(curve_secret) if curve else None
     run_dirs = resolve_runs(runs)
     from engine.predictor import Predictor                          # torch from here on

@@ -287,6 +287,21 @@ def test_wrong_protocol_version_gets_a_clear_error(engine):
     assert head["v"] == 1 and "v1" in head["message"] and "v2" in head["message"]
 
 
+def test_a_request_too_big_to_hold_in_memory_is_refused(engine):
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(engine.address)
+    try:
+        head = json.loads(raw_render("big", 64)[0])
+        head["output"]["size"] = 4096                  # 64 frames x 4096^2 x 3 bytes = 3 GiB
+        s.send_multipart([json.dumps(head).encode(), raw_render("big", 64)[1]])
+        assert s.poll(5000)
+        reply = json.loads(s.recv_multipart()[0])
+    finally:
+        s.close()
+    assert (reply["kind"], reply["code"], reply["id"]) == ("error", "too_large", "big")
+
+
 # --- failures and shutdown ------------------------------------------------------------------------
 
 def test_server_killed_mid_stream_makes_the_client_raise_within_its_timeout(tiny_run):
