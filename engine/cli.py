@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "DIR/client.key_secret (a client's pair) and DIR/clients/client.key (the allow-list). Serve with "
         "--curve-secret DIR/server.key_secret --curve-clients DIR/clients; a client connects with "
         "Client(address, curve=(DIR/server.key, DIR/client.key_secret)). Allow more clients by copying "
-        "their public .key files into DIR/clients. Existing keys are never overwritten."))
+        "their public .key files into DIR/clients (read when serve starts). Existing keys are never overwritten."))
     p.set_defaults(func=cmd_keys)
 
     p = add("render", "render a motion (.blend, .bvh, .npz, video) as the trained dancer")

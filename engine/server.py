@@ -16,6 +16,11 @@ The wire format is engine/protocol.py (and docs/protocol.md). Design, in two thr
   hands each finished reply back over an inproc PAIR socket; the main thread's poller wakes on it
   and forwards the reply to the ROUTER. torch and OpenCV release the GIL, so the main thread stays live.
 
+A ping may list the render ids its client still waits for ("pending"); the reply names those
+this server does not hold ("lost": none queued, none running, no reply on its way), so a client
+can resend what an engine restart behind the same address lost. Render replies carry
+"predict_s", the predictor's time on that request, so a client can see the protocol's own cost.
+
 Every request gets exactly one reply: an error, or the result. Queues are bounded (at most
 `max_pending` frames waiting: beyond that a request gets a `busy` error) and so are messages
 (ZMQ_MAXMSGSIZE, the receive high-water mark, protocol.MAX_* limits). Nothing is unpickled:
