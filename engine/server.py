@@ -12,9 +12,11 @@ The wire format is engine/protocol.py (and docs/protocol.md). Design, in two thr
   within milliseconds while a long render runs, and a bad message can only ever cost one error reply.
 - A worker thread runs inference. It takes frames from the queued jobs of one model, oldest first,
   across requests, until a batch of `max_batch` is full (two clients sending 8-frame chunks share
-  one 16-frame batch on a GPU), draws skeletons, runs Predictor.generate, encodes the images and
-  hands each finished reply back over an inproc PAIR socket; the main thread's poller wakes on it
-  and forwards the reply to the ROUTER. torch and OpenCV release the GIL, so the main thread stays live.
+  one 16-frame batch on a GPU), draws skeletons and runs Predictor.generate.
+- An encoder thread turns the frames into PNG/JPEG/raw while the worker runs the next batch (a
+  bounded queue between them), and hands each finished reply back over an inproc PAIR socket; the
+  main thread's poller wakes on it and forwards the reply to the ROUTER. torch and OpenCV release
+  the GIL, so the three threads run side by side.
 
 A ping may list the render ids its client still waits for ("pending"); the reply names those
 this server does not hold ("lost": none queued, none running, no reply on its way), so a client
@@ -34,6 +36,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import queue
 import shutil
 import signal
 import tempfile
@@ -150,6 +153,7 @@ class Job:
     next: int = 0
     done: int = 0
     seconds: float = 0.0                    # predictor time spent on it (drawing + its share of batches)
+    failed: bool = False                    # its error reply is on the way: take no more of its frames
     replied: bool = False
 
     @property
@@ -158,7 +162,7 @@ class Job:
 
 
 class Server:
-    """ROUTER loop (main thread) + inference worker (one thread); see the module docstring."""
+    """ROUTER loop (main thread), inference worker and encoder (a thread each); see the module docstring."""
 
     def __init__(self, predictors: list, bind: str, *, curve_keys: tuple[bytes, bytes] | None = None,
                  curve_clients: Path | None = None, max_pending: int = 4096, max_message: int = protocol.MAX_MESSAGE):
@@ -197,6 +201,10 @@ class Server:
         self.cond = threading.Condition()
         self.stopping = False
         self.worker = threading.Thread(target=self._work, name="pix2dance-inference", daemon=True)
+        # Worker -> encoder: ("frames", job, images) or ("error", job, reply). Bounded: if encoding
+        # falls behind, inference waits. The encoder alone sends replies (on _worker_out).
+        self.encode_queue: queue.Queue = queue.Queue(maxsize=4)
+        self.encoder = threading.Thread(target=self._encode, name="pix2dance-encoder", daemon=True)
 
     # main thread ------------------------------------------------------------------------------
 
@@ -204,6 +212,7 @@ class Server:
         if install_signals and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
         self.worker.start()
+        self.encoder.start()
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.results, zmq.POLLIN)
@@ -232,11 +241,18 @@ class Server:
             self.cond.notify_all()
 
     def close(self) -> None:
-        if getattr(self, "worker", None) is not None and self.worker.is_alive():
-            self.worker.join(timeout=10)
+        threads = [t for t in (getattr(self, "worker", None), getattr(self, "encoder", None)) if t is not None]
+        if threads and threads[0].is_alive():
+            threads[0].join(timeout=10)
+        if len(threads) > 1 and threads[1].is_alive():
+            try:
+                self.encode_queue.put(None, timeout=5)
+            except queue.Full:
+                pass
+            threads[1].join(timeout=10)
         if self.auth is not None:
             self.auth.stop()
-        if getattr(self, "worker", None) is None or not self.worker.is_alive():
+        if not any(t.is_alive() for t in threads):
             self.ctx.destroy(linger=0)
 
     def _forward_results(self) -> None:
@@ -366,15 +382,15 @@ class Server:
             except Exception as e:
                 log.exception("inference failed")
                 for job, _, _ in batch:
-                    self._finish(job, protocol.error(job.request.id, "internal", f"inference failed: "
-                                                     f"{type(e).__name__}: {str(e)[:200]}"))
+                    self._fail(job, protocol.error(job.request.id, "internal", f"inference failed: "
+                                                   f"{type(e).__name__}: {str(e)[:200]}"))
 
     def _run_batch(self, batch: list[tuple[Job, int, int]]) -> None:
         import numpy as np
         predictor = batch[0][0].predictor
         ready = []
         for job, start, stop in batch:
-            if job.replied:                  # failed earlier: its error reply is sent
+            if job.failed:                   # failed earlier: its error reply is on the way
                 continue
             if job.skeletons is None:        # normalize over the whole request ("clip" stats), draw once
                 r = job.request
@@ -383,7 +399,7 @@ class Server:
                     job.skeletons = predictor.skeletons(job.keypoints, r.source_size, r.mode, r.stats)
                     job.seconds += time.perf_counter() - start_time
                 except ValueError as e:
-                    self._finish(job, protocol.error(r.id, "bad_request", str(e)[:200]))
+                    self._fail(job, protocol.error(r.id, "bad_request", str(e)[:200]))
                     continue
             ready.append((job, start, stop))
         if not ready:
@@ -394,18 +410,46 @@ class Server:
         at = 0
         for job, start, stop in ready:
             job.seconds += per_frame * (stop - start)      # its share of the batch
-            job.frames.extend(encode(img, job.request) for img in images[at:at + stop - start])
+            # encoding (PNG: milliseconds a frame) overlaps the next batch's inference
+            self.encode_queue.put(("frames", job, images[at:at + stop - start]))
             at += stop - start
-            job.done += stop - start
-            if job.done == job.count:
-                r = job.request
-                side = r.size or predictor.size
-                self._finish(job, [protocol.header(r.id, "render", model=r.model, frames=r.frames, format=r.format,
-                                                   width=side, height=side, channels=3,
-                                                   predict_s=round(job.seconds, 6)), *job.frames])
+
+    def _fail(self, job: Job, reply: list[bytes]) -> None:
+        """Worker side: take no more of the job's frames; the encoder sends its error reply."""
+        with self.cond:
+            job.failed = True
+            if job in self.pending:
+                self.pending.remove(job)
+        self.encode_queue.put(("error", job, reply))
+
+    # encoder thread ---------------------------------------------------------------------------
+
+    def _encode(self) -> None:
+        while True:
+            item = self.encode_queue.get()
+            if item is None:
+                return
+            what, job, payload = item
+            try:
+                if what == "error":
+                    self._finish(job, payload)
+                elif not job.failed:
+                    job.frames.extend(encode(img, job.request) for img in payload)
+                    job.done += len(payload)
+                    if job.done == job.count:
+                        r = job.request
+                        side = r.size or job.predictor.size
+                        self._finish(job, [protocol.header(r.id, "render", model=r.model, frames=r.frames,
+                                                           format=r.format, width=side, height=side, channels=3,
+                                                           predict_s=round(job.seconds, 6)), *job.frames])
+            except Exception as e:
+                log.exception("encoding failed")
+                job.failed = True
+                self._finish(job, protocol.error(job.request.id, "internal", f"encoding failed: "
+                                                 f"{type(e).__name__}: {str(e)[:200]}"))
 
     def _finish(self, job: Job, reply: list[bytes]) -> None:
-        """Send a job's one reply (through the main thread) and free its place in the queue."""
+        """Encoder side: send a job's one reply (through the main thread), free its place in the queue."""
         with self.cond:
             if job.replied:
                 return
@@ -413,7 +457,7 @@ class Server:
             if job in self.pending:
                 self.pending.remove(job)
             self.queued -= job.count
-            job.skeletons, job.frames = None, []
+            job.frames = []                  # (the worker may still hold job.skeletons: left to the GC)
         self._worker_out.send_multipart([job.request.id.encode(), job.identity, *job.envelope, *reply], copy=False)
 
 
