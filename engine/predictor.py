@@ -73,6 +73,8 @@ class Predictor:
         if cuda and precision == "auto":
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.channels_last = cuda if channels_last is None else bool(channels_last)
+        if cuda:
+            torch.backends.cudnn.benchmark = True    # few distinct batch shapes: tune each once
         if self.channels_last:
             self.generator = self.generator.to(memory_format=torch.channels_last)
 

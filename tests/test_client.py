@@ -164,7 +164,7 @@ def test_no_engine_raises_engine_unavailable_within_the_timeout():
         with Client(f"tcp://127.0.0.1:{free_port()}", timeout=timeout) as c:
             with pytest.raises(EngineUnavailable, match="pix2dance serve"):
                 c.ping()
-        assert timeout - 0.05 <= time.monotonic() - start <= timeout + 0.5
+        assert timeout - 0.05 <= time.monotonic() - start <= timeout + 1.0
 
 
 def test_render_arguments_are_checked_before_anything_is_sent(scripted):
