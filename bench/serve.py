@@ -36,21 +36,7 @@ from engine import protocol  # noqa: E402
 from engine.client import Client  # noqa: E402
 from engine.joints import INDEX, JOINTS, NUM_JOINTS, body_stats  # noqa: E402
 from engine.predictor import Predictor  # noqa: E402
-
-
-def standing(size: int = 256) -> np.ndarray:
-    """A front-facing standing pose, (J, 3) in pixels of a size x size image."""
-    at = {"nose": (128, 40), "neck": (128, 70), "right_shoulder": (108, 70), "left_shoulder": (148, 70),
-          "right_elbow": (100, 100), "left_elbow": (156, 100), "right_wrist": (96, 130), "left_wrist": (160, 130),
-          "mid_hip": (128, 140), "right_hip": (118, 140), "left_hip": (138, 140), "right_knee": (118, 180),
-          "left_knee": (138, 180), "right_ankle": (118, 220), "left_ankle": (138, 220), "right_eye": (124, 36),
-          "left_eye": (132, 36), "right_ear": (120, 38), "left_ear": (136, 38), "right_toe": (114, 228),
-          "left_toe": (142, 228), "right_heel": (120, 224), "left_heel": (136, 224)}
-    kp = np.ones((NUM_JOINTS, 3), np.float32)
-    for name, xy in at.items():
-        kp[INDEX[name], :2] = xy
-    kp[:, :2] *= size / 256
-    return kp
+from tests.conftest import standing_pose as standing  # noqa: E402  (one known pose for tests and benches)
 
 
 def motion(n: int) -> np.ndarray:

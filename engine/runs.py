@@ -34,18 +34,24 @@ def write_json(path: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def read_json(path: Path, required: tuple[str, ...] = ()) -> dict:
+    """A JSON object from disk, checked for `required` keys; UserError if unreadable or incomplete."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON: {e}") from None
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}")
+    return data
+
+
 def read_config(run_dir: str | Path) -> dict:
     """config.json of a run, checked for what serving needs; UserError if missing or malformed."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run directory (no {CONFIG})")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON: {e}") from None
-    missing = [k for k in REQUIRED if k not in config]
-    if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)}")
+    config = read_json(path, REQUIRED)
     if list(config["joints"]) != list(JOINTS):
         raise UserError(f"{path} was trained on another joint set; retrain with this version")
     return config

@@ -52,7 +52,7 @@ from engine.atomic import atomic_dir, atomic_file
 from engine.errors import UserError
 from engine.joints import JOINTS
 from engine.networks import Discriminator, Generator, levels
-from engine.runs import CONFIG, GENERATOR, STATE, save_generator, write_json
+from engine.runs import CONFIG, GENERATOR, STATE, read_json, save_generator, write_json
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,7 @@ def dataset_info(root: str | Path) -> dict:
     path = Path(root) / "dataset.json"
     if not path.is_file():
         raise UserError(f"{root} is not a dataset folder (no dataset.json); build one with `pix2dance dataset`")
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON: {e}") from None
-    missing = [k for k in ("size", "counts", "stats") if k not in info]
-    if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)}")
+    info = read_json(path, ("size", "counts", "stats"))
     if "joints" in info and list(info["joints"]) != list(JOINTS):
         raise UserError(f"{path} was built with another joint set; rebuild it with this version")
     if not info["stats"]:
