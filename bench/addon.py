@@ -6,14 +6,14 @@
 On Xbot.glb (Mixamo, 65 bones, its own animation) seen by a camera that frames the motion:
   1. Render to Sequencer (bpy.ops.pix2dance.render_to_sequencer: project every frame, send to a
      real engine process on loopback in chunks, write each PNG, make the strip) in frames per
-     second, against the engine's in-process rate (engine.predictor.Predictor.predict on the same
+     second, against the engine's in-process rate (engine.model.predictor.Predictor.predict on the same
      keypoints, no transport, no PNG). Target >= 0.85. The generator is untrained: speed does not
      depend on the weights. Both sides use the CPU (or --device) with torch's default threads.
      On a shared CPU, torch's thread pools are the main noise: --threads fixes them on both sides.
   2. Projection per frame after the scene is evaluated (projection.Projector.project, what the
      render and the live preview pay per pose), with scene.frame_set timed apart. Target < 2 ms.
      Also frame_set with the rig's skinned meshes hidden, as Render to Sequencer reads poses in
-     background mode (jobs.skins_hidden).
+     background mode (projection.skins_hidden).
 Each side runs `--repeats` times, alternately, and the best time counts (the machine is shared).
 """
 
@@ -40,9 +40,9 @@ log = logging.getLogger("bench.addon")
 def make_run(run_dir: Path, size: int, ngf: int) -> Path:
     """An untrained generator in a valid run directory (speed does not depend on the weights)."""
     import torch
-    from engine.joints import JOINTS, body_stats
-    from engine.networks import Generator
-    from engine.runs import save_generator
+    from engine.wire.joints import JOINTS, body_stats
+    from engine.model.networks import Generator
+    from engine.model.runs import save_generator
     from tests.conftest import standing_pose
     torch.manual_seed(0)
     config = {"size": size, "ngf": ngf, "joints": list(JOINTS), "stats": body_stats([standing_pose(256)]),
@@ -52,7 +52,7 @@ def make_run(run_dir: Path, size: int, ngf: int) -> Path:
 
 
 def start_engine(run_dir: Path, device: str, threads: int | None) -> tuple[subprocess.Popen, str]:
-    from engine.client import Client, ClientError
+    from engine.wire.client import Client, ClientError
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -104,8 +104,8 @@ def bench_render(scene, frames: int, repeats: int, run_dir: Path, device: str) -
     """Render to Sequencer vs Predictor.predict on the same keypoints; best of `repeats` each."""
     import bpy
     from blender_addon import operators, projection
-    from engine.joints import body_stats
-    from engine.predictor import Predictor
+    from engine.wire.joints import body_stats
+    from engine.model.predictor import Predictor
     s = scene.pix2dance
     out_root = Path(tempfile.mkdtemp(prefix="pix2dance-bench-"))
     predictor = Predictor(run_dir, device)
@@ -139,7 +139,7 @@ def bench_render(scene, frames: int, repeats: int, run_dir: Path, device: str) -
 
 def bench_projection(scene, arm, cam, mapping: dict, frames: int, repeats: int) -> dict:
     """Per-frame Projector.project after frame_set, frame_set apart; also project() with its setup."""
-    from blender_addon import projection
+    from engine.rig import projection
     size = projection.render_size(scene)
     proj = projection.Projector(arm, mapping)
     set_t, proj_t, full_t = [], [], []
@@ -157,7 +157,7 @@ def bench_projection(scene, arm, cam, mapping: dict, frames: int, repeats: int) 
             full_t.append(t3 - t2)
     from blender_addon import jobs
     hidden_t = []
-    with jobs.skins_hidden(arm):       # what Render to Sequencer does in background mode
+    with projection.skins_hidden(arm):       # what Render to Sequencer does in background mode
         for _ in range(repeats):
             for f in range(1, frames + 1):
                 t0 = time.perf_counter()

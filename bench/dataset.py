@@ -4,9 +4,9 @@
     .venv/bin/python bench/dataset.py --quick    # the 4 s clip (seconds)
 
 Prints absolute figures and two ratios:
-  1. decode: sampling at --fps by timestamp (engine.video.frames: grab() all, retrieve() the kept)
+  1. decode: sampling at --fps by timestamp (engine.data.video.frames: grab() all, retrieve() the kept)
      against reading every frame (cap.read() each, keep the nearest to each tick). Target >= 2x.
-  2. dataset: engine.dataset.build (decode, MediaPipe, crop, draw, write PNGs, json, sheet) in
+  2. dataset: engine.data.dataset.build (decode, MediaPipe, crop, draw, write PNGs, json, sheet) in
      sampled frames per second, against a bare loop of the same decoding plus MediaPipe
      PoseLandmarker (same model and settings) on the same sampled frames. Target >= 0.9.
 Both sides of each ratio run alternately, `--repeats` times each, and the best time counts
@@ -51,14 +51,14 @@ def plain_decode(path: Path, fps: float) -> int:
 
 
 def sampled_decode(path: Path, fps: float) -> int:
-    from engine import video
+    from engine.data import video
     return sum(1 for _ in video.frames(path, fps))
 
 
 def bare_loop(path: Path, fps: float, model: Path) -> int:
     """Decode the sampled frames and run MediaPipe on each: nothing else."""
     import cv2
-    from engine import pose, video  # pose sets the same log silencing before importing mediapipe
+    from engine.data import pose, video  # pose sets the same log silencing before importing mediapipe
     from mediapipe.tasks.python.core.base_options import BaseOptions
     from mediapipe.tasks.python.vision import PoseLandmarker, PoseLandmarkerOptions, RunningMode
     import mediapipe as mp
@@ -76,7 +76,7 @@ def bare_loop(path: Path, fps: float, model: Path) -> int:
 
 
 def ours(path: Path, fps: float, model: Path, size: int) -> int:
-    from engine import dataset
+    from engine.data import dataset
     tmp = Path(tempfile.mkdtemp(prefix="bench-dataset-"))
     try:
         meta = dataset.build([path], tmp / "ds", fps=fps, size=size, pose_model=model, quiet=True)
@@ -113,7 +113,7 @@ def main() -> None:
     for needed in (clip, args.model):
         if not needed.exists():
             sys.exit(f"bench/dataset.py: missing {needed}")
-    from engine import pose, video  # noqa: F401  (import costs outside the timings)
+    from engine.data import pose, video  # noqa: F401  (import costs outside the timings)
     import mediapipe  # noqa: F401
     info = video.probe(clip)
     print(f"clip {clip.name}: {info.width}x{info.height}, {info.fps:.2f} fps, {info.frames} frames; "

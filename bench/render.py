@@ -30,8 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine import motion as motion_mod, render  # noqa: E402
-from engine.predictor import Predictor  # noqa: E402
+from engine.motion import sources as motion_mod  # noqa: E402
+from engine import render
+from engine.model.predictor import Predictor  # noqa: E402
 from tests.conftest import MODELS, SAMPLES, make_tiny_run  # noqa: E402
 
 BVH = SAMPLES / "mocap" / "cmu_131_01_dance.bvh"
@@ -50,7 +51,7 @@ def predictor_alone(predictor: Predictor, m) -> float:
 
 def mediapipe_alone(path: Path, fps: float, n: int) -> float:
     """Seconds for MediaPipe over the first n frames sampled at fps (decoding included, as in render)."""
-    from engine import pose, video
+    from engine.data import pose, video
     t = time.perf_counter()
     with pose.PoseEstimator(POSE_MODEL) as est:
         for i, (ts, rgb) in enumerate(video.sample(path, fps)):

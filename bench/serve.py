@@ -32,10 +32,10 @@ import zmq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine import protocol  # noqa: E402
-from engine.client import Client  # noqa: E402
-from engine.joints import INDEX, JOINTS, NUM_JOINTS, body_stats  # noqa: E402
-from engine.predictor import Predictor  # noqa: E402
+from engine.wire import protocol  # noqa: E402
+from engine.wire.client import Client  # noqa: E402
+from engine.wire.joints import INDEX, JOINTS, NUM_JOINTS, body_stats  # noqa: E402
+from engine.model.predictor import Predictor  # noqa: E402
 from tests.conftest import standing_pose as standing  # noqa: E402  (one known pose for tests and benches)
 
 
@@ -50,8 +50,8 @@ def motion(n: int) -> np.ndarray:
 
 
 def untrained_run(folder: Path, size: int, ngf: int) -> Path:
-    from engine.networks import Generator
-    from engine.runs import save_generator
+    from engine.model.networks import Generator
+    from engine.model.runs import save_generator
     torch.manual_seed(0)
     config = {"size": size, "ngf": ngf, "joints": list(JOINTS), "stats": body_stats([standing(256)]),
               "stats_size": 256, "name": f"untrained-{size}px-ngf{ngf}"}

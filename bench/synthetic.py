@@ -5,7 +5,7 @@
     .venv/bin/python bench/synthetic.py --train-frames 2400 --size 256 --ngf 32 --steps 20000 --device cuda
     .venv/bin/python bench/synthetic.py --reuse demo-output     # score a finished `pix2dance demo`
 
-It runs the demo pipeline (engine.demo: Blender renders a training dance and an unseen one; dataset
+It runs the demo pipeline (engine.demo.pipeline: Blender renders a training dance and an unseen one; dataset
 from ground-truth skeletons; training; the unseen dance rendered through a real engine server) at
 the sizes given, then scores the generated frames against the true renders of the unseen dance,
 side by side with two plain ways of showing a dancer in a new pose, in the same run:
@@ -35,8 +35,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import demo  # noqa: E402
-from engine.joints import CORE, INDEX  # noqa: E402
+from engine.demo import pipeline as demo  # noqa: E402
+from engine.wire.joints import CORE, INDEX  # noqa: E402
 
 log = logging.getLogger("bench.synthetic")
 _CORE = np.array([INDEX[n] for n in CORE])
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             scores = demo.run(out, device=a.device, quiet=True, settings=s).scores
         seconds = time.perf_counter() - t0
         truth, kp, generated = demo.load_unseen(out)
-        from engine.dataset import load_pairs
+        from engine.data.dataset import load_pairs
         _, train_frames, train_kp = load_pairs(out / "dataset", "train")
         pose_model = demo.resolve_pose_model(quiet=True)
         rows = {

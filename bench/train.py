@@ -5,11 +5,11 @@
     .venv/bin/python bench/train.py --quality --minutes 10,30   # val SSIM after 10 and 30 min of CPU training
 
 Throughput: the same Generator/Discriminator and the same pairs (a dataset built from
-../shared/data/video/dancer_room.mp4 by engine.dataset.build), timed side by side in one process:
+../shared/data/video/dancer_room.mp4 by engine.data.dataset.build), timed side by side in one process:
 - reference: what the pix2pix reference code does: batch 1, fp32, eager, one sample at a time
   converted from uint8 on the CPU, resized (bicubic, 1.12x) and randomly cropped there, copied to
   the device; D judges fake and real pairs in two forwards.
-- ours: engine.train.Trainer: the split held on the device as uint8, batches sliced and jittered
+- ours: engine.model.train.Trainer: the split held on the device as uint8, batches sliced and jittered
   there (one affine grid), D on real and fake in one forward, bf16/fp16 autocast + channels_last on
   GPU (optionally torch.compile), at `--batch` (and at batch 1, for a like-for-like step rate).
 Printed: steps/s and images/s of each, and the ratios. On a GPU the target is >= 3x images/s.
@@ -36,8 +36,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine import train  # noqa: E402
-from engine.networks import Discriminator, Generator  # noqa: E402
+from engine.model import train  # noqa: E402
+from engine.model.networks import Discriminator, Generator  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 log = logging.getLogger("bench.train")
@@ -47,7 +47,7 @@ def build_dataset(video: Path, size: int, out: Path, fps: float) -> Path:
     """A dataset folder from one video (reused if it already exists at that size)."""
     import json
 
-    from engine import dataset
+    from engine.data import dataset
     if (out / "dataset.json").is_file() and json.loads((out / "dataset.json").read_text()).get("size") == size:
         return out
     model = SHARED / "models" / "pose_landmarker_lite.task"

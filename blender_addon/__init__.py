@@ -22,7 +22,7 @@ _state = {"registered": False}
 def _modules():
     """The modules with Blender classes, in registration order (data types first: operators and
     panels refer to them). Imported here, not at package import, so that headless users of
-    `blender_addon.projection` or `.mapping` (engine.render, engine.synth) load only what they use."""
+    `engine.rig.projection` or `.mapping` (engine.render, engine.demo.synth) load only what they use."""
     from . import operators, panels, preferences, properties
     return (preferences, properties, operators, panels)
 

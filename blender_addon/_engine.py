@@ -1,13 +1,21 @@
-"""The engine modules the add-on uses: joints, protocol and client.
+"""The engine layers the add-on uses, from one place: `engine.wire` and `engine.rig`.
 
-Inside the installed extension these three files sit beside the add-on's modules (the build copies
-them from engine/); in the repository they live in the `engine` package. Import them only from
-here, so both layouts work:
+`pix2dance addon` ships those two packages inside the extension zip, as `<add-on>/engine/` (with
+engine/__init__.py and errors.py, all they need); in a checkout they are the repository's `engine`
+package. This module picks whichever is there, so every other add-on module imports only from here:
 
-    from ._engine import joints, protocol, client
+    from ._engine import joints, protocol, client, mapping, projection, retarget
 """
 
-try:  # the built extension: copies next to this file
-    from . import joints, protocol, client  # noqa: F401
-except ImportError:  # the repository (tests, scripts, `pix2dance render`)
-    from engine import joints, protocol, client  # noqa: F401
+from importlib import import_module
+from pathlib import Path
+
+# The built extension carries its own copy; a checkout (tests, scripts) uses the engine package.
+_ROOT = f"{__package__}.engine" if (Path(__file__).parent / "engine").is_dir() else "engine"
+
+joints = import_module(f"{_ROOT}.wire.joints")
+protocol = import_module(f"{_ROOT}.wire.protocol")
+client = import_module(f"{_ROOT}.wire.client")
+mapping = import_module(f"{_ROOT}.rig.mapping")
+projection = import_module(f"{_ROOT}.rig.projection")
+retarget = import_module(f"{_ROOT}.rig.retarget")

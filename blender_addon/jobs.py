@@ -43,7 +43,7 @@ import zmq
 
 from . import sequencer
 from ._engine import client as engine_client
-from ._engine import joints
+from ._engine import joints, projection
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +65,6 @@ def no_live_preview():
 
 def live_preview_allowed() -> bool:
     return _quiet["depth"] == 0
-
-
-@contextlib.contextmanager
-def skins_hidden(armature):
-    """Hide (hide_viewport) the meshes this armature deforms while poses are read: frame_set then
-    skips their skinning (Xbot: about 6 ms -> 2 ms a frame), and a skin cannot move its own
-    armature, so the projected joints are the same. Restored however the block ends. Used in
-    background mode only: in the UI the skin would visibly blink."""
-    skins = [o for o in bpy.data.objects if o.type == "MESH" and not o.hide_viewport
-             and any(m.type == "ARMATURE" and m.object == armature for m in o.modifiers)]
-    try:
-        for o in skins:
-            o.hide_viewport = True
-        yield skins
-    finally:
-        for o in skins:
-            o.hide_viewport = False
 
 
 class AddonError(Exception):
@@ -644,7 +627,6 @@ class RenderJob(Job):
         return scene, arm, cam
 
     def main(self):
-        from . import projection
         plan = self.plan
         if plan.folder in RENDERING:
             raise AddonError(f"A render into {plan.folder} is already running")
@@ -662,7 +644,7 @@ class RenderJob(Job):
         try:
             for a in range(0, n, batch):
                 scene, arm, cam = self._objects()   # refetched each slice: the user may undo between
-                with no_live_preview(), (skins_hidden(arm) if bpy.app.background else contextlib.nullcontext()):
+                with no_live_preview(), (projection.skins_hidden(arm) if bpy.app.background else contextlib.nullcontext()):
                     kp = projection.project_frames(scene, arm, cam, plan.mapping, plan.frames[a:a + batch])
                 parts.append(np.asarray(kp, np.float32))
                 self.done = min(n, a + batch)

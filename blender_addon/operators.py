@@ -23,7 +23,7 @@ from bpy.app.handlers import persistent
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
 from . import jobs, properties
-from . import mapping as bone_mapping
+from ._engine import mapping as bone_mapping
 from .jobs import AddonError
 from .preferences import get_prefs
 
@@ -114,7 +114,7 @@ def plan_render(scene) -> jobs.RenderJob:
 
 def current_pose_request(scene) -> jobs.PreviewRequest:
     """The current frame's pose, projected now (main thread), ready for the engine."""
-    from . import projection
+    from ._engine import projection
     s = scene.pix2dance
     arm, cam = rig_and_camera(scene)
     m = checked_mapping(scene, arm)
@@ -339,7 +339,7 @@ class PIX2DANCE_OT_retarget_bvh(bpy.types.Operator):
 
 def bring_in_bvh(scene, path: Path, mode: str, set_range: bool) -> str:
     """Retarget a BVH onto the scene's armature, or import it as the armature; a one-line summary."""
-    from . import retarget
+    from ._engine import retarget
     s = scene.pix2dance
     try:
         if mode == "IMPORT":

@@ -21,7 +21,7 @@ import bpy
 from bpy.props import (BoolProperty, CollectionProperty, FloatProperty, FloatVectorProperty, IntProperty,
                        PointerProperty, StringProperty)
 
-from . import mapping as bone_mapping
+from ._engine import mapping as bone_mapping
 
 
 # Blender 4.5+ warns when a path property is given a "//" (blend-relative) value without this flag.

@@ -2,9 +2,10 @@
 
     pix2dance addon --out dist        # -> dist/pix2dance-0.1.0.zip (Edit > Preferences > Get Extensions > Install from Disk)
 
-The zip holds, at its root: blender_addon's modules, presets and blender_manifest.toml; copies of
-engine/joints.py, engine/protocol.py and engine/client.py (taken from the engine at build time,
-never committed into blender_addon/: the add-on imports them through blender_addon/_engine.py);
+The zip holds, at its root: blender_addon's modules and blender_manifest.toml; `engine/` with the
+engine's two layers the add-on uses, `engine.wire` and `engine.rig` (with the mapping presets) and
+the package's __init__.py (taken from the engine at build time, never committed into blender_addon/:
+the add-on imports them through blender_addon/_engine.py);
 and pyzmq wheels for Blender's Python 3.11 on Linux x86_64, macOS (arm64 and x86_64: one
 universal2 wheel) and Windows amd64, listed in the manifest's `wheels`. Blender installs the
 wheel that fits the machine when the extension is installed.
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ADDON = ROOT / "blender_addon"
 ENGINE = ROOT / "engine"
 MANIFEST = "blender_manifest.toml"
-ENGINE_COPIES = ("joints.py", "protocol.py", "client.py")   # shipped beside the add-on's modules
+SHIPPED_LAYERS = ("wire", "rig")       # shipped as <add-on>/engine/<layer>/, with engine/__init__.py
 WHEELS_MARKER = "# wheels: filled in by `pix2dance addon` at build time"
 PYTHON = "3.11"                       # Blender 4.2-5.x's Python
 FALLBACK_PYZMQ = "27.1.0"             # when this environment has no pyzmq to match
@@ -112,9 +113,18 @@ def addon_files() -> list[Path]:
         if not path.is_file() or "__pycache__" in rel.parts or path.suffix in (".pyc", ".zip") \
                 or rel.name.startswith("."):
             continue
-        if rel.as_posix() in ENGINE_COPIES:
-            raise UserError(f"blender_addon/{rel} must not exist: the build copies engine/{rel.name} (delete it)")
+        if rel.parts[0] == "engine":
+            raise UserError(f"blender_addon/{rel} must not exist: the build ships the engine's own (delete it)")
         files.append(path)
+    return files
+
+
+def engine_files() -> list[Path]:
+    """What the add-on needs of the engine: engine/__init__.py and the wire and rig layers."""
+    files = [ENGINE / "__init__.py"]
+    for layer in SHIPPED_LAYERS:
+        files += [p for p in sorted((ENGINE / layer).rglob("*"))
+                  if p.is_file() and p.suffix in (".py", ".json") and "__pycache__" not in p.parts]
     return files
 
 
@@ -148,11 +158,11 @@ def build(out: str | os.PathLike, *, cache: Path | None = None, version: str | N
                     z.writestr(MANIFEST, manifest_text([w.name for w in wheels]))
                 else:
                     z.write(path, rel)
-            for name in ENGINE_COPIES:
-                z.write(ENGINE / name, name)
+            for path in engine_files():
+                z.write(path, path.relative_to(ROOT).as_posix())
             for wheel in wheels:
                 z.write(wheel, f"wheels/{wheel.name}")
     size = target.stat().st_size / 1e6
     log.info("wrote %s (%.1f MB): %d add-on files, %s, pyzmq %s wheels: %s", target, size, len(files),
-             ", ".join(ENGINE_COPIES), version, ", ".join(w.name for w in wheels))
+             "engine." + " and engine.".join(SHIPPED_LAYERS), version, ", ".join(w.name for w in wheels))
     return target

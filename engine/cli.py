@@ -37,13 +37,13 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
 # --- handlers: one per subcommand --------------------------------------------------------------
 
 def cmd_dataset(a: argparse.Namespace) -> None:
-    from engine import dataset
+    from engine.data import dataset
     dataset.build(a.videos, a.out, fps=a.fps, size=a.size, pose_model=a.pose_model,
                   val_fraction=a.val_fraction, quiet=a.quiet, force=a.force)
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from engine import train
+    from engine.model import train
     train.run(a.dataset, a.out, steps=a.steps, size=a.size, ngf=a.ngf, batch=a.batch, device=a.device,
               seed=a.seed, quiet=a.quiet, ndf=a.ndf, gan="lsgan" if a.lsgan else None, lr=a.lr,
               jitter=a.jitter, checkpoint_every=a.checkpoint_every, val_every=a.val_every,
@@ -51,18 +51,18 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
-    from engine import evaluate
+    from engine.model import evaluate
     evaluate.run(a.run, a.data, a.out, split=a.split, device=a.device, pose_model=a.pose_model, quiet=a.quiet)
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
-    from engine import server
+    from engine.serve import server
     server.main(a.runs, bind=a.bind, device=a.device, curve_secret=a.curve_secret,
                 curve_clients=a.curve_clients, quiet=a.quiet, max_batch=a.max_batch)
 
 
 def cmd_keys(a: argparse.Namespace) -> None:
-    from engine import server
+    from engine.serve import server
     server.make_keys(a.out)
 
 
@@ -75,7 +75,7 @@ def cmd_render(a: argparse.Namespace) -> None:
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
-    from engine import demo
+    from engine.demo import pipeline as demo
     demo.run(a.out, quick=a.quick, device=a.device, quiet=a.quiet)
 
 

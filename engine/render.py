@@ -4,15 +4,15 @@
     result.frames, result.codec, result.seconds
 
 The pipeline, in three overlapping stages so the generator is never kept waiting:
-1. `engine.motion.load` turns the source into keypoints in its own image's pixels (all frames up
+1. `engine.motion.sources.load` turns the source into keypoints in its own image's pixels (all frames up
    front: rigs are projected in one pass, a video is analysed by MediaPipe and smoothed, which
    needs the whole track anyway), with the source's body statistics for "clip" normalization.
 2. Inference in chunks. In-process (default): a drawing thread normalizes and draws skeleton
    chunks through the Predictor (its one normalization path) while the main thread runs the
    generator. With `engine="tcp://..."`: the same keypoints go to a running engine through
-   `engine.client.Client` (the add-on's client), which normalizes once, on its side.
+   `engine.wire.client.Client` (the add-on's client), which normalizes once, on its side.
 3. A writer thread composes (side-by-side: the source, i.e. the video frame or the drawn skeleton,
-   left of the dancer) and encodes the mp4 (`engine.video.VideoWriter`: H.264 where OpenCV can,
+   left of the dancer) and encodes the mp4 (`engine.data.video.VideoWriter`: H.264 where OpenCV can,
    else MPEG-4; the summary line names the codec) and the PNG frames.
 
 Output: OUT with a video suffix (.mp4, .mov, .m4v, .avi) is a video, and with `png` the frames also
@@ -128,7 +128,7 @@ class _Writer:
     def _run(self) -> None:
         import cv2
 
-        from engine.video import VideoWriter
+        from engine.data.video import VideoWriter
         try:
             if self.video_path is not None:
                 self._writer = VideoWriter(self.video_path, self.fps)
@@ -243,7 +243,7 @@ def _engine_frames(client, address: str, entry: dict, motion, chunk: int, side_b
 @contextlib.contextmanager
 def _engine_errors(address: str):
     """The client's errors (engine gone, error reply, other protocol) as one-line UserErrors."""
-    from engine.client import ClientError, EngineError
+    from engine.wire.client import ClientError, EngineError
     try:
         yield
     except EngineError as e:
@@ -253,7 +253,7 @@ def _engine_errors(address: str):
 
 
 def _connect(address: str, timeout: float):
-    from engine.client import Client
+    from engine.wire.client import Client
     try:
         return Client(address, timeout=timeout)
     except ValueError as e:
@@ -263,7 +263,7 @@ def _connect(address: str, timeout: float):
 def _engine_skeletons(entry: dict, motion) -> np.ndarray:
     """The skeletons to show beside an engine's frames: drawn here with the model's statistics from
     `info` (for display only; what the generator sees is normalized and drawn by the engine, once)."""
-    from engine import normalize, skeleton
+    from engine.data import normalize, skeleton
     kp = normalize.to_dancer(motion.keypoints, motion.mode, tuple(motion.source_size), entry["stats"],
                              int(entry["stats_size"]), int(entry["size"]), motion.source_stats)
     return skeleton.draw_batch(kp, int(entry["size"]))
@@ -272,7 +272,7 @@ def _engine_skeletons(entry: dict, motion) -> np.ndarray:
 def _model_name(run: Path) -> str:
     """The name an engine serves RUN under: a local run's config "name", else its folder's name
     (as `serve` names it); RUN that is no local folder is taken as the model's name itself."""
-    from engine.runs import read_config
+    from engine.model.runs import read_config
     if (run / "config.json").is_file():
         return str(read_config(run).get("name") or run.resolve().name)
     return run.name or str(run)
@@ -299,13 +299,13 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
     """Render `motion_path` as the dancer of `run_dir` into `out`; see the module docstring."""
     from tqdm import tqdm
 
-    from engine import motion as motion_mod
+    from engine.motion import sources as motion_mod
     t_start = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out)
     motion_mod.precheck(motion_path, fps, mapping, frames)   # a bad motion file fails before the model loads
     video_path, png_dir = output_paths(out, png)
     if video_path is not None:
-        from engine.video import choose_codec
+        from engine.data.video import choose_codec
         choose_codec(video_path)                      # an unwritable suffix fails before any work
 
     # The model first: a bad run fails before minutes of motion analysis. (Not in a thread beside
@@ -313,7 +313,7 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
     predictor, size, entry = None, None, None
     t0 = time.perf_counter()
     if engine is None:
-        from engine.predictor import Predictor
+        from engine.model.predictor import Predictor
         predictor = Predictor(run_dir, device=device)
         size = predictor.size
     else:

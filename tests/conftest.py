@@ -47,7 +47,7 @@ def full_pose_model() -> Path:
 def standing_pose(size: int = 256):
     """A front-facing standing pose, (J, 3) in pixels of a size x size image: a known input."""
     import numpy as np
-    from engine.joints import INDEX, NUM_JOINTS
+    from engine.wire.joints import INDEX, NUM_JOINTS
     at = {"nose": (128, 40), "neck": (128, 70), "right_shoulder": (108, 70), "left_shoulder": (148, 70),
           "right_elbow": (100, 100), "left_elbow": (156, 100), "right_wrist": (96, 130), "left_wrist": (160, 130),
           "mid_hip": (128, 140), "right_hip": (118, 140), "left_hip": (138, 140), "right_knee": (118, 180),
@@ -64,9 +64,9 @@ def standing_pose(size: int = 256):
 def make_tiny_run(run_dir: Path, size: int = 64, ngf: int = 8, seed: int = 0) -> Path:
     """An untrained generator in a valid run directory: for serving and rendering plumbing tests."""
     import torch
-    from engine.joints import JOINTS, body_stats
-    from engine.networks import Generator
-    from engine.runs import save_generator
+    from engine.wire.joints import JOINTS, body_stats
+    from engine.model.networks import Generator
+    from engine.model.runs import save_generator
     torch.manual_seed(seed)
     stats = body_stats([standing_pose(256)])
     config = {"size": size, "ngf": ngf, "joints": list(JOINTS), "stats": stats, "stats_size": 256}

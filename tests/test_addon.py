@@ -23,7 +23,7 @@ bpy = pytest.importorskip("bpy")
 
 import blender_addon  # noqa: E402
 from blender_addon import jobs, operators, preferences, properties, sequencer  # noqa: E402
-from engine.client import Client, ClientError  # noqa: E402
+from engine.wire.client import Client, ClientError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -327,7 +327,7 @@ class FakeEngine:
         self._thread.start()
 
     def _serve(self):
-        from engine import joints, protocol
+        from engine.wire import joints, protocol
         while not self._stop.is_set():
             if not self.router.poll(20):
                 continue
@@ -678,7 +678,7 @@ def test_hiding_the_skin_does_not_move_the_joints(addon):
     """Render to Sequencer (background) hides the rig's skinned meshes while it reads poses."""
     import numpy as np
     from tests.conftest import sample
-    from blender_addon import mapping, projection
+    from engine.rig import mapping, projection
     bpy.ops.wm.read_factory_settings(use_empty=True)
     bpy.ops.import_scene.gltf(filepath=str(sample("rigs/Xbot.glb")))
     scene = bpy.context.scene
@@ -689,10 +689,10 @@ def test_hiding_the_skin_does_not_move_the_joints(addon):
         pb.rotation_euler = (math.radians(degrees), 0, 0)
         pb.keyframe_insert("rotation_euler", frame=frame)
     m = mapping.auto_map(arm)
-    from blender_addon import retarget
+    from engine.rig import retarget
     cam = retarget.frame_camera(scene, arm, range(1, 9), m)
     plain = projection.project_frames(scene, arm, cam, m, range(1, 9))
-    with jobs.skins_hidden(arm) as skins:
+    with projection.skins_hidden(arm) as skins:
         assert skins and all(o.hide_viewport for o in skins)
         hidden = projection.project_frames(scene, arm, cam, m, range(1, 9))
     assert not any(o.hide_viewport for o in skins)

@@ -39,15 +39,19 @@ def built(tmp_path_factory) -> Path:
 def test_zip_copies_engine_modules_byte_for_byte(built):
     with zipfile.ZipFile(built) as z:
         names = set(z.namelist())
-        for name in ("joints.py", "protocol.py", "client.py"):
-            assert z.read(name) == (ROOT / "engine" / name).read_bytes(), name
+        for name in ("engine/__init__.py", "engine/wire/joints.py", "engine/wire/protocol.py", "engine/wire/client.py",
+                     "engine/rig/mapping.py", "engine/rig/projection.py", "engine/rig/retarget.py"):
+            assert z.read(name) == (ROOT / name).read_bytes(), name
         for path in (ROOT / "blender_addon").glob("*.py"):
             assert z.read(path.name) == path.read_bytes(), path.name
-    assert "__init__.py" in names and "presets/mixamo.json" in names and "blender_manifest.toml" in names
+    assert "__init__.py" in names and "engine/rig/presets/mixamo.json" in names and "blender_manifest.toml" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     # No committed copies: the repo's add-on imports the engine's through _engine.py.
     tracked = subprocess.run(["git", "ls-files", "blender_addon"], cwd=ROOT, capture_output=True, text=True).stdout
-    assert not {f"blender_addon/{n}" for n in addon_build.ENGINE_COPIES} & set(tracked.split())
+    assert not [n for n in tracked.split() if n.startswith("blender_addon/engine/")]
+    assert not [n for n in names if n.startswith("engine/") and not n.startswith(("engine/wire/", "engine/rig/"))
+                and n != "engine/__init__.py"], "only the wire and rig layers ship"
+
 
 
 def test_manifest_lists_wheels_for_every_platform(built):
@@ -80,7 +84,7 @@ import sys, importlib, bpy
 print(bpy.ops.extensions.package_install_files(filepath=sys.argv[-1], repo="user_default", enable_on_install=True))
 pkg = "bl_ext.user_default.pix2dance"
 assert pkg in bpy.context.preferences.addons.keys(), bpy.context.preferences.addons.keys()
-client = importlib.import_module(pkg + ".client")
+client = importlib.import_module(pkg + "._engine").client
 prefs = importlib.import_module(pkg + ".preferences")
 print("CLIENT", client.__file__)
 print("PREFS", prefs.get_prefs().address, type(bpy.context.preferences.addons[pkg].preferences).__name__)
@@ -103,7 +107,7 @@ def test_blender_installs_and_enables_the_extension(built, tmp_path):
     out = result.stdout + result.stderr
     assert result.returncode == 0 and "OK" in out, out
     ext = tmp_path / "blender" / "extensions"
-    assert f"CLIENT {ext / 'user_default' / 'pix2dance' / 'client.py'}" in out  # the zip's copy, relative imports
+    assert f"CLIENT {ext / 'user_default' / 'pix2dance' / 'engine' / 'wire' / 'client.py'}" in out  # the zip's copy
     assert "PREFS tcp://127.0.0.1:5555 PIX2DANCE_AP_preferences" in out       # real preferences this time
     assert list((ext / ".local").rglob("zmq/__init__.py")), "Blender installed the bundled pyzmq wheel"
 
@@ -125,7 +129,8 @@ def test_stray_engine_copy_in_addon_is_refused(tmp_path, monkeypatch):
     shutil.copytree(ROOT / "blender_addon", addon, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(addon_build, "ADDON", addon)
     assert {p.name for p in addon_build.addon_files()} >= {"__init__.py", "blender_manifest.toml"}
-    (addon / "client.py").write_text("# a stale copy\n")
+    (addon / "engine" / "wire").mkdir(parents=True)
+    (addon / "engine" / "wire" / "client.py").write_text("# a stale copy\n")
     with pytest.raises(UserError, match="must not exist"):
         addon_build.addon_files()
 

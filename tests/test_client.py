@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import zmq
 
-from engine import protocol
-from engine.client import (Client, ClientError, EngineError, EngineUnavailable, Frame, ProtocolMismatch, clip_stats,
+from engine.wire import protocol
+from engine.wire.client import (Client, ClientError, EngineError, EngineUnavailable, Frame, ProtocolMismatch, clip_stats,
                            pack_keypoints)
-from engine.joints import JOINTS, body_stats
+from engine.wire.joints import JOINTS, body_stats
 from tests.conftest import standing_pose
 from tests.test_server import Engine, free_port, poses
 
@@ -223,7 +223,7 @@ def test_a_real_engine_renders_what_the_client_asks(tiny_run):
             few = pose[:, [JOINTS.index(j) for j in subset]]
             (frame,) = c.render(model["name"], few.tolist(), source_size=(64, 64), mode="none", joints=subset, fmt="raw")
             assert (frame.width, frame.height, len(frame.data)) == (64, 64, 64 * 64 * 3)
-            from engine.predictor import Predictor
+            from engine.model.predictor import Predictor
             p = Predictor(tiny_run, "cpu")
             full = np.zeros_like(pose)
             full[:, [JOINTS.index(j) for j in subset]] = few

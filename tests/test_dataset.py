@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import dataset, video
-from engine.dataset import Crop, Sample
-from engine.joints import CORE, INDEX, JOINT_COLOURS, NUM_JOINTS, VISIBLE
+from engine.data import dataset, video
+from engine.data.dataset import Crop, Sample
+from engine.wire.joints import CORE, INDEX, JOINT_COLOURS, NUM_JOINTS, VISIBLE
 from tests.conftest import PYTHON, ROOT, sample, standing_pose
 
 ROOM = "video/dancer_room.mp4"  # 576 x 576, 30 fps, 4 s
@@ -86,7 +86,7 @@ def test_keypoints_lie_inside_the_crop(room):
 
 
 def test_drawn_wrists_and_ankles_lie_on_their_landmarks(room):
-    from engine.skeleton import draw
+    from engine.data.skeleton import draw
     skeletons, frames, kp = dataset.load_pairs(room, "train")
     # the written skeleton is exactly the one drawing code's picture of the saved keypoints
     for image, points in zip(skeletons[:5], kp[:5]):

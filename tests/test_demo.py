@@ -1,4 +1,4 @@
-"""Tests for `pix2dance demo` (engine.demo): the whole pipeline end to end in --quick mode, plus its parts.
+"""Tests for `pix2dance demo` (engine.demo.pipeline): the whole pipeline end to end in --quick mode, plus its parts.
 
 The end-to-end test runs the real command in a subprocess, as `make demo` does: Blender renders the
 synthetic dancer, the dataset is built from its video, a tiny generator trains, a real engine
@@ -16,9 +16,10 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import demo, video
+from engine.demo import pipeline as demo
+from engine.data import video
 from engine.errors import UserError
-from engine.joints import NUM_JOINTS
+from engine.wire.joints import NUM_JOINTS
 from tests.conftest import ROOT, make_tiny_run, standing_pose
 
 
@@ -86,7 +87,7 @@ def test_engine_server_stops_also_on_error(tmp_path):
     run = make_tiny_run(tmp_path / "tiny")
     with pytest.raises(RuntimeError, match="boom"):
         with demo.engine_server(run, "cpu") as address:
-            from engine.client import Client
+            from engine.wire.client import Client
             with Client(address, timeout=10) as c:
                 assert c.info()["models"][0]["size"] == 64
             raise RuntimeError("boom")

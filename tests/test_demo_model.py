@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from engine import demo, runs
-from engine.predictor import Predictor
+from engine.demo import pipeline as demo
+from engine.model import runs
+from engine.model.predictor import Predictor
 from tests.conftest import ROOT, standing_pose
 
 ASSET = ROOT / "assets" / "demo"
@@ -50,7 +51,7 @@ def test_demo_model_loads_and_yields_a_frame():
 
 
 def test_serve_with_no_run_dir_serves_the_demo_model():
-    from engine.client import Client
+    from engine.wire.client import Client
     with demo.engine_server(None, "cpu") as address, Client(address, timeout=30) as client:
         model = client.info()["models"][0]
         assert model["name"] == "demo"

@@ -10,7 +10,8 @@ import cv2
 import pytest
 import torch
 
-from engine import cli, evaluate, train
+from engine import cli
+from engine.model import evaluate, train
 from engine.errors import UserError
 from tests.tiny_dataset import tiny_dataset
 

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from engine import joints, normalize, skeleton
+from engine.wire import joints
+from engine.data import normalize, skeleton
 from engine.errors import UserError
-from engine.runs import GENERATOR, load_generator
+from engine.model.runs import GENERATOR, load_generator
 from tests.conftest import make_tiny_run, standing_pose
 
 

@@ -9,8 +9,8 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from blender_addon import mapping as M  # noqa: E402
-from engine import joints  # noqa: E402
+from engine.rig import mapping as M  # noqa: E402
+from engine.wire import joints  # noqa: E402
 from tests.conftest import sample  # noqa: E402
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine import metrics
-from engine.joints import INDEX
+from engine.model import metrics
+from engine.wire.joints import INDEX
 from tests.conftest import standing_pose
 
 

@@ -11,9 +11,10 @@ import os
 import numpy as np
 import pytest
 
-from engine import motion, normalize
+from engine.motion import sources as motion
+from engine.data import normalize
 from engine.errors import UserError
-from engine.joints import CORE, INDEX, NUM_JOINTS, VISIBLE
+from engine.wire.joints import CORE, INDEX, NUM_JOINTS, VISIBLE
 from tests.conftest import sample, standing_pose
 
 CMU = "mocap/cmu_131_01_dance.bvh"
@@ -180,7 +181,7 @@ def test_video_faster_than_its_rate_is_interpolated(pose_model):
 
 
 def test_video_without_a_person_is_a_user_error(tmp_path, pose_model):
-    from engine.video import write_video
+    from engine.data.video import write_video
     rng = np.random.default_rng(0)
     write_video(tmp_path / "empty.mp4", (rng.integers(0, 40, (96, 128, 3), np.uint8) for _ in range(8)), fps=10)
     with pytest.raises(UserError, match="no person found"):
@@ -210,7 +211,7 @@ def test_blend_saved_mapping_is_used_and_bad_names_are_refused(rig_blend, tmp_pa
     import bpy
     bpy.ops.wm.open_mainfile(filepath=rig_blend)
     scene = bpy.context.scene
-    from blender_addon import mapping as mapping_mod
+    from engine.rig import mapping as mapping_mod
     auto = mapping_mod.auto_map(bpy.data.objects["Rig"])
     # Swap the wrists in the saved mapping: the projection must follow the saved one.
     rows = [{"joint": j, "bone": e["bone"], "at": e.get("at", 0.0)} for j, e in auto["joints"].items()]
@@ -246,7 +247,7 @@ def test_blend_without_armature_or_camera_is_refused(tmp_path, what):
 
 
 def test_bvh_resampled_from_its_frame_time(tmp_path):
-    pytest.importorskip("blender_addon.retarget")
+    pytest.importorskip("engine.rig.retarget")
     m = motion.load(sample(CMU), fps=30, frames=(1, 20))
     assert len(m) == 20 and m.fps == 30 and m.kind == "bvh" and not m.smoothed
     assert (m.keypoints[:, _CORE, 2] == 1).mean() > 0.95

@@ -1,4 +1,4 @@
-"""engine.pose: the MediaPipe -> canonical joint mapping, model path resolution (offline included),
+"""engine.data.pose: the MediaPipe -> canonical joint mapping, model path resolution (offline included),
 and the real PoseLandmarker in VIDEO mode on a real clip."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from engine import pose, video
+from engine.data import pose, video
 from engine.errors import UserError
-from engine.joints import CORE, INDEX, MEDIAPIPE_LANDMARKS, NUM_JOINTS, VISIBLE
+from engine.wire.joints import CORE, INDEX, MEDIAPIPE_LANDMARKS, NUM_JOINTS, VISIBLE
 from tests.conftest import sample
 
 MP = {n: i for i, n in enumerate(MEDIAPIPE_LANDMARKS)}

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import normalize, skeleton
+from engine.data import normalize, skeleton
 from engine.errors import UserError
-from engine.joints import INDEX, JOINTS, ankle_y, body_height, body_stats
-from engine.predictor import Predictor, sanitize
+from engine.wire.joints import INDEX, JOINTS, ankle_y, body_height, body_stats
+from engine.model.predictor import Predictor, sanitize
 from tests.conftest import make_tiny_run, standing_pose
 
 

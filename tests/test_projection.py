@@ -14,10 +14,10 @@ bpy = pytest.importorskip("bpy")
 
 from mathutils import Matrix, Vector  # noqa: E402
 
-from blender_addon import mapping as M  # noqa: E402
-from blender_addon import projection as P  # noqa: E402
-from engine import skeleton  # noqa: E402
-from engine.joints import FACE, INDEX, VISIBLE  # noqa: E402
+from engine.rig import mapping as M  # noqa: E402
+from engine.rig import projection as P  # noqa: E402
+from engine.data import skeleton  # noqa: E402
+from engine.wire.joints import FACE, INDEX, VISIBLE  # noqa: E402
 from tests.test_mapping import build_rig, empty_scene, humanoid, load_rig  # noqa: E402
 
 W, H = 200, 100

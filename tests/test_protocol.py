@@ -7,9 +7,9 @@ import struct
 
 import pytest
 
-from engine import protocol
-from engine.joints import JOINTS
-from engine.protocol import ProtocolError
+from engine.wire import protocol
+from engine.wire.joints import JOINTS
+from engine.wire.protocol import ProtocolError
 
 N, J = 3, len(JOINTS)
 KEYPOINTS = struct.pack(f"<{N * J * 3}f", *range(N * J * 3))

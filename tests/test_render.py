@@ -81,7 +81,7 @@ def test_render_npz_to_mp4_and_png_frames(tiny_run, npz, tmp_path):
 
 
 def test_render_bvh_resampled(tiny_run, tmp_path):
-    pytest.importorskip("blender_addon.retarget")
+    pytest.importorskip("engine.rig.retarget")
     out = tmp_path / "bvh.mp4"
     r = pix2dance(tiny_run, "--motion", sample("mocap/cmu_131_01_dance.bvh"), "--out", out,
                   "--fps", "10", "--frames", "1:20", "--device", "cpu", "--side-by-side")
@@ -130,7 +130,7 @@ def engine(tmp_path_factory):
         proc = subprocess.Popen([PYTHON, "-m", "engine.cli", "serve", str(run), "--bind", address, "--device", "cpu"],
                                 cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
-        from engine.client import Client
+        from engine.wire.client import Client
         deadline = time.monotonic() + 60
         with Client(address, timeout=2.0) as c:
             while True:
@@ -187,7 +187,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(tiny_run, npz, tmp_path, 
     assert_one_line_error(pix2dance(tiny_run, "--motion", npz, "--out", out, "--frames", "20:40"),
                           "beyond the end")
     assert_one_line_error(pix2dance(tiny_run, "--motion", tmp_path / "missing.npz", "--out", out), "not found")
-    from engine.video import write_video
+    from engine.data.video import write_video
     write_video(tmp_path / "nobody.mp4", (np.full((96, 128, 3), 30, np.uint8) for _ in range(6)), fps=10)
     assert_one_line_error(pix2dance(tiny_run, "--motion", tmp_path / "nobody.mp4", "--out", out,
                                     "--pose-model", pose_model), "no person found")
@@ -208,7 +208,7 @@ def test_blend_without_armature_or_camera(tiny_run, tmp_path, missing):
 def test_a_failure_mid_render_leaves_nothing_under_the_final_names(tiny_run, npz, tmp_path, monkeypatch):
     """The generator fails on the third chunk: no mp4, no PNG folder, no temporary files left."""
     from engine import render
-    from engine.predictor import Predictor
+    from engine.model.predictor import Predictor
     calls = {"n": 0}
     real = Predictor.generate
 

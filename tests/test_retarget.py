@@ -9,10 +9,11 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from blender_addon import mapping as M  # noqa: E402
-from blender_addon import projection as P  # noqa: E402
-from blender_addon import retarget as R  # noqa: E402
-from engine import joints, skeleton  # noqa: E402
+from engine.rig import mapping as M  # noqa: E402
+from engine.rig import projection as P  # noqa: E402
+from engine.rig import retarget as R  # noqa: E402
+from engine.wire import joints  # noqa: E402
+from engine.data import skeleton
 from tests.conftest import sample  # noqa: E402
 from tests.test_mapping import empty_scene  # noqa: E402
 

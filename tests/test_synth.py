@@ -1,4 +1,4 @@
-"""Tests for engine.synth: the synthetic dancer's clip and its exact ground-truth skeleton (bpy headless).
+"""Tests for engine.demo.synth: the synthetic dancer's clip and its exact ground-truth skeleton (bpy headless).
 
 One short clip is rendered once per session (16 frames at 128 px, a few seconds); the checks then
 look at its files, and at whether the projected skeleton really lies on the rendered body: the
@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import synth, video
-from engine.joints import FACE, INDEX, NUM_JOINTS
-from engine.skeleton import facing
+from engine.demo import synth
+from engine.data import video
+from engine.wire.joints import FACE, INDEX, NUM_JOINTS
+from engine.data.skeleton import facing
 
 FRAMES, SIZE, FPS = 16, 128, 3.0        # 3 fps: 5 seconds of dance, with some turning
 

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine import cli, metrics, train
-from engine.runs import REQUIRED, load_generator
+from engine import cli
+from engine.model import metrics, train
+from engine.model.runs import REQUIRED, load_generator
 from tests.conftest import PYTHON, ROOT
 from tests.tiny_dataset import tiny_dataset
 
@@ -125,7 +126,7 @@ def test_l1_on_training_pairs_falls_by_half(data, tmp_path):
     """300 steps at batch 1 and the paper's lr: the L1 of G's frames on the training pairs halves."""
     split = train.load_split(data, "train", 64)
     torch.manual_seed(0)
-    from engine.networks import Generator
+    from engine.model.networks import Generator
     before = train_l1(Generator(size=64, ngf=8), split)              # what step 0 of seed 0 starts from
     out = tmp_path / "run"
     last = train.run(data, out, steps=300, ngf=8, batch=1, device="cpu", seed=0, quiet=True,

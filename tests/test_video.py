@@ -1,4 +1,4 @@
-"""engine.video on real clips: probing, sampling by timestamp (decoding only what is kept),
+"""engine.data.video on real clips: probing, sampling by timestamp (decoding only what is kept),
 lying containers, atomic mp4 writing, and one-line errors for bad files."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import video
+from engine.data import video
 from engine.errors import UserError
 from tests.conftest import sample
 

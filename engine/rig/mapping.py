@@ -25,10 +25,7 @@ import os
 import re
 from pathlib import Path
 
-try:  # the built extension: joints.py is copied next to this file
-    from . import joints
-except ImportError:  # the repository
-    from engine import joints
+from ..wire import joints
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 PRESET_ORDER = ("mixamo", "rigify", "cmu_bvh", "generic")

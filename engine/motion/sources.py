@@ -5,7 +5,7 @@
     motion.mode, motion.source_stats                         # how the engine normalizes it (once)
 
 Every source ends as canonical keypoints in pixels of some source image, plus what the engine
-needs to move them into the dancer's space (global pose normalization, `engine.normalize`):
+needs to move them into the dancer's space (global pose normalization, `engine.data.normalize`):
 
 | source       | keypoints from                                        | fps default        | smoothed |
 |--------------|-------------------------------------------------------|--------------------|----------|
@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import UserError
-from engine.joints import NUM_JOINTS, VISIBLE, body_stats
+from engine.wire.joints import NUM_JOINTS, VISIBLE, body_stats
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +420,7 @@ def load_video(path: Path, fps: float | None = None, frames: tuple[int, int] | N
     video's interpolates the smoothed poses (and repeats the nearest frame for side-by-side).
     panel: keep each analysed frame letterboxed into a panel x panel square (side-by-side).
     """
-    from engine import video
+    from engine.data import video
     info = video.probe(path)
     src_fps = float(info.fps)
     fps = fps or src_fps
@@ -462,8 +462,8 @@ def load_video(path: Path, fps: float | None = None, frames: tuple[int, int] | N
 
 
 def normalize_smooth(kp: np.ndarray, fps: float) -> np.ndarray:
-    """engine.normalize.smooth (Savitzky-Golay), imported late: scipy is slow to import."""
-    from engine import normalize
+    """engine.data.normalize.smooth (Savitzky-Golay), imported late: scipy is slow to import."""
+    from engine.data import normalize
     return normalize.smooth(kp, fps)
 
 
@@ -475,7 +475,7 @@ def _detect(path: Path, fps: float | None, keep, done, expected: int, pose_model
     """
     from tqdm import tqdm
 
-    from engine import pose, video
+    from engine.data import pose, video
     model = pose.resolve_model(pose_model)
     times, poses, found, images = [], [], [], []
     previous = None
@@ -513,7 +513,7 @@ def _bpy():
 
 def _read_mapping_file(path: Path, armature) -> dict:
     """A bone-mapping JSON (the add-on's format) whose bones all exist in the armature, or UserError."""
-    from blender_addon import mapping as mapping_mod
+    from engine.rig import mapping as mapping_mod
     try:
         mapping = mapping_mod.load_mapping(path)
     except ValueError as e:
@@ -560,7 +560,7 @@ def _saved_mapping(scene, armature) -> dict | None:
     if not all(v["bone"] in bones for v in found.values()):
         log.info("the mapping saved in the .blend names bones %r lacks; auto-detecting", armature.name)
         return None
-    from blender_addon import mapping as mapping_mod
+    from engine.rig import mapping as mapping_mod
     try:
         return mapping_mod.check_mapping({"preset": str(settings.get("mapping_preset", "") or "saved"),
                                           "joints": found})
@@ -582,7 +582,7 @@ def _saved_object(scene, key: str, kind: str):
 
 
 def _mapping_for(scene, armature, mapping_file: Path | None) -> dict:
-    from blender_addon import mapping as mapping_mod
+    from engine.rig import mapping as mapping_mod
     if mapping_file is not None:
         mapping, how = _read_mapping_file(mapping_file, armature), f"from {mapping_file}"
     else:
@@ -656,7 +656,7 @@ def _project(scene, armature, camera, mapping, at: np.ndarray, quiet: bool = Tru
     sets those as sub-frames, so F-curves are evaluated between keys). A bar for long sources."""
     from tqdm import tqdm
 
-    from blender_addon import projection
+    from engine.rig import projection
     step = 100
     out = np.zeros((len(at), NUM_JOINTS, 3), np.float32)
     with tqdm(total=len(at), desc="project", unit="frame", disable=quiet or len(at) < 2 * step, leave=False) as bar:
@@ -691,8 +691,8 @@ def load_blend(path: Path, fps: float | None = None, frames: tuple[int, int] | N
     fps = fps or src_fps
     at, sel, sample = _rig_frames(scene.frame_start, 1.0, src_fps, scene.frame_end - scene.frame_start,
                                   fps, frames, f"{path} (frames {scene.frame_start}-{scene.frame_end})")
-    from blender_addon import jobs
-    with jobs.skins_hidden(arm):               # no skinning while poses are read: ~3x faster
+    from engine.rig import projection
+    with projection.skins_hidden(arm):               # no skinning while poses are read: ~3x faster
         kp = _project(scene, arm, cam, mp, at, quiet)
     stats = body_stats(kp[sample])
     if stats is None:
@@ -710,7 +710,7 @@ def load_bvh(path: Path, fps: float | None = None, frames: tuple[int, int] | Non
     """A BVH imported into an empty scene, auto-mapped, seen by an automatic front camera."""
     info = check_bvh(path)
     bpy = _bpy()
-    from blender_addon import retarget
+    from engine.rig import retarget
     with quiet_fds(verbose):
         bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene
@@ -743,7 +743,7 @@ def load_bvh(path: Path, fps: float | None = None, frames: tuple[int, int] | Non
 
 
 def _render_size(scene) -> tuple[int, int]:
-    from blender_addon import projection
+    from engine.rig import projection
     w, h = projection.render_size(scene)
     return int(w), int(h)
 

@@ -13,13 +13,13 @@ fresh Blender scene:
   "test" choreographies draw from different seeds, so the test dance is motion the model never saw;
 - a camera, studio lighting and a floor, rendered with Workbench (~0.1 s a frame on a CPU).
 
-The 2D ground truth comes from `blender_addon.projection.project_frames`, the very code the add-on
+The 2D ground truth comes from `engine.rig.projection.project_frames`, the very code the add-on
 uses to send a rig's skeleton to the engine, so the synthetic truth and a user's rig agree.
 
     clip = make_clip("out/train", frames=240, size=256, seed=0, choreography="train")
     clip.video        # out/train/clip.mp4
     clip.keypoints    # (240, J, 3) float32 in video pixels, frame i of the video = row i
-    python -m engine.synth OUT_DIR --frames 240 --size 256 --choreography test   # the same, from a shell
+    python -m engine.demo.synth OUT_DIR --frames 240 --size 256 --choreography test   # the same, from a shell
 
 OUT_DIR also gets `frames/000000.png ...`, `keypoints.npz` (the `.npz` that `render --motion`
 accepts: keypoints, size, fps) and `dancer.blend` (the animated scene, for the add-on or
@@ -347,7 +347,7 @@ def ground_truth(scene, arm, cam, frames: int) -> np.ndarray:
     The add-on's own mapping and projection (the code that sends a rig's skeleton to the engine):
     the rig's generic bone names auto-map, face points come from the head bone.
     """
-    from blender_addon import mapping, projection
+    from engine.rig import mapping, projection
     table = mapping.auto_map(arm)
     missing = mapping.required_missing(table)
     if missing:                                   # a bug in BONES, not a user error
@@ -395,7 +395,7 @@ def make_clip(out_dir: str | Path, frames: int = 240, size: int = 256, seed: int
               choreography: str = "train", fps: float = 24.0, save_blend: bool = True,
               quiet: bool = False, verbose: bool = False) -> SynthClip:
     """Render a synthetic dance into out_dir (written atomically) and return what it holds."""
-    from engine import video
+    from engine.data import video
     if frames < 1:
         raise UserError(f"a clip needs at least one frame, got {frames}")
     if size < 32 or size > 2048:
@@ -444,8 +444,8 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m engine.synth OUT_DIR ...`: render one clip (runs bpy in its own process)."""
-    p = argparse.ArgumentParser(prog="python -m engine.synth", description=__doc__.splitlines()[0])
+    """`python -m engine.demo.synth OUT_DIR ...`: render one clip (runs bpy in its own process)."""
+    p = argparse.ArgumentParser(prog="python -m engine.demo.synth", description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
     p.add_argument("--frames", type=int, default=240)
     p.add_argument("--size", type=int, default=256)

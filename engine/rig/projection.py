@@ -18,14 +18,12 @@ Imports only bpy, mathutils, bpy_extras, numpy and the engine's joints (copied i
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 
-try:  # the built extension
-    from . import joints
-except ImportError:  # the repository
-    from engine import joints
+from ..wire import joints
 
 from . import mapping as mapping_mod
 
@@ -273,3 +271,21 @@ def rest_pose_stats(scene, armature, camera, mapping: dict) -> dict | None:
         data.pose_position = old
         bpy.context.view_layer.update()
     return joints.body_stats([kp.tolist()])
+
+
+@contextlib.contextmanager
+def skins_hidden(armature):
+    """Hide (hide_viewport) the meshes this armature deforms while poses are read: frame_set then
+    skips their skinning (Xbot: about 6 ms -> 2 ms a frame), and a skin cannot move its own
+    armature, so the projected joints are the same. Restored however the block ends. Used in
+    background mode only: in the UI the skin would visibly blink."""
+    import bpy
+    skins = [o for o in bpy.data.objects if o.type == "MESH" and not o.hide_viewport
+             and any(m.type == "ARMATURE" and m.object == armature for m in o.modifiers)]
+    try:
+        for o in skins:
+            o.hide_viewport = True
+        yield skins
+    finally:
+        for o in skins:
+            o.hide_viewport = False

@@ -27,10 +27,7 @@ import numpy as np
 from . import mapping as mapping_mod
 from . import projection
 
-try:  # the built extension
-    from . import joints
-except ImportError:  # the repository
-    from engine import joints
+from ..wire import joints
 
 
 # --- files --------------------------------------------------------------------------------------

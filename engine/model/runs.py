@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from engine.atomic import atomic_file
 from engine.errors import UserError
-from engine.joints import JOINTS
-from engine.networks import Generator
+from engine.wire.joints import JOINTS
+from engine.model.networks import Generator
 
 CONFIG, GENERATOR, STATE = "config.json", "generator.safetensors", "state.json"
 REQUIRED = ("size", "ngf", "joints", "stats", "stats_size")

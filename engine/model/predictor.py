@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import normalize, skeleton
+from engine.data import normalize, skeleton
 from engine.errors import UserError
-from engine.joints import NUM_JOINTS, VISIBLE
-from engine.runs import load_generator
+from engine.wire.joints import NUM_JOINTS, VISIBLE
+from engine.model.runs import load_generator
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.joints import VISIBLE, body_height
+from engine.wire.joints import VISIBLE, body_height
 
 PSNR_CAP = 100.0
 _K1, _K2 = 0.01, 0.03

@@ -48,12 +48,13 @@ from pathlib import Path
 
 import zmq
 
-from engine import __version__, protocol
+from engine import __version__
+from engine.wire import protocol
 from engine.errors import UserError
 
 log = logging.getLogger("pix2dance.serve")
 
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "assets" / "demo"
 SERVER_SECRET, SERVER_PUBLIC = "server.key_secret", "server.key"
 # One request's images (and drawn skeletons) are held in memory until its reply: bound them.
 MAX_REQUEST_PIXELS = 64 * 1024 * 1024        # 1024 frames at 256 px, 64 at 1024 px
@@ -505,7 +506,7 @@ def main(runs: list[Path] | None = None, bind: str = "tcp://127.0.0.1:5555", dev
         raise UserError(f"--max-batch must be at least 1, got {max_batch}")
     keys = load_server_keys(curve_secret) if curve else None
     run_dirs = resolve_runs(runs)
-    from engine.predictor import Predictor                          # torch from here on
+    from engine.model.predictor import Predictor                          # torch from here on
     predictors = [Predictor(r, device, max_batch=max_batch) for r in run_dirs]
     names = [p.name for p in predictors]
     if len(set(names)) != len(names):

@@ -1,14 +1,14 @@
 """`pix2dance demo`: the whole product end to end on a synthetic dancer, on any machine, offline.
 
     pix2dance demo [--out demo-output] [--quick] [--device auto|cpu|cuda]      # what `make demo` runs
-    engine.demo.run("demo-output", quick=False, device="auto", quiet=False) -> DemoResult
-    python -m engine.demo --build-model assets/demo --work DIR     # (re)build the shipped demo model
+    engine.demo.pipeline.run("demo-output", quick=False, device="auto", quiet=False) -> DemoResult
+    python -m engine.demo.pipeline --build-model assets/demo --work DIR     # (re)build the shipped demo model
 
-1. engine.synth renders a training dance (Blender, headless) with its exact 2D skeleton;
-2. engine.dataset builds the training set from that video, with the ground-truth skeletons;
-3. engine.train trains a small pix2pix generator on it (minutes on a CPU);
+1. engine.demo.synth renders a training dance (Blender, headless) with its exact 2D skeleton;
+2. engine.data.dataset builds the training set from that video, with the ground-truth skeletons;
+3. engine.model.train trains a small pix2pix generator on it (minutes on a CPU);
 4. the engine server starts on a free loopback port, and a new choreography the model never saw
-   is rendered through engine.client, the path the Blender add-on takes;
+   is rendered through engine.wire.client, the path the Blender add-on takes;
 5. the outputs, each printed at the end (beside them: the clips, the dataset, the run, generated/):
    - side_by_side.mp4: skeleton | true render | generated,
    - eval.json: SSIM, PSNR, L1 and flicker against the true renders, and pose error (MediaPipe on
@@ -103,11 +103,11 @@ def engine_server(run_dir: Path | None, device: str, timeout: float = 120.0):
     The server is this Python running engine.cli, so it is the very command a user types. It is
     stopped with SIGTERM (its clean shutdown) and killed if it has not gone within 10 seconds.
     """
-    from engine.client import Client, ClientError
+    from engine.wire.client import Client, ClientError
     address = f"tcp://127.0.0.1:{free_port()}"
     cmd = [sys.executable, "-m", "engine.cli", "serve", *([str(run_dir)] if run_dir else []),
            "--bind", address, "--device", device, "--quiet"]
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
     log.info("starting the engine server: pix2dance serve %s --bind %s", run_dir or "(demo model)", address)
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -142,21 +142,21 @@ def engine_server(run_dir: Path | None, device: str, timeout: float = 120.0):
 
 def crop_frames(frames: np.ndarray, crop: dict, size: int) -> np.ndarray:
     """Cut the dataset's square crop {x, y, side} out of (N, H, W, 3) frames, as the dataset did."""
-    from engine import dataset
+    from engine.data import dataset
     box = dataset.Crop(int(crop["x"]), int(crop["y"]), int(crop["side"]))
     return np.stack([dataset.crop_image(f, box, size) for f in frames])
 
 
 def to_crop(keypoints: np.ndarray, crop: dict) -> np.ndarray:
     """(N, J, 3) keypoints in video pixels -> pixels of the crop square (side x side)."""
-    from engine import dataset
+    from engine.data import dataset
     side = int(crop["side"])
     return dataset.Crop(int(crop["x"]), int(crop["y"]), side).to_crop_pixels(keypoints, side)
 
 
 def unseen_truth(clip, crop: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
     """The unseen dance's true renders cut like the dataset, (N, S, S, 3), and its skeleton in model pixels."""
-    from engine import synth
+    from engine.demo import synth
     truth = crop_frames(synth.read_frames(clip), crop, size)
     kp = to_crop(clip.keypoints, crop)
     kp[..., :2] *= size / crop["side"]
@@ -175,7 +175,7 @@ def write_frames(folder: Path, frames: np.ndarray) -> None:
 def load_unseen(out: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """From a finished demo folder: true renders, skeleton (model pixels) and generated frames of the unseen dance."""
     import cv2
-    from engine import synth
+    from engine.demo import synth
     out = Path(out)
     info = json.loads((out / "dataset" / "dataset.json").read_text())
     truth, kp = unseen_truth(synth.load_clip(out / "test_clip"), info["sources"][0]["crop"], int(info["size"]))
@@ -188,7 +188,7 @@ def generate_via_engine(run_dir: Path, keypoints: np.ndarray, side: int, device:
     import cv2
     from tqdm import tqdm
 
-    from engine.client import Client, ClientError
+    from engine.wire.client import Client, ClientError
     with engine_server(run_dir, device) as address, Client(address, timeout=60.0) as client:
         model = client.info()["models"][0]["name"]
         frames = []
@@ -204,7 +204,7 @@ def generate_via_engine(run_dir: Path, keypoints: np.ndarray, side: int, device:
 
 def resolve_pose_model(quiet: bool) -> Path | None:
     """The MediaPipe model when one resolves (env, cache, or a download); None offline."""
-    from engine import pose
+    from engine.data import pose
     try:
         return pose.resolve_model(None, timeout=10.0)
     except UserError as e:
@@ -219,7 +219,7 @@ def detect_poses(frames: np.ndarray, model: Path, fps: float, quiet: bool, desc:
     """MediaPipe on each frame (a video stream): per frame, the detected (J, 3) keypoints."""
     from tqdm import tqdm
 
-    from engine.pose import PoseEstimator
+    from engine.data.pose import PoseEstimator
     found = []
     with PoseEstimator(model, num_poses=1) as estimator:
         for i, rgb in enumerate(tqdm(frames, desc=desc, unit="frame", disable=quiet, leave=False)):
@@ -229,7 +229,7 @@ def detect_poses(frames: np.ndarray, model: Path, fps: float, quiet: bool, desc:
 
 def pose_scores(detections: list[list[np.ndarray]], truth: np.ndarray) -> tuple[float | None, float]:
     """(mean pose distance of the best detection per frame, or None; share of frames with a detection)."""
-    from engine.metrics import pose_distance
+    from engine.model.metrics import pose_distance
     dists = []
     for found, target in zip(detections, truth):
         best = [d for d in (pose_distance(k, target) for k in found) if d is not None]
@@ -241,7 +241,7 @@ def pose_scores(detections: list[list[np.ndarray]], truth: np.ndarray) -> tuple[
 
 def image_scores(generated: np.ndarray, truth: np.ndarray, keypoints: np.ndarray) -> dict:
     """SSIM, PSNR, L1 (whole frame, and inside the dancer's box) and flicker of generated vs true frames."""
-    from engine import metrics
+    from engine.model import metrics
     a, b = metrics.to_unit(generated), metrics.to_unit(truth)
     mask = metrics.box_masks(keypoints, generated.shape[1])
     return {
@@ -271,7 +271,9 @@ def side_by_side(skeletons: np.ndarray, truth: np.ndarray, generated: np.ndarray
 def run(out: str | Path = "demo-output", quick: bool = False, device: str = "auto", quiet: bool = False,
         settings: DemoSettings | None = None) -> DemoResult:
     """Run the demo into `out` (replaced atomically when done); returns where everything is."""
-    from engine import dataset, synth, train
+    from engine.data import dataset
+    from engine.demo import synth
+    from engine.model import train
     s = settings or (QUICK if quick else FULL)
     out = Path(out)
     check_out(out)
@@ -327,7 +329,9 @@ def evaluate_unseen(folder: Path, s: DemoSettings, device: str, quiet: bool, tim
 
     Returns the report (eval.json's content, less `seconds`) and the video codec used.
     """
-    from engine import skeleton, synth, train, video
+    from engine.data import skeleton, video
+    from engine.demo import synth
+    from engine.model import train
     t0 = time.perf_counter()
     test_clip = synth.load_clip(folder / "test_clip")
     crop = json.loads((folder / "dataset" / "dataset.json").read_text())["sources"][0]["crop"]
@@ -395,7 +399,7 @@ A pix2pix generator of the synthetic dancer (engine/synth.py), trained by pix2da
 
 Made with:
 
-    .venv/bin/python -m engine.demo --build-model assets/demo --work demo-model-work
+    .venv/bin/python -m engine.demo.pipeline --build-model assets/demo --work demo-model-work
 
 which runs the full demo's pipeline into `--work` (or, when `--work` already holds a finished
 demo, such as `demo-output` of `make demo`, resumes its run to {steps} steps) and exports the
@@ -406,7 +410,7 @@ generator in fp16 with this README. This export: {minutes:.0f} minutes of wall t
 def build_demo_model(dest: str | Path, work: str | Path, device: str = "auto", quiet: bool = False,
                      settings: DemoSettings = ASSET) -> Path:
     """Train the demo model with the demo pipeline in `work` (resuming a run there) and export it, fp16, to dest."""
-    from engine import runs, train
+    from engine.model import runs, train
     started = time.perf_counter()
     work, dest = Path(work), Path(dest)
     if (work / "run" / "config.json").is_file() and (work / "eval.json").is_file():
@@ -438,9 +442,9 @@ def build_demo_model(dest: str | Path, work: str | Path, device: str = "auto", q
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m engine.demo --build-model assets/demo --work DIR`: (re)build the committed demo model."""
+    """`python -m engine.demo.pipeline --build-model assets/demo --work DIR`: (re)build the committed demo model."""
     import argparse
-    p = argparse.ArgumentParser(prog="python -m engine.demo", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m engine.demo.pipeline", description=main.__doc__)
     p.add_argument("--build-model", type=Path, required=True, metavar="DEST")
     p.add_argument("--work", type=Path, required=True, help="demo folder to build (or resume) the model in")
     p.add_argument("--steps", type=int, default=ASSET.steps)

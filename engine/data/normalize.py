@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import savgol_filter
 
-from engine.joints import NUM_JOINTS, VISIBLE, ankle_y, body_height, body_stats
+from engine.wire.joints import NUM_JOINTS, VISIBLE, ankle_y, body_height, body_stats
 
 MODES = ("clip", "frame", "none")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from engine.joints import BONE_INDEX, BONES, FACE, INDEX, JOINT_COLOURS, NUM_JOINTS, VISIBLE
+from engine.wire.joints import BONE_INDEX, BONES, FACE, INDEX, JOINT_COLOURS, NUM_JOINTS, VISIBLE
 
 _FACE = np.array([INDEX[n] for n in FACE])
 _L_SH, _R_SH, _L_HIP, _R_HIP = (INDEX[n] for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip"))

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import metrics, plots, train
+from engine.model import metrics, plots, train
 from engine.atomic import atomic_dir
 from engine.errors import UserError
-from engine.joints import body_height
-from engine.runs import STATE, load_generator
+from engine.wire.joints import body_height
+from engine.model.runs import STATE, load_generator
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def detect_poses(images: np.ndarray, model: Path, fps: float, quiet: bool, what:
     import cv2
     from tqdm import tqdm
 
-    from engine.pose import PoseEstimator
+    from engine.data.pose import PoseEstimator
     size = images.shape[1]
     scale = max(1.0, DETECT_SIZE / size)
     found: list[np.ndarray | None] = []
@@ -103,8 +103,8 @@ def _panel(image: np.ndarray, size: int) -> np.ndarray:
 def run(run: str | Path, data: str | Path, out: str | Path, split: str = "val", device: str = "auto",
         pose_model: str | Path | None = None, quiet: bool = False, batch: int = 16) -> dict:
     """Evaluate RUN on DATASET's split and write the REPORT folder; returns what eval.json holds."""
-    from engine import video
-    from engine.pose import resolve_model
+    from engine.data import video
+    from engine.data.pose import resolve_model
     run, data, out = Path(run), Path(data), Path(out)
     dev = train.resolve_device(device)
     G, config = load_generator(run, dev)

@@ -14,7 +14,7 @@ Data order is a pure function of (seed, step, rank): epoch e visits a permutatio
 (seed, e), and rank r of W takes its slice of each global batch, as DistributedSampler would. So
 a resumed run sees exactly the batches the uninterrupted run would have, with no sampler state.
 
-The run directory (see engine.runs for the served part):
+The run directory (see engine.model.runs for the served part):
     RUN/config.json, generator.safetensors    what serving loads (rewritten with each checkpoint)
     RUN/state.json                           {"step", "checkpoint", "started_from", "time"}
     RUN/checkpoints/step_00001000/           models.safetensors (G.*, D.*), optim.safetensors
@@ -47,12 +47,12 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from engine import metrics, plots
+from engine.model import metrics, plots
 from engine.atomic import atomic_dir, atomic_file
 from engine.errors import UserError
-from engine.joints import JOINTS
-from engine.networks import Discriminator, Generator, levels
-from engine.runs import CONFIG, GENERATOR, STATE, read_json, save_generator, write_json
+from engine.wire.joints import JOINTS
+from engine.model.networks import Discriminator, Generator, levels
+from engine.model.runs import CONFIG, GENERATOR, STATE, read_json, save_generator, write_json
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ def load_split(root: str | Path, split: str, size: int) -> Split:
     """A dataset split as uint8 tensors at `size` px (skeletons redrawn at that size, frames resized)."""
     import cv2
 
-    from engine.dataset import load_pairs
-    from engine.skeleton import draw_batch
+    from engine.data.dataset import load_pairs
+    from engine.data.skeleton import draw_batch
     skeletons, frames, keypoints = load_pairs(root, split)
     keypoints = np.asarray(keypoints, np.float32).copy()
     if len(frames) and frames.shape[1] != size:

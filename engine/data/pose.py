@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from engine.atomic import atomic_file  # noqa: E402
 from engine.errors import UserError  # noqa: E402
-from engine.joints import CORE, FROM_MEDIAPIPE, INDEX, NUM_JOINTS  # noqa: E402
+from engine.wire.joints import CORE, FROM_MEDIAPIPE, INDEX, NUM_JOINTS  # noqa: E402
 
 log = logging.getLogger(__name__)
 

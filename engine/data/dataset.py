@@ -10,7 +10,7 @@ in a thread so decoding overlaps MediaPipe), finds people (pose.PoseEstimator, V
 drops unusable frames by reason. Then one square crop is fixed per clip from robust percentiles of
 the per-frame person boxes (a ghost in a few frames must not widen it), plus a margin, shifted into
 the frame where it fits and padded with black where it does not; never stretched. Pass 2 crops,
-resizes, draws the skeleton (engine.skeleton.draw, the one drawing code) and writes PNGs from a
+resizes, draws the skeleton (engine.data.skeleton.draw, the one drawing code) and writes PNGs from a
 small thread pool. The last `val_fraction` of each clip's kept frames is the validation split,
 after a gap, so that no neighbouring frames fall on both sides. The layout written (atomically) is
 docs/architecture.md's "Dataset directory".
@@ -33,10 +33,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engine import video
+from engine.data import video
 from engine.atomic import atomic_dir
 from engine.errors import UserError
-from engine.joints import CORE, INDEX, JOINTS, NUM_JOINTS, VISIBLE, body_stats
+from engine.wire.joints import CORE, INDEX, JOINTS, NUM_JOINTS, VISIBLE, body_stats
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def detect_clip(path: Path, info: video.VideoInfo, fps: float, model: Path | Non
             kp = given[frame.index] if frame.index < len(given) else None
             take(frame, [] if kp is None else [np.asarray(kp, np.float32)])
         return clip
-    from engine.pose import PoseEstimator
+    from engine.data.pose import PoseEstimator
     with PoseEstimator(model, num_poses=2) as estimator:
         for frame, rgb in _Prefetch(_decoded(path, fps)):
             take(frame, estimator.detect(rgb, frame.t * 1000.0))
@@ -295,7 +295,7 @@ def _imwrite(path: Path, bgr: np.ndarray) -> None:
 def make_pair(bgr: np.ndarray, kp: np.ndarray, crop: Crop, size: int, root: Path, split: str, number: int,
               keep: bool):
     """Crop the frame, draw the skeleton, write both PNGs; (skeleton, frame, split) BGR if keep."""
-    from engine.skeleton import draw
+    from engine.data.skeleton import draw
     frame = crop_image(bgr, crop, size)
     skeleton = cv2.cvtColor(draw(kp, size), cv2.COLOR_RGB2BGR)
     _imwrite(root / split / "skeleton" / f"{number:06d}.png", skeleton)
@@ -431,7 +431,7 @@ def build(videos, out, fps: float = 10, size: int = 256, pose_model=None, val_fr
     infos = [video.probe(v) for v in videos]
     model = None
     if any(kp is None for kp in keypoints):
-        from engine.pose import resolve_model
+        from engine.data.pose import resolve_model
         model = resolve_model(pose_model)
 
     # Pass 1: poses. Sampled frames stay in memory (BGR) while they fit the budget.

@@ -1,6 +1,6 @@
 """Client for pix2dance engines: stdlib + pyzmq only (the Blender add-on ships this file).
 
-    from engine.client import Client, EngineUnavailable
+    from engine.wire.client import Client, EngineUnavailable
     with Client("tcp://127.0.0.1:5555", timeout=10.0) as c:
         c.ping()                                   # round trip in seconds
         model = c.info()["models"][0]              # {"name", "size", "joints", "stats", ...}
@@ -39,10 +39,7 @@ from dataclasses import dataclass
 
 import zmq
 
-try:
-    from . import protocol
-except ImportError:                      # loaded as a top-level module (a bare copy beside protocol.py)
-    import protocol  # type: ignore[no-redef]
+from . import protocol
 
 MAX_REPLY = 512 * 1024 * 1024           # bytes in one reply part (ZMQ_MAXMSGSIZE on the client)
 
@@ -438,10 +435,7 @@ def pack_keypoints(keypoints, joints: int) -> tuple[bytes, int]:
 
 def clip_stats(data: bytes, n: int, joints: list[str]) -> dict | None:
     """Body statistics of a whole range (joints.body_stats), in canonical joint order."""
-    try:
-        from .joints import INDEX, NUM_JOINTS, body_stats
-    except ImportError:
-        from joints import INDEX, NUM_JOINTS, body_stats  # type: ignore[no-redef]
+    from .joints import INDEX, NUM_JOINTS, body_stats
     values = array.array("f", data)
     if sys.byteorder == "big":
         values.byteswap()
