@@ -97,3 +97,33 @@ def test_run_round_trip_and_bad_checkpoints(tmp_path):
         load_generator(run)
     with pytest.raises(UserError, match="not a run directory"):
         load_generator(tmp_path / "nowhere")
+
+
+def test_quiet_fds_holds_c_level_output_and_logs_it(capfd, caplog):
+    import logging
+    import os
+    from engine.quiet import quiet_fds
+    with caplog.at_level(logging.DEBUG, logger="engine.quiet"):
+        with quiet_fds(what="libfoo") as held:
+            os.write(1, b"from C on fd 1\n")
+            os.write(2, b"from C on fd 2\n")
+            print("from Python")
+            held.terminal.write("a progress bar\n")
+            assert "from C on fd 2" in held.text()
+    out, err = capfd.readouterr()
+    assert "from C" not in out + err and "from Python" not in out + err
+    assert "a progress bar" in err
+    assert "libfoo said" in caplog.text and "from C on fd 1" in caplog.text
+    with quiet_fds(verbose=True):
+        os.write(1, b"shown\n")
+    assert "shown" in capfd.readouterr().out
+
+
+def test_quiet_fds_replays_the_tail_when_the_block_fails(capfd, caplog):
+    import os
+    from engine.quiet import quiet_fds
+    with pytest.raises(RuntimeError), quiet_fds(what="Blender", replay_on_error=True):
+        os.write(2, b"why it failed\n")
+        raise RuntimeError("render failed")
+    assert "why it failed" not in capfd.readouterr().err
+    assert any(r.levelname == "ERROR" and "why it failed" in r.getMessage() for r in caplog.records)

@@ -7,15 +7,13 @@
 
 The estimator is always closed (an unclosed landmarker prints a traceback at interpreter exit), and
 its timestamps are forced to be strictly increasing integers, as VIDEO mode requires. MediaPipe's
-C++ start-up chatter (TFLite/LiteRT, glog) is silenced so the CLI's output stays readable.
+C++ chatter (TFLite/LiteRT, glog) is held by engine.quiet so the CLI's output stays readable.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from engine.atomic import atomic_file  # noqa: E402
 from engine.errors import UserError  # noqa: E402
+from engine.quiet import quiet_fds  # noqa: E402
 from engine.wire.joints import CORE, FROM_MEDIAPIPE, INDEX, NUM_JOINTS  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -114,25 +113,6 @@ def core_visibility(kp: np.ndarray) -> float:
     return float(np.mean(kp[_CORE, 2]))
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Send C++ writes to fd 2 (TFLite, LiteRT, glog) to /dev/null; Python's own errors still raise."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real fd 2 (embedded): nothing to silence
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 class PoseEstimator:
     """MediaPipe PoseLandmarker in VIDEO mode as a context manager; one per clip (it tracks).
 
@@ -151,7 +131,7 @@ class PoseEstimator:
         if self._landmarker is not None:
             return self
         model = _existing_model(self.model, "the pose model path")
-        with _quiet_stderr():
+        with quiet_fds(what="MediaPipe"):
             from mediapipe.tasks.python.core.base_options import BaseOptions
             from mediapipe.tasks.python.vision import PoseLandmarker, PoseLandmarkerOptions, RunningMode
             options = PoseLandmarkerOptions(
@@ -170,7 +150,7 @@ class PoseEstimator:
 
     def close(self) -> None:
         if self._landmarker is not None:
-            with _quiet_stderr():
+            with quiet_fds(what="MediaPipe"):
                 self._landmarker.close()
             self._landmarker = None
 
@@ -202,7 +182,7 @@ class PoseEstimator:
         rgb = np.ascontiguousarray(rgb)
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
         ms = self.timestamp(t_ms)
-        with _quiet_stderr():  # C++ warnings (tensor alignment, ROI) come on first use of each path
+        with quiet_fds(what="MediaPipe"):  # C++ warnings (tensor alignment, ROI) come on first use of each path
             result = self._landmarker.detect_for_video(image, ms)
         height, width = rgb.shape[:2]
         people = [from_mediapipe(lms, width, height) for lms in result.pose_landmarks]
