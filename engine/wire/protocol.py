@@ -59,6 +59,7 @@ by ZeroMQ (ZMQ_MAXMSGSIZE) and its sender disconnected: that message gets no rep
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 from dataclasses import dataclass
@@ -102,6 +103,37 @@ class RenderRequest:
     size: int | None
     quality: int
     keypoints: bytes
+
+
+# --- addresses --------------------------------------------------------------------------------
+
+def is_loopback(address: str) -> bool:
+    """True when `address` stays on this machine, for a bind and a connect alike.
+
+    Loopback: tcp:// to 127.x.x.x, ::1 (tcp://[::1]:5555), "localhost" or the interface "lo", and
+    the local ipc:// and inproc:// transports. Not loopback: every interface (tcp://*:5555,
+    tcp://0.0.0.0:5555), any other address, interface or host name. The engine needs CURVE keys to
+    bind anything else; the add-on needs Blender's online access to reach anything else.
+    ValueError when `address` is not scheme://endpoint, or its scheme is not tcp, ipc or inproc.
+    """
+    scheme, sep, rest = address.partition("://")
+    if not sep or not rest:
+        raise ValueError(f"{address!r} is not of the form tcp://HOST:PORT")
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp":
+        raise ValueError(f"{address!r}: only tcp://, ipc:// and inproc:// addresses are used")
+    if rest.startswith("["):                      # [IPv6]:port
+        host = rest[1:rest.find("]")] if "]" in rest else rest[1:]
+    else:
+        host = rest.rsplit(":", 1)[0] if ":" in rest else rest
+    host = host.lower()
+    if host in ("localhost", "lo"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False                              # "*", a host or interface name: reachable from outside
 
 
 # --- encoding ---------------------------------------------------------------------------------
