@@ -1,0 +1,115 @@
+"""Tests for engine.data.framing (the person-centred crop) and engine.data.plate (the background plate)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.data import framing
+from engine.data.plate import build_plate, spread
+from engine.wire.joints import INDEX, body_height
+from tests.conftest import standing_pose
+
+
+def rotated(kp: np.ndarray, degrees: float, about=(128.0, 128.0)) -> np.ndarray:
+    out = kp.copy()
+    a = np.radians(degrees)
+    r = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    out[:, :2] = (kp[:, :2] - about) @ r.T + about
+    return out
+
+
+def test_crop_is_sized_by_the_body_and_centred_on_the_torso():
+    kp = standing_pose()
+    (cx, cy, side), = framing.person_crops(kp[None])
+    assert side == pytest.approx(framing.SIDE * body_height(kp), rel=1e-5)
+    hip, neck = kp[INDEX["mid_hip"], :2], kp[INDEX["neck"], :2]
+    assert (cx, cy) == pytest.approx(tuple(hip + framing.CENTRE_UP * (neck - hip)), abs=1e-4)
+    in_crop = framing.to_crop(kp[None], np.array([[cx, cy, side]]), 128)[0]
+    assert in_crop[:, :2].min() >= 0 and in_crop[:, :2].max() <= 128     # the whole dancer is inside
+    extent = in_crop[:, 1].max() - in_crop[:, 1].min()
+    assert extent > 0.6 * 128                                            # and fills most of the square
+
+
+def test_upside_down_and_bigger_dancers_keep_their_framing():
+    kp = standing_pose()
+    (_, _, side), = framing.person_crops(kp[None])
+    (_, _, side_flipped), = framing.person_crops(rotated(kp, 180)[None])
+    assert side_flipped == pytest.approx(side, rel=1e-4)                 # a handstand does not shrink her
+    big = kp.copy()
+    big[:, :2] *= 2
+    (_, _, side_big), = framing.person_crops(big[None])
+    assert side_big == pytest.approx(2 * side, rel=1e-4)
+    # In crop pixels the two sizes draw the same picture.
+    small_in = framing.to_crop(kp[None], framing.person_crops(kp[None]), 64)
+    big_in = framing.to_crop(big[None], framing.person_crops(big[None]), 64)
+    assert np.abs(small_in - big_in).max() < 1e-3
+
+
+def test_crouching_does_not_change_the_scale_much():
+    kp = standing_pose()
+    crouch = kp.copy()
+    for side in ("left", "right"):          # knees forward and up, ankles under the hips: a deep crouch
+        hip = crouch[INDEX[f"{side}_hip"], :2]
+        crouch[INDEX[f"{side}_knee"], :2] = hip + (30, 25)
+        shift = hip + (5, 60) - crouch[INDEX[f"{side}_ankle"], :2]
+        for part in ("ankle", "toe", "heel"):
+            crouch[INDEX[f"{side}_{part}"], :2] += shift
+    (_, _, s_stand), = framing.person_crops(kp[None])
+    (_, _, s_crouch), = framing.person_crops(crouch[None])
+    box = lambda k: k[:, 1].max() - k[:, 1].min()
+    assert box(crouch) < 0.8 * box(kp)                  # a bounding box would shrink
+    assert s_crouch > 0.85 * s_stand                    # limb lengths do not
+
+
+def test_smoothing_steadies_a_jittery_track_and_fills_gaps():
+    rng = np.random.default_rng(0)
+    track = np.stack([standing_pose() for _ in range(60)])
+    track[:, :, :2] += rng.normal(0, 3, (60, 1, 2))                      # MediaPipe-like jitter of the whole body
+    track[20, :, 2] = 0                                                  # a frame with no body
+    raw = framing.person_crops(track)                                    # no fps: each pose on its own
+    smooth = framing.person_crops(track, fps=10)
+    assert np.isfinite(smooth).all()
+    assert np.diff(smooth[:, 0]).std() < 0.5 * np.diff(raw[:, 0]).std()
+    with pytest.raises(ValueError, match="no frame shows"):
+        framing.person_crops(np.zeros((3, len(INDEX), 3), np.float32))
+
+
+def test_placement_inverts_the_crop_and_crop_image_samples_the_right_place():
+    crop = np.array([100.0, 80.0, 50.0])
+    m, p = framing.crop_matrix(crop, 64), framing.placement(crop, 64)
+    pt = np.array([90.0, 70.0, 1.0])
+    back = p @ np.append(m @ pt, 1.0)
+    assert back == pytest.approx(pt[:2])
+    image = np.zeros((120, 160, 3), np.uint8)
+    image[70:90, 90:110] = 255                                           # a white square around the centre
+    tile = framing.crop_image(image, crop, 64)
+    assert tile[32, 32].tolist() == [255, 255, 255] and tile[2, 2].tolist() == [0, 0, 0]
+    edge = framing.crop_image(image, np.array([5.0, 5.0, 40.0]), 32)    # half outside the frame: black there
+    assert edge[:8, :8].max() == 0
+
+
+def test_plate_recovers_the_room_behind_a_moving_dancer():
+    rng = np.random.default_rng(1)
+    room = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    frames, masks = [], []
+    for i in range(12):
+        f, m = room.copy(), np.zeros((48, 64), np.float32)
+        x = 4 + 4 * i
+        f[10:40, x:x + 8] = (200, 30, 30)
+        m[10:40, x:x + 8] = 1.0
+        frames.append(f)
+        masks.append(m)
+    plate = build_plate(np.stack(frames), np.stack(masks))
+    assert plate.image is not None and plate.uncovered == 0
+    assert np.abs(plate.image.astype(int) - room).max() <= 1
+    assert spread(500, 60).size == 60 and spread(5, 60).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_moving_camera_gets_no_plate():
+    rng = np.random.default_rng(2)
+    world = rng.integers(0, 255, (48, 200, 3), dtype=np.uint8)
+    frames = np.stack([world[:, 6 * i:6 * i + 64] for i in range(12)])        # the camera pans
+    masks = np.zeros(frames.shape[:3], np.float32)
+    plate = build_plate(frames, masks)
+    assert plate.image is None and "moves" in plate.reason
