@@ -49,12 +49,15 @@ def test_upside_down_and_bigger_dancers_keep_their_framing():
 def test_crouching_does_not_change_the_scale_much():
     kp = standing_pose()
     crouch = kp.copy()
-    for side in ("left", "right"):          # knees forward and up, ankles under the hips: a deep crouch
+    legs = [INDEX[f"{s}_{p}"] for s in ("left", "right") for p in ("knee", "ankle", "toe", "heel")]
+    crouch[[j for j in range(len(kp)) if j not in legs], 1] += 50           # hips and all above drop 50 px
+    for side, out in (("left", 1), ("right", -1)):                         # thighs forward, shins back down
         hip = crouch[INDEX[f"{side}_hip"], :2]
-        crouch[INDEX[f"{side}_knee"], :2] = hip + (30, 25)
-        shift = hip + (5, 60) - crouch[INDEX[f"{side}_ankle"], :2]
+        knee = hip + (38 * out, 10)
+        ankle = knee + (-30 * out, 26)
+        crouch[INDEX[f"{side}_knee"], :2] = knee
         for part in ("ankle", "toe", "heel"):
-            crouch[INDEX[f"{side}_{part}"], :2] += shift
+            crouch[INDEX[f"{side}_{part}"], :2] += ankle - kp[INDEX[f"{side}_ankle"], :2]
     (_, _, s_stand), = framing.person_crops(kp[None])
     (_, _, s_crouch), = framing.person_crops(crouch[None])
     box = lambda k: k[:, 1].max() - k[:, 1].min()
