@@ -116,3 +116,22 @@ def test_a_moving_camera_gets_no_plate():
     masks = np.zeros(frames.shape[:3], np.float32)
     plate = build_plate(frames, masks)
     assert plate.image is None and "moves" in plate.reason
+
+
+def test_a_placed_crop_lands_where_the_pose_was_and_composites_over_the_plate():
+    from engine.model.compose import fit_background, over, place
+    crop = np.array([100.0, 60.0, 40.0])                    # a 40 px square around (100, 60) of a 160 x 120 frame
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[8:24, 8:24] = (255, 0, 0, 255)                     # an opaque red dancer in the middle of the crop
+    layer = place(rgba, framing.placement(crop, 32), (160, 120))
+    assert layer.shape == (120, 160, 4)
+    ys, xs = np.nonzero(layer[..., 3] > 127)
+    assert (xs.mean(), ys.mean()) == pytest.approx((100, 60), abs=1.0)
+    assert xs.max() - xs.min() + 1 == pytest.approx(20, abs=2)   # 16 of 32 crop px = 20 of 40 frame px
+    assert layer[60, 100].tolist() == [255, 0, 0, 255] and layer[5, 5, 3] == 0
+    plate = np.full((120, 160, 3), 90, np.uint8)
+    rgb = over(layer, plate)
+    assert rgb[60, 100].tolist() == [255, 0, 0] and rgb[5, 5].tolist() == [90, 90, 90]
+    edge = rgb[60, xs.min() - 1:xs.max() + 2, 0]
+    assert edge.min() >= 90                                  # no dark fringe from the transparent black
+    assert fit_background(np.zeros((10, 40, 3), np.uint8), (160, 120)).shape == (120, 160, 3)
