@@ -92,8 +92,8 @@ def preview_overhead(address: str, model: str, pose: np.ndarray, fmt: str, reps:
     trips, overheads = [], []
     try:
         for i in range(reps + 1):
-            msg = protocol.render_request(f"p{i}", model, [i], list(JOINTS), pose.astype("<f4").tobytes(),
-                                          source_size=(1280, 720), mode="frame", fmt=fmt)
+            msg = protocol.RenderRequest(f"p{i}", model, [i], list(JOINTS), pose.astype("<f4").tobytes(),
+                                         source_size=(1280, 720), mode="frame", format=fmt).encode()
             start = time.perf_counter()
             s.send_multipart(msg)
             if not s.poll(120_000):

@@ -62,8 +62,8 @@ def cmd_serve(a: argparse.Namespace) -> None:
 
 
 def cmd_keys(a: argparse.Namespace) -> None:
-    from engine.serve import server
-    server.make_keys(a.out)
+    from engine.serve import keys
+    keys.make_keys(a.out)
 
 
 def cmd_render(a: argparse.Namespace) -> None:

@@ -37,6 +37,7 @@ import numpy as np
 
 from engine.atomic import atomic_dir
 from engine.errors import UserError
+from engine.wire import protocol
 
 log = logging.getLogger(__name__)
 
@@ -375,11 +376,10 @@ def _engine_model(address: str, model: str, timeout: float) -> dict:
             info = client.info()
         finally:
             client.close()
-    for m in info.get("models", []):
-        if m.get("name") == model:
-            return m
-    names = ", ".join(repr(m.get("name", "?")) for m in info.get("models", []))
-    raise UserError(f"the engine at {address} has no model {model!r} (it serves {names or 'none'})")
+    try:
+        return protocol.pick_model({m.get("name"): m for m in info.get("models", [])}, model)
+    except protocol.ProtocolError as e:
+        raise UserError(f"--engine {address}: {e.message}") from None
 
 
 class _nothing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 
@@ -16,8 +17,8 @@ KEYPOINTS = struct.pack(f"<{N * J * 3}f", *range(N * J * 3))
 
 
 def request(**changes) -> tuple[dict, list[bytes]]:
-    msg = protocol.render_request("r1", "anna", [10, 11, 12], list(JOINTS), KEYPOINTS, source_size=(1920, 1080),
-                                  mode="clip", stats=None, fmt="jpeg", size=512, quality=80)
+    msg = protocol.RenderRequest("r1", "anna", [10, 11, 12], list(JOINTS), KEYPOINTS, source_size=(1920, 1080),
+                                 mode="clip", stats=None, format="jpeg", size=512, quality=80).encode()
     head = protocol.decode_header(msg[0])
     for key, value in changes.items():
         if "." in key:
@@ -115,7 +116,42 @@ def test_valid_stats_pass_and_subsets_of_joints_are_allowed():
              "height_far": 280, "height_near": 320, "frames": 40}
     head, binary = request(**{"normalize.stats": stats})
     assert protocol.parse_render(head, binary).stats == {**{k: float(v) for k, v in stats.items()}, "frames": 40}
-    msg = protocol.render_request("r1", "anna", [0], ["left_wrist", "right_wrist"], struct.pack("<6f", *range(6)),
-                                  source_size=(10, 10))
+    msg = protocol.RenderRequest("r1", "anna", [0], ["left_wrist", "right_wrist"], struct.pack("<6f", *range(6)),
+                                 source_size=(10, 10)).encode()
     r = protocol.parse_render(protocol.decode_header(msg[0]), msg[1:])
     assert r.joints == ["left_wrist", "right_wrist"] and (r.mode, r.format, r.size) == ("frame", "png", None)
+
+
+def test_one_model_by_name_rule():
+    models = {"anna": 1, "ben": 2}
+    assert protocol.pick_model(models, "ben") == 2 and protocol.pick_model(models, "") == 1
+    with pytest.raises(ProtocolError, match="has no model 'carl' .it serves 'anna', 'ben'.") as e:
+        protocol.pick_model(models, "carl", "r1")
+    assert (e.value.code, e.value.request_id) == ("unknown_model", "r1")
+    with pytest.raises(ProtocolError, match="serves no model"):
+        protocol.pick_model({}, "")
+
+
+def test_render_replies_round_trip_and_must_match_their_images():
+    reply = protocol.RenderReply("r1", "anna", [4, 5], "png", 256, 256, 0.0123456789)
+    frames = reply.encode([b"a", b"b"])
+    head = protocol.decode_header(frames[0], reply=True)
+    assert head["predict_s"] == 0.012346 and head["channels"] == 3
+    assert protocol.RenderReply.parse(head, frames[1:]) == dataclasses.replace(reply, predict_s=0.012346)
+    with pytest.raises(ProtocolError, match="2 images"):
+        protocol.RenderReply.parse({**head, "frames": [4]}, frames[1:])
+
+
+@pytest.mark.parametrize("address, loopback", [
+    ("tcp://127.0.0.1:5555", True), ("tcp://127.3.2.1:5555", True), ("tcp://localhost:5555", True),
+    ("tcp://[::1]:5555", True), ("ipc:///tmp/x", True), ("inproc://x", True),
+    ("tcp://*:5555", False), ("tcp://0.0.0.0:5555", False), ("tcp://10.1.2.3:5555", False),
+    ("tcp://eth0:5555", False), ("tcp://example.org:5555", False)])
+def test_is_loopback_for_binds_and_connects(address, loopback):
+    assert protocol.is_loopback(address) is loopback
+
+
+def test_a_malformed_address_is_a_value_error():
+    for address in ("127.0.0.1:5555", "udp://127.0.0.1:5555", "tcp://"):
+        with pytest.raises(ValueError):
+            protocol.is_loopback(address)

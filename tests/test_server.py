@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.wire import protocol
-from engine.serve import server
+from engine.serve import keys, server
 from engine.wire.client import Client, EngineError, EngineUnavailable
 from engine.errors import UserError
 from engine.wire.joints import JOINTS
@@ -162,8 +162,8 @@ def test_two_clients_at_once_each_get_their_own_frames_in_order(engine, predicto
 
 def raw_render(rid: str, n: int, **changes) -> list[bytes]:
     kp = poses(n).astype("<f4")
-    msg = protocol.render_request(rid, "tiny", list(range(n)), list(JOINTS), kp.tobytes(), source_size=(640, 480),
-                                  fmt="raw")
+    msg = protocol.RenderRequest(rid, "tiny", list(range(n)), list(JOINTS), kp.tobytes(), source_size=(640, 480),
+                                 format="raw").encode()
     head = json.loads(msg[0])
     head.update(changes)
     return [json.dumps(head).encode(), msg[1]]
@@ -358,9 +358,9 @@ def test_non_loopback_bind_without_keys_exits_2_at_once(tiny_run):
     assert time.monotonic() - start < 30
     for bind in ("tcp://*:5555", "tcp://10.1.2.3:5555", "tcp://eth0:5555"):
         with pytest.raises(UserError, match="pix2dance keys"):
-            server.check_security(bind, None, None)
+            keys.check_security(bind, None, None)
     for bind in ("tcp://127.0.0.1:5555", "tcp://localhost:5555", "tcp://[::1]:5555", "ipc:///tmp/x"):
-        assert server.check_security(bind, None, None) is False
+        assert keys.check_security(bind, None, None) is False
 
 
 def test_no_run_and_no_demo_model_says_a_run_directory_is_needed(tmp_path, monkeypatch):

@@ -4,7 +4,8 @@
     pix2dance keys --out keys && pix2dance serve RUN --bind tcp://0.0.0.0:5555 \\
         --curve-secret keys/server.key_secret --curve-clients keys/clients
 
-The wire format is engine/protocol.py (and docs/protocol.md). Design, in two threads:
+The wire format is engine/wire/protocol.py (and docs/protocol.md); keys and the bind checks are
+keys.py. Design, in three threads:
 
 - The main thread owns the ROUTER socket (ZeroMQ sockets are not thread-safe) and never runs the
   generator. It reads every message, checks it (protocol.decode_header / parse_render), answers
@@ -28,18 +29,14 @@ Every request gets exactly one reply: an error, or the result. Queues are bounde
 (ZMQ_MAXMSGSIZE, the receive high-water mark, protocol.MAX_* limits). Nothing is unpickled:
 headers are JSON, keypoints raw float32. SIGTERM or Ctrl-C stop the loop, the worker and the
 sockets cleanly. Binding anything but loopback requires CURVE keys with an allow-list of clients
-(zmq.auth's ThreadAuthenticator); this is checked before torch or any model is loaded.
+(zmq.auth's ThreadAuthenticator); keys.check_security checks this before torch or any model is loaded.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import os
 import queue
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -49,94 +46,15 @@ from pathlib import Path
 import zmq
 
 from engine import __version__
-from engine.wire import protocol
 from engine.errors import UserError
+from engine.serve import keys
+from engine.wire import protocol
 
 log = logging.getLogger("pix2dance.serve")
 
 DEMO = Path(__file__).resolve().parents[2] / "assets" / "demo"
-SERVER_SECRET, SERVER_PUBLIC = "server.key_secret", "server.key"
 # One request's images (and drawn skeletons) are held in memory until its reply: bound them.
 MAX_REQUEST_PIXELS = 64 * 1024 * 1024        # 1024 frames at 256 px, 64 at 1024 px
-CLIENT_SECRET, CLIENT_PUBLIC = "client.key_secret", "client.key"
-CLIENTS = "clients"
-
-
-# --- checks that run before anything heavy is imported ---------------------------------------
-
-def is_loopback(bind: str) -> bool:
-    """True for tcp:// on a loopback address or name, and for local ipc:// and inproc:// endpoints."""
-    scheme, sep, rest = bind.partition("://")
-    if not sep or not rest:
-        raise UserError(f"--bind {bind!r}: expected tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555")
-    if scheme in ("ipc", "inproc"):
-        return True
-    if scheme != "tcp":
-        raise UserError(f"--bind {bind!r}: only tcp:// and ipc:// endpoints are served")
-    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
-    host = host.strip("[]")
-    if host in ("localhost", "lo"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False                 # "*", an interface name, a host name: reachable from outside
-
-
-def check_security(bind: str, curve_secret: Path | None, curve_clients: Path | None) -> bool:
-    """Whether CURVE is on; UserError if a non-loopback bind lacks keys or the keys are unusable."""
-    if (curve_secret is None) != (curve_clients is None):
-        raise UserError("--curve-secret and --curve-clients go together (make both with `pix2dance keys --out DIR`)")
-    if curve_secret is None:
-        if not is_loopback(bind):
-            raise UserError(f"refusing to bind {bind} without encryption: make keys with `pix2dance keys --out KEYS`, "
-                            f"then add --curve-secret KEYS/{SERVER_SECRET} --curve-clients KEYS/{CLIENTS}")
-        return False
-    is_loopback(bind)                # still validates the address
-    if not Path(curve_secret).is_file():
-        raise UserError(f"--curve-secret {curve_secret}: no such file (make keys with `pix2dance keys --out DIR`)")
-    if not Path(curve_clients).is_dir() or not any(Path(curve_clients).glob("*.key")):
-        raise UserError(f"--curve-clients {curve_clients}: not a folder of client public .key files")
-    return True
-
-
-def load_server_keys(curve_secret: Path) -> tuple[bytes, bytes]:
-    """(public, secret) from a zmq.auth secret certificate; UserError if it is not one."""
-    import zmq.auth
-    try:
-        public, secret = zmq.auth.load_certificate(str(curve_secret))
-    except (OSError, ValueError) as e:
-        raise UserError(f"--curve-secret {curve_secret}: not a key file ({e})") from None
-    if secret is None:
-        raise UserError(f"--curve-secret {curve_secret} holds only a public key; pass the .key_secret file")
-    return public, secret
-
-
-def make_keys(out: str | Path) -> Path:
-    """`pix2dance keys --out DIR`: a server and a client CURVE key pair, and the allow-list folder."""
-    import zmq.auth
-    out = Path(out)
-    targets = [SERVER_PUBLIC, SERVER_SECRET, CLIENT_PUBLIC, CLIENT_SECRET, f"{CLIENTS}/{CLIENT_PUBLIC}"]
-    if any((out / t).exists() for t in targets):
-        raise UserError(f"{out} already holds keys; keys are never overwritten: choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".keys.", dir=out))
-    try:
-        zmq.auth.create_certificates(tmp, "server")
-        zmq.auth.create_certificates(tmp, "client")
-        (tmp / CLIENTS).mkdir()
-        shutil.copy(tmp / CLIENT_PUBLIC, tmp / CLIENTS / CLIENT_PUBLIC)
-        for name in (SERVER_SECRET, CLIENT_SECRET):
-            os.chmod(tmp / name, 0o600)
-        (out / CLIENTS).mkdir(exist_ok=True)
-        for t in targets:                # publics first, so no secret is ever left without its pair
-            os.replace(tmp / t, out / t)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("keys written to %s\n  serve:  pix2dance serve RUN --bind tcp://0.0.0.0:5555 --curve-secret %s "
-             "--curve-clients %s\n  client: Client(address, curve=(%r, %r))", out, out / SERVER_SECRET,
-             out / CLIENTS, str(out / SERVER_PUBLIC), str(out / CLIENT_SECRET))
-    return out
 
 
 # --- the server ---------------------------------------------------------------------------------
@@ -319,10 +237,7 @@ class Server:
                                     limits={"max_frames": protocol.MAX_FRAMES, "max_size": protocol.MAX_SIZE,
                                             "max_message": self.max_message, "max_pending": self.max_pending})]
         request = protocol.parse_render(head, binary)
-        predictor = self.models.get(request.model)
-        if predictor is None:
-            raise protocol.ProtocolError("unknown_model", f"no model {request.model[:60]!r} here; "
-                                         f"serving {sorted(self.models)}", rid)
+        predictor = protocol.pick_model(self.models, request.model, rid)
         side = max(request.size or predictor.size, predictor.size)
         if request_count(request) * side * side * 3 > MAX_REQUEST_PIXELS * 3:
             raise protocol.ProtocolError("too_large", f"{request_count(request)} frames of {side} x {side} px in one "
@@ -440,9 +355,8 @@ class Server:
                     if job.done == job.count:
                         r = job.request
                         side = r.size or job.predictor.size
-                        self._finish(job, [protocol.header(r.id, "render", model=r.model, frames=r.frames,
-                                                           format=r.format, width=side, height=side, channels=3,
-                                                           predict_s=round(job.seconds, 6)), *job.frames])
+                        reply = protocol.RenderReply(r.id, r.model, r.frames, r.format, side, side, job.seconds)
+                        self._finish(job, reply.encode(job.frames))
             except Exception as e:
                 log.exception("encoding failed")
                 job.failed = True
@@ -501,17 +415,17 @@ def main(runs: list[Path] | None = None, bind: str = "tcp://127.0.0.1:5555", dev
          curve_secret: Path | None = None, curve_clients: Path | None = None, quiet: bool = False,
          max_batch: int | None = None) -> None:
     """`pix2dance serve`: check the bind and keys, load the runs, serve until SIGTERM or Ctrl-C."""
-    curve = check_security(bind, curve_secret, curve_clients)      # before torch: fails at once
+    curve = keys.check_security(bind, curve_secret, curve_clients)      # before torch: fails at once
     if max_batch is not None and max_batch < 1:
         raise UserError(f"--max-batch must be at least 1, got {max_batch}")
-    keys = load_server_keys(curve_secret) if curve else None
+    curve_keys = keys.load_server_keys(curve_secret) if curve else None
     run_dirs = resolve_runs(runs)
     from engine.model.predictor import Predictor                          # torch from here on
     predictors = [Predictor(r, device, max_batch=max_batch) for r in run_dirs]
     names = [p.name for p in predictors]
     if len(set(names)) != len(names):
         raise UserError(f"two runs have the same model name ({names}); set \"name\" in one's config.json")
-    server = Server(predictors, bind, curve_keys=keys, curve_clients=curve_clients)
+    server = Server(predictors, bind, curve_keys=curve_keys, curve_clients=curve_clients)
     log.info("pix2dance engine listening on %s (%s)", server.endpoint,
              "CURVE, allow-list " + str(curve_clients) if curve else "loopback, no encryption")
     for p in predictors:

@@ -209,9 +209,9 @@ class Client:
 
         def message(rid: str, index: int) -> list:
             a = starts[index]
-            return protocol.render_request(rid, model, ids[a:a + chunk], joints, data[a * per:(a + chunk) * per],
-                                           source_size=source_size, mode=mode, stats=source_stats, fmt=fmt,
-                                           size=size, quality=quality)
+            return protocol.RenderRequest(rid, model, ids[a:a + chunk], joints, data[a * per:(a + chunk) * per],
+                                          source_size=source_size, mode=mode, stats=source_stats, format=fmt,
+                                          size=size, quality=quality).encode()
         return self._stream(message, len(starts), in_flight)
 
     def close(self) -> None:
@@ -242,9 +242,10 @@ class Client:
     def _model(self, name: str) -> dict:
         if name not in self._models:
             self.info()
-        if name not in self._models:
-            raise EngineError("unknown_model", f"no model {name!r} on the engine; serving {sorted(self._models)}")
-        return self._models[name]
+        try:
+            return protocol.pick_model(self._models, name)
+        except protocol.ProtocolError as e:
+            raise EngineError(e.code, e.message) from None
 
     def _call(self, engine: _Engine, kind: str) -> tuple[dict, list]:
         """One request and its reply, with Lazy Pirate retries; EngineUnavailable when they run out."""
@@ -362,11 +363,12 @@ class Client:
                         calls.remove(call)
                         done[call.chunk] = call.reply
                 head, images = done.pop(first)
-                ids = head.get("frames")
-                if not isinstance(ids, list) or len(ids) != len(images):
-                    raise ClientError(f"malformed render reply: {len(images)} images for frames {str(ids)[:60]}")
-                for fid, data in zip(ids, images):
-                    yield Frame(fid, int(head.get("width", 0)), int(head.get("height", 0)), str(head.get("format")), data)
+                try:
+                    reply = protocol.RenderReply.parse(head, images)
+                except protocol.ProtocolError as e:
+                    raise ClientError(e.message) from None
+                for fid, data in zip(reply.frames, images):
+                    yield Frame(fid, reply.width, reply.height, reply.format, data)
                 for e in engines:                    # time spent in the consumer is not engine silence
                     e.last_heard = max(e.last_heard, time.monotonic())
         finally:

@@ -91,18 +91,79 @@ class ProtocolError(Exception):
 
 @dataclass
 class RenderRequest:
-    """A checked render request; `keypoints` are the raw little-endian float32 bytes (N x J x 3)."""
+    """A render request: build one and `encode()` it (client), or `parse_render` one (server).
+
+    keypoints: the raw little-endian float32 bytes, N x J x 3 (N = len(frames), J = len(joints)).
+    """
     id: str
     model: str
     frames: list[int]
     joints: list[str]
-    source_size: tuple[int, int]
-    mode: str
-    stats: dict | None
-    format: str
-    size: int | None
-    quality: int
     keypoints: bytes
+    source_size: tuple[int, int]
+    mode: str = "frame"
+    stats: dict | None = None
+    format: str = "png"
+    size: int | None = None
+    quality: int = 90
+
+    def encode(self) -> list[bytes]:
+        """The message's frames: the header, then the keypoints."""
+        return [header(self.id, "render", model=self.model, frames=list(self.frames), joints=list(self.joints),
+                       source_size=[int(self.source_size[0]), int(self.source_size[1])],
+                       normalize={"mode": self.mode, "stats": self.stats},
+                       output={"format": self.format, "size": self.size, "quality": self.quality},
+                       dtype=DTYPE, shape=[len(self.frames), len(self.joints), 3]),
+                bytes(self.keypoints)]
+
+
+@dataclass
+class RenderReply:
+    """A render reply's header fields; the images travel in frames 1..N, one per frame id."""
+    id: str
+    model: str
+    frames: list[int]
+    format: str
+    width: int
+    height: int
+    predict_s: float
+    channels: int = 3
+
+    def encode(self, images: list[bytes]) -> list[bytes]:
+        return [header(self.id, "render", model=self.model, frames=list(self.frames), format=self.format,
+                       width=self.width, height=self.height, channels=self.channels,
+                       predict_s=round(self.predict_s, 6)), *images]
+
+    @classmethod
+    def parse(cls, head: dict, images: list) -> "RenderReply":
+        """From a decoded reply header; ProtocolError("bad_message") if it does not match its images."""
+        frames = head.get("frames")
+        if not isinstance(frames, list) or len(frames) != len(images):
+            raise ProtocolError("bad_message", f"malformed render reply: {len(images)} images for frames "
+                                f"{str(frames)[:60]}", head.get("id"))
+        try:
+            return cls(head["id"], str(head.get("model")), frames, str(head.get("format")), int(head.get("width", 0)),
+                       int(head.get("height", 0)), float(head.get("predict_s", 0.0)), int(head.get("channels", 3)))
+        except (TypeError, ValueError):
+            raise ProtocolError("bad_message", "malformed render reply: width, height or predict_s is not a "
+                                "number", head.get("id")) from None
+
+
+def pick_model(models: dict, wanted: str | None, request_id: str | None = None):
+    """models[wanted] from {name: model} (the first when `wanted` is empty); the one model-by-name rule.
+
+    ProtocolError("unknown_model") when there is no such model: the server's reply, the client's
+    EngineError and the add-on's message all say "has no model 'X' (it serves 'a', 'b')".
+    """
+    if not models:
+        raise ProtocolError("unknown_model", "the engine serves no model", request_id)
+    if not wanted:
+        return next(iter(models.values()))
+    if wanted not in models:
+        names = ", ".join(repr(n) for n in models)
+        raise ProtocolError("unknown_model", f"the engine has no model {wanted[:60]!r} (it serves {names})",
+                            request_id)
+    return models[wanted]
 
 
 # --- addresses --------------------------------------------------------------------------------
@@ -147,18 +208,6 @@ def header(request_id: str, kind: str, **fields) -> bytes:
 def error(request_id: str | None, code: str, message: str) -> list[bytes]:
     """An error reply (one frame)."""
     return [header(request_id, "error", code=code, message=message)]
-
-
-def render_request(request_id: str, model: str, frames: list[int], joints: list[str], keypoints: bytes, *,
-                   source_size: tuple[int, int], mode: str = "frame", stats: dict | None = None,
-                   fmt: str = "png", size: int | None = None, quality: int = 90) -> list[bytes]:
-    """The frames of a render request; keypoints: N x J x 3 little-endian float32 bytes."""
-    return [header(request_id, "render", model=model, frames=list(frames), joints=list(joints),
-                   source_size=[int(source_size[0]), int(source_size[1])],
-                   normalize={"mode": mode, "stats": stats},
-                   output={"format": fmt, "size": size, "quality": quality},
-                   dtype=DTYPE, shape=[len(frames), len(joints), 3]),
-            bytes(keypoints)]
 
 
 # --- decoding and checks ----------------------------------------------------------------------
@@ -272,5 +321,5 @@ def parse_render(head: dict, binary: list[bytes], *, max_frames: int = MAX_FRAME
     expected = len(frames) * len(joints) * 3 * 4
     if len(binary[0]) != expected:
         _bad(rid, f"keypoints frame is {len(binary[0])} bytes; N x J x 3 float32 = {expected}")
-    return RenderRequest(rid, model, list(frames), list(joints), source_size, norm["mode"], stats,
-                         out.get("format", "png"), out_size, quality, bytes(binary[0]))
+    return RenderRequest(rid, model, list(frames), list(joints), bytes(binary[0]), source_size, mode=norm["mode"],
+                         stats=stats, format=out.get("format", "png"), size=out_size, quality=quality)
