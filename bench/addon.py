@@ -78,7 +78,8 @@ def start_engine(run_dir: Path, device: str, threads: int | None) -> tuple[subpr
 def load_xbot(frames: int, resolution: tuple[int, int]):
     """Xbot.glb in a fresh scene, auto-mapped, with a camera that frames frames 1..N."""
     import bpy
-    from blender_addon import mapping, properties, retarget
+    from blender_addon import properties
+    from engine.rig import mapping, retarget
     path = SAMPLES / "rigs" / "Xbot.glb"
     if not path.is_file():
         raise SystemExit(f"sample rig missing: {path} (set PIX2DANCE_SAMPLES)")
@@ -103,14 +104,15 @@ def best(times: list[float]) -> float:
 def bench_render(scene, frames: int, repeats: int, run_dir: Path, device: str) -> dict:
     """Render to Sequencer vs Predictor.predict on the same keypoints; best of `repeats` each."""
     import bpy
-    from blender_addon import operators, projection
+    from blender_addon import checks, operators
+    from engine.rig import projection
     from engine.wire.joints import body_stats
     from engine.model.predictor import Predictor
     s = scene.pix2dance
     out_root = Path(tempfile.mkdtemp(prefix="pix2dance-bench-"))
     predictor = Predictor(run_dir, device)
     arm, cam = s.armature, s.camera
-    kp = projection.project_frames(scene, arm, cam, operators.checked_mapping(scene, arm), range(1, frames + 1))
+    kp = projection.project_frames(scene, arm, cam, checks.checked_mapping(scene, arm), range(1, frames + 1))
     size = projection.render_size(scene)
     stats = body_stats(kp.tolist())
     # Warm both sides up (first-call allocations, the engine's first batch).
@@ -155,7 +157,6 @@ def bench_projection(scene, arm, cam, mapping: dict, frames: int, repeats: int) 
             set_t.append(t1 - t0)
             proj_t.append(t2 - t1)
             full_t.append(t3 - t2)
-    from blender_addon import jobs
     hidden_t = []
     with projection.skins_hidden(arm):       # what Render to Sequencer does in background mode
         for _ in range(repeats):

@@ -6,11 +6,15 @@
     bpy.ops.pix2dance.render_to_sequencer()      # frame_start..frame_end -> PNGs -> one image strip
     bpy.ops.pix2dance.retarget_bvh(filepath=...) # a BVH's motion onto the armature
 
-Operators that wait on the engine run a `jobs.Job`: modally in the UI (progress bar, status
-text, Esc cancels, Blender stays responsive), or to completion in background mode (`blender -b`,
-bpy as a module), so a script can call them and read the result. Every problem the user can fix
+Operators that wait on the engine run a `jobs.Job` (connection.ConnectionJob, preview.PreviewJob,
+render_job.RenderJob): modally in the UI (progress bar, status text, Esc cancels, Blender stays
+responsive), or to completion in background mode (`blender -b`, bpy as a module), so a script
+can call them and read the result. Every problem the user can fix
 (no camera, unmapped joint, engine unreachable, ...) is an error report, never a traceback; from
 a script, an error report makes the bpy.ops call raise RuntimeError with that message.
+
+register() also hangs the add-on's hooks: the live preview's frame_change_post handler, a load_post
+handler (new files get the preferences' engine address), and the live_preview switch.
 """
 
 from __future__ import annotations
@@ -22,80 +26,21 @@ import bpy
 from bpy.app.handlers import persistent
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
-from . import jobs, properties
+from . import jobs, properties, render_job
 from ._engine import mapping as bone_mapping
+from .checks import checked_mapping, output_folder, rig_and_camera
+from .connection import MODELS, ConnectionJob, connection_for
 from .jobs import AddonError
 from .preferences import get_prefs
+from .preview import PreviewJob, current_pose_request, live_preview_switched, on_frame_change
+from .render_job import RenderJob, RenderPlan
 
 log = logging.getLogger(__name__)
 
 
-# --- checks shared by the operators (main thread) ------------------------------------------------
+# --- planning a render (main thread) -------------------------------------------------------------
 
-def is_loopback(address: str) -> bool:
-    """tcp:// to this machine (127.x.x.x, ::1, localhost), or ipc:// / inproc://."""
-    scheme, _, rest = address.partition("://")
-    if scheme in ("ipc", "inproc"):
-        return True
-    host = rest.rsplit(":", 1)[0].strip("[]").lower()
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def connection_for(scene) -> jobs.Connection:
-    """The scene's engine address (or the preferences' default), timeout and CURVE keys.
-
-    An engine on another machine needs Blender's "Allow Online Access" (bpy.app.online_access, as
-    extensions must respect); one on this machine (loopback) does not.
-    """
-    prefs = get_prefs()
-    address = scene.pix2dance.engine_address.strip() or prefs.address
-    if "://" not in address:
-        raise AddonError(f"Engine address {address!r} is not of the form tcp://host:port")
-    if not is_loopback(address) and not getattr(bpy.app, "online_access", True):
-        raise AddonError(f"Engine {address} is on another machine and Blender's online access is off: "
-                         f"allow it in Preferences > System > Network (engines on this machine need not)")
-    return jobs.Connection(address, prefs.timeout, prefs.curve)
-
-
-def rig_and_camera(scene):
-    """(armature, camera) of the scene's settings; AddonError naming what is missing."""
-    s = scene.pix2dance
-    arm = s.armature
-    if arm is None or arm.type != "ARMATURE":
-        raise AddonError("No armature: pick one in the pix2dance panel")
-    cam = s.camera or scene.camera
-    if cam is None or cam.type != "CAMERA":
-        raise AddonError("No camera: pick one in the pix2dance panel (or set the scene camera)")
-    return arm, cam
-
-
-def checked_mapping(scene, arm) -> dict:
-    """The scene's bone mapping, auto-mapped first if empty; AddonError naming an unmapped joint."""
-    s = scene.pix2dance
-    if not any(r.bone for r in s.mapping):
-        properties.set_mapping(s, bone_mapping.auto_map(arm))
-    m = properties.get_mapping(s)
-    missing = bone_mapping.required_missing(m)
-    if missing:
-        raise AddonError(f"Required joint{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                         f"{'are' if len(missing) > 1 else 'is'} not mapped to a bone of {arm.name!r} "
-                         f"(use Auto-map or pick the bone in the mapping list)")
-    bones = arm.data.bones
-    for joint, entry in m["joints"].items():
-        if bones.get(entry["bone"]) is None:
-            raise AddonError(f"Joint {joint} is mapped to bone {entry['bone']!r}, which {arm.name!r} does not have")
-    return m
-
-
-def output_folder(scene) -> Path:
-    """The absolute output folder; AddonError when it is relative to an unsaved .blend."""
-    raw = scene.pix2dance.output_dir.strip() or "//pix2dance/"
-    if raw.startswith("//") and not bpy.data.filepath:
-        raise AddonError("Save the .blend first (the output folder is relative to it), or choose an absolute folder")
-    return Path(bpy.path.abspath(raw)).resolve()
-
-
-def plan_render(scene) -> jobs.RenderJob:
+def plan_render(scene) -> RenderJob:
     """A RenderJob for the scene's settings, every user-fixable problem checked first (AddonError)."""
     s = scene.pix2dance
     arm, cam = rig_and_camera(scene)
@@ -103,29 +48,13 @@ def plan_render(scene) -> jobs.RenderJob:
     if s.frame_end < s.frame_start:
         raise AddonError(f"The frame range ends ({s.frame_end}) before it starts ({s.frame_start})")
     folder = output_folder(scene)
-    if folder in jobs.RENDERING:
+    if folder in render_job.RENDERING:
         raise AddonError(f"A render into {folder} is already running (Esc cancels it)")
-    plan = jobs.RenderPlan(scene_name=scene.name, armature_name=arm.name, camera_name=cam.name, mapping=m,
-                           frames=list(range(s.frame_start, s.frame_end + 1)), folder=folder,
-                           connection=connection_for(scene), model=s.model.strip(), chunk=s.chunk,
-                           rig_render=s.add_rig_render)
-    return jobs.RenderJob(plan)
-
-
-def current_pose_request(scene) -> jobs.PreviewRequest:
-    """The current frame's pose, projected now (main thread), ready for the engine."""
-    from ._engine import projection
-    s = scene.pix2dance
-    arm, cam = rig_and_camera(scene)
-    m = checked_mapping(scene, arm)
-    kp = projection.project(scene, arm, cam, m)
-    w, h = (int(v) for v in projection.render_size(scene))
-    core = [jobs.joints.INDEX[n] for n in jobs.joints.CORE]
-    c = kp[core]
-    if not ((c[:, 2] > 0) & (c[:, 0] >= 0) & (c[:, 0] < w) & (c[:, 1] >= 0) & (c[:, 1] < h)).any():
-        raise AddonError(f"Armature {arm.name!r} is out of the view of camera {cam.name!r} at frame {scene.frame_current}")
-    return jobs.PreviewRequest(scene.name, scene.frame_current, kp, (w, h), s.model.strip(),
-                               connection_for(scene), cam.name)
+    plan = RenderPlan(scene_name=scene.name, armature_name=arm.name, camera_name=cam.name, mapping=m,
+                      frames=list(range(s.frame_start, s.frame_end + 1)), folder=folder,
+                      connection=connection_for(scene), model=s.model.strip(), chunk=s.chunk,
+                      rig_render=s.add_rig_render)
+    return RenderJob(plan)
 
 
 # --- running a job: modal in the UI, synchronous in background ---------------------------------
@@ -235,7 +164,7 @@ class PIX2DANCE_OT_test_connection(JobOperator, bpy.types.Operator):
     bl_label = "Test connection"
 
     def make_job(self, context):
-        return jobs.ConnectionJob(context.scene.name, connection_for(context.scene))
+        return ConnectionJob(context.scene.name, connection_for(context.scene))
 
 
 class PIX2DANCE_OT_preview_frame(JobOperator, bpy.types.Operator):
@@ -244,7 +173,7 @@ class PIX2DANCE_OT_preview_frame(JobOperator, bpy.types.Operator):
     bl_label = "Preview frame"
 
     def make_job(self, context):
-        return jobs.PreviewJob(current_pose_request(context.scene))
+        return PreviewJob(current_pose_request(context.scene))
 
 
 class PIX2DANCE_OT_render_to_sequencer(JobOperator, bpy.types.Operator):
@@ -281,7 +210,7 @@ def _model_items(self, context):
         address = connection_for(context.scene).address
     except AddonError:
         address = ""
-    names = jobs.MODELS.get(address, [])
+    names = MODELS.get(address, [])
     items = [("", "Engine's first model", "Use the engine's only or first model")]
     items += [(n, n, f"Dancer {n}") for n in names]
     if s.model and s.model not in names:
@@ -365,25 +294,7 @@ def bring_in_bvh(scene, path: Path, mode: str, set_range: bool) -> str:
     return f"{done}: frames {first}-{last}"
 
 
-# --- live preview: the frame-change handler ---------------------------------------------------------
-
-@persistent
-def on_frame_change(scene, depsgraph=None) -> None:
-    """frame_change_post: send the new pose to the live-preview worker (cheap; never raises)."""
-    s = getattr(scene, "pix2dance", None)
-    if s is None or not s.live_preview or not jobs.live_preview_allowed():
-        return
-    try:
-        request = current_pose_request(scene)
-    except AddonError as e:
-        s.last_error = str(e)
-        return
-    except Exception as e:  # a bug must not break playback
-        log.exception("pix2dance: live preview failed at frame %s", scene.frame_current)
-        s.last_error = f"Live preview failed: {e!r}"
-        return
-    jobs.live_preview().request(request)
-
+# --- hooks: Blender's app handlers and the live_preview switch --------------------------------------
 
 @persistent
 def on_load(_path="", *_args) -> None:
@@ -395,7 +306,9 @@ def on_load(_path="", *_args) -> None:
             s.engine_address = default
 
 
-HANDLERS = ((bpy.app.handlers.frame_change_post, on_frame_change), (bpy.app.handlers.load_post, on_load))
+# (list, callable): each callable is appended to its list on register and removed on unregister.
+HANDLERS = ((bpy.app.handlers.frame_change_post, on_frame_change), (bpy.app.handlers.load_post, on_load),
+            (properties.LIVE_PREVIEW_SWITCHED, live_preview_switched))
 
 
 CLASSES = (PIX2DANCE_OT_auto_map, PIX2DANCE_OT_test_connection, PIX2DANCE_OT_preview_frame,

@@ -10,12 +10,11 @@ Everything here is saved in the .blend (the mapping included), so a scene render
 when reopened. Helpers convert the mapping between its Blender form (a CollectionProperty of
 joint/bone/at rows) and the JSON form the mapping and projection modules use:
 `{"preset": name, "joints": {joint: {"bone": name, "at": 0..1}}}`.
+
+This module imports no other add-on module but `_engine`: everything else may import it.
 """
 
 from __future__ import annotations
-
-import hashlib
-import json
 
 import bpy
 from bpy.props import (BoolProperty, CollectionProperty, FloatProperty, FloatVectorProperty, IntProperty,
@@ -36,13 +35,15 @@ def _is_camera(_self, obj) -> bool:
     return obj.type == "CAMERA"
 
 
+# Called as f(settings, context) when `live_preview` is switched. The preview module reacts (sends
+# the current pose, or stops its worker); it imports this module, so operators.register hooks it in
+# here, as into bpy.app.handlers, instead of this module importing it: the imports stay one-way.
+LIVE_PREVIEW_SWITCHED: list = []
+
+
 def _live_preview_changed(self, context) -> None:
-    # Imported here: operators imports this module.
-    from . import jobs, operators
-    if self.live_preview:
-        operators.on_frame_change(context.scene)   # show the current pose at once
-    else:
-        jobs.stop_live_preview()
+    for hook in LIVE_PREVIEW_SWITCHED:
+        hook(self, context)
 
 
 class PIX2DANCE_PG_joint(bpy.types.PropertyGroup):
@@ -107,6 +108,12 @@ def unregister() -> None:
         bpy.utils.unregister_class(cls)
 
 
+def settings_of(scene_name: str):
+    """scene.pix2dance of the scene called `scene_name`, or None when it is gone (jobs keep names, not IDs)."""
+    scene = bpy.data.scenes.get(scene_name)
+    return getattr(scene, "pix2dance", None) if scene is not None else None
+
+
 # --- the mapping in its two forms ----------------------------------------------------------------
 
 def get_mapping(settings) -> dict:
@@ -138,8 +145,3 @@ def set_mapping(settings, mapping: dict) -> None:
     settings.mapping_preset = str(mapping.get("preset") or "")
     settings.mapping_index = 0
 
-
-def mapping_hash(mapping: dict) -> str:
-    """A short stable hash of a mapping's joints (what a rendered frame depends on)."""
-    text = json.dumps(mapping.get("joints", {}), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha1(text.encode()).hexdigest()[:16]

@@ -3,7 +3,7 @@
 A small generic-named test rig (Hips, UpperArm.L, ...) with a camera and linear keys on the left
 arm is built with bpy; the engine serves conftest's tiny untrained run. Background mode never
 fires bpy.app.timers: render_to_sequencer runs to completion, the live preview is driven by
-calling jobs.tick(), and cancels and engine deaths are staged from jobs.AFTER_FRAME hooks, which
+calling jobs.tick(), and cancels and engine deaths are staged from render_job.AFTER_FRAME hooks, which
 run in the render worker after each PNG is written.
 """
 
@@ -22,7 +22,9 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import blender_addon  # noqa: E402
-from blender_addon import jobs, operators, preferences, properties, sequencer  # noqa: E402
+from blender_addon import (connection, jobs, operators, preferences, preview, properties,  # noqa: E402
+                           render_job, sequencer)
+from engine.wire import protocol  # noqa: E402
 from engine.wire.client import Client, ClientError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -357,7 +359,7 @@ class FakeEngine:
 
 
 def test_busy_engine_is_asked_again(addon, tmp_path, monkeypatch):
-    monkeypatch.setattr(jobs, "BUSY_WAIT", 0.05)
+    monkeypatch.setattr(render_job, "BUSY_WAIT", 0.05)
     fake = FakeEngine(busy_first=2)
     try:
         scene, arm, cam = build_scene()
@@ -379,14 +381,14 @@ def test_busy_engine_is_asked_again(addon, tmp_path, monkeypatch):
 QUIT_WHILE_WAITING = r"""
 import sys, time
 import bpy, blender_addon
-from blender_addon import jobs
+from blender_addon import connection, preview
 blender_addon.register()
-c = jobs.Connection(sys.argv[-1], timeout=60.0)
-job = jobs.ConnectionJob(bpy.context.scene.name, c)
+c = connection.Connection(sys.argv[-1], timeout=60.0)
+job = connection.ConnectionJob(bpy.context.scene.name, c)
 job.start_worker()                       # waits on an engine that never answers
-lp = jobs.live_preview()
+lp = preview.live_preview()
 import numpy as np
-lp.request(jobs.PreviewRequest(bpy.context.scene.name, 1, np.zeros((23, 3), np.float32), (64, 64), "", c))
+lp.request(preview.PreviewRequest(bpy.context.scene.name, 1, np.zeros((23, 3), np.float32), (64, 64), "", c))
 time.sleep(0.5)
 print("QUITTING", flush=True)
 """
@@ -446,7 +448,7 @@ def test_test_connection_lists_models(rig, tiny_run):
     assert bpy.ops.pix2dance.test_connection() == {"FINISHED"}
     s = rig[0].pix2dance
     assert s.connected and s.last_error == ""
-    assert tiny_run.name in s.status and tiny_run.name in jobs.MODELS[s.engine_address]
+    assert tiny_run.name in s.status and tiny_run.name in connection.MODELS[s.engine_address]
 
 
 def test_user_errors_are_reports(rig):
@@ -459,8 +461,8 @@ def test_user_errors_are_reports(rig):
         s.engine_address = "tcp://10.255.255.1:5555"
         with pytest.raises(RuntimeError, match="online access is off"):
             bpy.ops.pix2dance.test_connection()
-    assert operators.is_loopback("tcp://localhost:5555") and operators.is_loopback("tcp://[::1]:5555")
-    assert not operators.is_loopback("tcp://192.168.1.20:5555")
+    assert protocol.is_loopback("tcp://localhost:5555") and protocol.is_loopback("tcp://[::1]:5555")
+    assert not protocol.is_loopback("tcp://192.168.1.20:5555")
     s.engine_address = "tcp://127.0.0.1:notaport"
     with pytest.raises(RuntimeError, match="Cannot use engine address: Invalid argument"):
         bpy.ops.pix2dance.test_connection()
@@ -501,14 +503,14 @@ def test_user_errors_are_reports(rig):
     with pytest.raises(RuntimeError, match="already running"):
         bpy.ops.pix2dance.render_to_sequencer()
     first.cancel()
-    assert first.wait().cancelled and not jobs.RENDERING
+    assert first.wait().cancelled and not render_job.RENDERING
     assert bpy.ops.pix2dance.render_to_sequencer() == {"FINISHED"}
     # Unregistering mid-render abandons the job: it releases its folder and touches nothing more.
     second = operators.plan_render(scene)
     second.step()
-    assert jobs.RENDERING
+    assert render_job.RENDERING
     blender_addon.unregister()
-    assert second.finished and second.cancelled and not jobs.RENDERING
+    assert second.finished and second.cancelled and not render_job.RENDERING
     blender_addon.register()
 
 
@@ -568,12 +570,12 @@ def test_cancel_keeps_frames_and_rerun_fills_the_rest(rig, monkeypatch):
     def cancel_after_five(job, written):
         if written == 5:
             job.cancel()
-    monkeypatch.setattr(jobs, "AFTER_FRAME", [cancel_after_five])
+    monkeypatch.setattr(render_job, "AFTER_FRAME", [cancel_after_five])
     job = operators.plan_render(scene).wait(limit=60)
     assert job.cancelled and job.error is None
     assert pngs(out) == [sequencer.frame_name(f) for f in range(1, 6)]
     assert our_strips(scene) == []  # a cancelled render adds no strip
-    monkeypatch.setattr(jobs, "AFTER_FRAME", [])
+    monkeypatch.setattr(render_job, "AFTER_FRAME", [])
     job = operators.plan_render(scene).wait(limit=60)
     assert job.error is None and not job.cancelled
     assert job.reused == 5 and sorted(job.rendered) == list(range(6, 13))
@@ -606,7 +608,7 @@ def test_engine_killed_mid_render_reports_and_keeps_files(addon, tiny_run, tmp_p
             if written == 4:
                 proc.kill()
                 proc.wait()
-        monkeypatch.setattr(jobs, "AFTER_FRAME", [kill_after_four])
+        monkeypatch.setattr(render_job, "AFTER_FRAME", [kill_after_four])
         start = time.monotonic()
         with pytest.raises(RuntimeError, match="unreachable or timed out"):
             bpy.ops.pix2dance.render_to_sequencer()
@@ -648,7 +650,7 @@ def test_modal_path_reports_progress_and_esc_cancels(rig, monkeypatch):
     from types import SimpleNamespace
     scene, _, _ = rig
     scene.pix2dance.chunk = 1
-    monkeypatch.setattr(jobs, "AFTER_FRAME", [lambda job, n: time.sleep(0.2)])
+    monkeypatch.setattr(render_job, "AFTER_FRAME", [lambda job, n: time.sleep(0.2)])
 
     class Op(operators.JobOperator):          # the mixin alone: bpy operators need Blender's machinery
         def __init__(self):
@@ -705,7 +707,7 @@ def test_preview_frame_shows_an_image(rig):
     scene, _, cam = rig
     scene.frame_set(8)
     assert bpy.ops.pix2dance.preview_frame() == {"FINISHED"}
-    image = bpy.data.images[jobs.PREVIEW_IMAGE]
+    image = bpy.data.images[preview.PREVIEW_IMAGE]
     assert tuple(image.size) == (64, 64)
     assert any(bg.image == image for bg in cam.data.background_images)
     assert "frame 8" in scene.pix2dance.status
@@ -716,7 +718,7 @@ def test_preview_frame_shows_an_image(rig):
     scene.frame_set(12)
     assert bpy.ops.pix2dance.preview_frame() == {"FINISHED"}
     assert len(cam.data.background_images) == 0
-    assert bpy.data.images[jobs.PREVIEW_IMAGE] == image and list(image.pixels[:]) != at_8
+    assert bpy.data.images[preview.PREVIEW_IMAGE] == image and list(image.pixels[:]) != at_8
 
 
 def test_live_preview_shows_the_current_frame_and_drops_stale_replies(rig):
@@ -732,12 +734,12 @@ def test_live_preview_shows_the_current_frame_and_drops_stale_replies(rig):
     try:
         scene.frame_set(3)          # the frame_change_post handler sends frame 3 ...
         scene.frame_set(5)          # ... and then frame 5: replies for 1 and 3 are stale
-        lp = jobs._live["preview"]
+        lp = preview._live["preview"]
         assert lp is not None
         settle(lp, 3)
         assert (lp.shown, lp.dropped) == (1, 2), (lp.shown, lp.dropped, s.last_error)
         assert "frame 5" in s.status
-        assert jobs.PREVIEW_IMAGE in bpy.data.images
+        assert preview.PREVIEW_IMAGE in bpy.data.images
         # A render moves the scene through its frames itself: the handler stays quiet meanwhile.
         s.frame_start, s.frame_end = 1, 4
         assert operators.plan_render(scene).wait().error is None
@@ -746,7 +748,7 @@ def test_live_preview_shows_the_current_frame_and_drops_stale_replies(rig):
         assert (lp.shown, lp.dropped) == (1, 2) and lp._pending is None
     finally:
         s.live_preview = False
-    assert jobs._live["preview"] is None
+    assert preview._live["preview"] is None
 
 
 
@@ -759,7 +761,7 @@ def test_live_preview_with_the_engine_gone_shows_the_error(rig, monkeypatch):
     s.last_error = ""
     s.live_preview = True
     try:
-        lp = jobs._live["preview"]
+        lp = preview._live["preview"]
         deadline = time.monotonic() + 20
         while not s.last_error and time.monotonic() < deadline:
             jobs.tick()

@@ -1,0 +1,312 @@
+"""The dancer in one pose: Preview Frame, and the live preview while scrubbing or playing.
+
+    request = current_pose_request(scene)      # main thread: the current frame's pose, checked
+    PreviewJob(request).wait()                 # the Preview Frame operator's job
+    live_preview().request(request)            # newest pose wins; replies shown by jobs.tick
+    show_preview(scene, png, camera)           # the image 'pix2dance preview' (+ camera background)
+
+The live preview reacts to two Blender events, both hooked in by operators.register:
+`on_frame_change` (frame_change_post) sends the new pose; `live_preview_switched` runs when
+`scene.pix2dance.live_preview` is switched, through `properties.LIVE_PREVIEW_SWITCHED`.
+
+Why that indirection: the property's update callback must reach this module, and this module
+reads the settings (properties); were properties to import it, the two would import each other.
+properties instead keeps a plain list of callables, like bpy.app.handlers, and imports nothing
+of the add-on's jobs or operators. The add-on's imports then run one way:
+properties, preferences, sequencer -> jobs -> connection, checks -> preview, render_job -> operators.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bpy
+import numpy as np
+from bpy.app.handlers import persistent
+
+from . import jobs, sequencer
+from ._engine import joints, projection
+from .checks import checked_mapping, core_in_view, rig_and_camera
+from .connection import Connection, connection_for, pick_model
+from .jobs import AddonError
+from .properties import settings_of
+
+log = logging.getLogger(__name__)
+
+
+# --- showing a preview image ---------------------------------------------------------------------
+
+PREVIEW_IMAGE = "pix2dance preview"
+
+
+def show_preview(scene, png: bytes, camera=None) -> "bpy.types.Image":
+    """Show PNG bytes as the Image datablock 'pix2dance preview' (and the camera's background)."""
+    path = Path(tempfile.gettempdir()) / f"pix2dance-preview-{os.getpid()}.png"
+    sequencer.write_atomic(path, png)
+    image = bpy.data.images.get(PREVIEW_IMAGE)
+    if image is None:
+        image = bpy.data.images.load(str(path))
+        image.name = PREVIEW_IMAGE
+    else:
+        image.filepath = str(path)
+        image.reload()
+    if camera is not None and camera.type == "CAMERA":
+        cam = camera.data
+        bg = next((b for b in cam.background_images if b.image == image), None)
+        if bg is None:
+            bg = cam.background_images.new()
+            bg.image = image
+            bg.alpha = 1.0
+        cam.show_background_images = True
+    _show_in_editors(image)
+    return image
+
+
+def _show_in_editors(image) -> None:
+    """Image Editors showing nothing (or the preview) show the preview; 3D views redraw."""
+    wm = bpy.context.window_manager
+    for window in getattr(wm, "windows", ()):
+        for area in window.screen.areas if window.screen else ():
+            if area.type == "IMAGE_EDITOR":
+                space = area.spaces.active
+                if not space.use_image_pin and (space.image is None or space.image == image):
+                    space.image = image
+                area.tag_redraw()
+            elif area.type == "VIEW_3D":
+                area.tag_redraw()
+
+
+@dataclass
+class PreviewRequest:
+    """One pose for the engine, projected on the main thread (plain values: safe in the worker)."""
+    scene_name: str
+    frame: int
+    keypoints: np.ndarray          # (J, 3) in source pixels
+    source_size: tuple[int, int]
+    model: str
+    connection: Connection
+    camera_name: str = ""
+    sent: float = field(default_factory=time.monotonic)
+
+
+def current_pose_request(scene) -> PreviewRequest:
+    """The current frame's pose, projected now (main thread), ready for the engine."""
+    s = scene.pix2dance
+    arm, cam = rig_and_camera(scene)
+    m = checked_mapping(scene, arm)
+    kp = projection.project(scene, arm, cam, m)
+    w, h = (int(v) for v in projection.render_size(scene))
+    if not core_in_view(kp, (w, h)).any():
+        raise AddonError(f"Armature {arm.name!r} is out of the view of camera {cam.name!r} at frame {scene.frame_current}")
+    return PreviewRequest(scene.name, scene.frame_current, kp, (w, h), s.model.strip(), connection_for(scene), cam.name)
+
+
+def render_one(c, request: PreviewRequest) -> tuple[str, bytes]:
+    """Render one pose with mode "frame" (live preview); (model name, PNG bytes)."""
+    model = pick_model(c.info(), request.model)["name"]
+    kp = np.ascontiguousarray(request.keypoints[None], dtype=np.float32)
+    frames = list(c.render(model, kp, source_size=request.source_size, mode="frame", frame_ids=[request.frame],
+                           fmt="png", chunk=1, in_flight=1, joints=list(joints.JOINTS)))
+    return model, frames[0].data
+
+
+class PreviewJob(jobs.Job):
+    """One pose in, one frame shown: the Preview Frame operator."""
+    name = "preview"
+
+    def __init__(self, request: PreviewRequest):
+        super().__init__()
+        self.request = request
+        self.image = None
+
+    def work(self) -> None:
+        c = self.request.connection.open()
+        try:
+            model, png = render_one(c, self.request)
+        finally:
+            c.close()
+        self.post("image", model, png)
+
+    def on_image(self, model: str, png: bytes) -> None:
+        scene = bpy.data.scenes.get(self.request.scene_name)
+        if scene is None:
+            return
+        camera = bpy.data.objects.get(self.request.camera_name) if scene.pix2dance.preview_background else None
+        self.image = show_preview(scene, png, camera)
+        self.status = f"Preview of frame {self.request.frame} ({model})"
+        scene.pix2dance.last_error = ""
+        scene.pix2dance.status = self.status
+
+    def cleanup(self) -> None:
+        settings = settings_of(self.request.scene_name)
+        if settings is not None and self.error:
+            settings.last_error = self.error
+
+
+# --- live preview ------------------------------------------------------------------------------
+
+class LivePreview:
+    """A long-lived worker for scrubbing: only the newest pose waits to be sent, older ones are dropped.
+
+    The frame-change handler calls `request` (main thread, cheap); the worker renders one pose at a
+    time; `step` (from jobs.tick) shows a reply only if the scene is still on that frame (stale replies dropped).
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._pending: PreviewRequest | None = None
+        self._stop = False
+        self.results: queue.Queue = queue.Queue()
+        self.sent = self.shown = self.dropped = 0
+        self._last_sent = 0.0          # request time of the reply shown last
+        self._thread = threading.Thread(target=self._run, name="pix2dance-live-preview", daemon=True)
+        self._thread.start()
+
+    def request(self, req: PreviewRequest) -> None:
+        with self._cond:
+            if self._pending is not None:
+                self.dropped += 1          # never sent: a newer pose replaces it
+            self._pending = req
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+
+    # --- what jobs.tick calls (main thread)
+    def step(self) -> bool:
+        """Show the replies that arrived; False once stopped (the timer lets go of it)."""
+        if self._stop:
+            return False
+        self.handle_results()
+        return True
+
+    def abandon(self) -> None:
+        """The add-on is going away: stop, and let the next live_preview() start afresh."""
+        self.stop()
+        if _live["preview"] is self:
+            _live["preview"] = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        c, key = None, None
+        try:
+            while True:
+                with self._cond:
+                    while self._pending is None and not self._stop:
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                    req, self._pending = self._pending, None
+                try:
+                    if c is None or key != req.connection:
+                        if c is not None:
+                            c.close()
+                        c = None
+                        c, key = req.connection.open(), req.connection
+                    model, png = render_one(c, req)
+                    self.sent += 1
+                    self.results.put(("image", req, model, png))
+                except Exception as e:
+                    message = jobs.describe(e)
+                    if message is None:  # a bug: log it, keep the worker alive for the next pose
+                        log.exception("pix2dance: live preview failed")
+                        self.results.put(("error", req, f"Internal error in the live preview: {e!r}", None))
+                        continue
+                    self.results.put(("error", req, message, None))
+                    if c is not None:
+                        c.close()
+                    c = None          # a fresh socket next time (the engine may come back)
+        finally:
+            if c is not None:
+                c.close()
+
+    def handle_results(self) -> None:
+        """Main thread: show the replies whose frame is still current, drop the rest."""
+        while True:
+            try:
+                kind, req, a, b = self.results.get_nowait()
+            except queue.Empty:
+                return
+            scene = bpy.data.scenes.get(req.scene_name)
+            if scene is None:
+                continue
+            settings = scene.pix2dance
+            if kind == "error":
+                settings.last_error = a
+                settings.connected = False
+                continue
+            if scene.frame_current != req.frame and not (_animation_playing() and req.sent > self._last_sent):
+                # Stale: the frame has moved on. (During playback the newest reply is shown anyway,
+                # a frame or two late: else a playing timeline would never show the dancer.)
+                self.dropped += 1
+                continue
+            self._last_sent = req.sent
+            camera = bpy.data.objects.get(req.camera_name) if settings.preview_background else None
+            show_preview(scene, b, camera)
+            self.shown += 1
+            settings.connected, settings.last_error = True, ""
+            settings.status = f"Live preview: frame {req.frame} ({a}, {(time.monotonic() - req.sent) * 1000:.0f} ms)"
+
+
+def _animation_playing() -> bool:
+    wm = bpy.context.window_manager
+    return any(w.screen is not None and w.screen.is_animation_playing for w in getattr(wm, "windows", ()))
+
+
+_live: dict = {"preview": None}
+
+
+def live_preview() -> LivePreview:
+    """The live-preview worker, started (and handed to the timer) on first use."""
+    lp = _live["preview"]
+    if lp is None or not lp.alive:
+        lp = _live["preview"] = LivePreview()
+    jobs.submit(lp)
+    return lp
+
+
+def stop_live_preview() -> None:
+    lp = _live["preview"]
+    _live["preview"] = None
+    if lp is not None:
+        lp.stop()
+
+
+# --- the hooks: frame changes and the live_preview switch ------------------------------------------
+
+@persistent
+def on_frame_change(scene, depsgraph=None) -> None:
+    """frame_change_post: send the new pose to the live-preview worker (cheap; never raises)."""
+    s = getattr(scene, "pix2dance", None)
+    if s is None or not s.live_preview or not jobs.live_preview_allowed():
+        return
+    try:
+        request = current_pose_request(scene)
+    except AddonError as e:
+        s.last_error = str(e)
+        return
+    except Exception as e:  # a bug must not break playback
+        log.exception("pix2dance: live preview failed at frame %s", scene.frame_current)
+        s.last_error = f"Live preview failed: {e!r}"
+        return
+    live_preview().request(request)
+
+
+def live_preview_switched(settings, context) -> None:
+    """scene.pix2dance.live_preview was switched: show the current pose at once, or stop."""
+    if settings.live_preview:
+        on_frame_change(context.scene)
+    else:
+        stop_live_preview()

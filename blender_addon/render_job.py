@@ -1,0 +1,300 @@
+"""Render to Sequencer: the render job, from a checked plan to PNGs on disk and strips in the sequencer.
+
+    plan = RenderPlan(scene_name=..., armature_name=..., camera_name=..., mapping=..., frames=[...],
+                      folder=Path(...), connection=Connection(...))     # operators.plan_render builds it
+    job = RenderJob(plan).wait()      # or stepped by the operator's modal timer
+    job.rendered, job.reused, job.strip, job.out_of_view, job.timings
+
+Each PNG is recorded in the folder's manifest (sequencer.Manifest) with what it depends on: the
+model (`model_key`), the bone mapping (`mapping_hash`) and the pose (`pose_hash`), so a rerun
+renders only frames that changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from . import jobs, sequencer
+from ._engine import client as engine_client
+from ._engine import joints, projection
+from .checks import core_in_view
+from .connection import Connection, pick_model
+from .jobs import AddonError
+from .properties import settings_of
+
+PROJECT_BATCH = 25      # poses projected per main-thread step in the UI (each costs a frame_set)
+
+
+# --- what a rendered frame depends on ----------------------------------------------------------------
+
+def model_key(model: dict) -> str:
+    """A hash of what the engine says about a model (name, size, stats, and whatever else `info` adds,
+    such as a weights digest): a model trained again on other data renders again. Where it runs
+    (device, precision) does not count: the frames are the same dancer."""
+    text = json.dumps({k: v for k, v in model.items() if k not in ("device", "precision")}, sort_keys=True,
+                      default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def pose_hash(kp: np.ndarray, source_size: tuple[int, int]) -> str:
+    """A hash of one pose (J, 3) in source pixels; rounded to 1/100 px so float noise does not count."""
+    data = np.round(np.asarray(kp, np.float64), 2).astype("<f4").tobytes()
+    return hashlib.sha1(data + f"{source_size[0]}x{source_size[1]}".encode()).hexdigest()[:16]
+
+
+def mapping_hash(mapping: dict) -> str:
+    """A short stable hash of a mapping's joints (what a rendered frame depends on)."""
+    text = json.dumps(mapping.get("joints", {}), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+# --- the render job ----------------------------------------------------------------------------
+
+# Callables run in the render worker after each PNG is written, as hook(job, frames_written):
+# for scripts and tests (cancel after k frames, stop the engine mid-render). Empty normally.
+AFTER_FRAME: list = []
+# An engine answering "busy" (its queue full) is asked again this many times, waiting
+# BUSY_WAIT s, then twice that, ... (at most 10 s) in between.
+BUSY_RETRIES, BUSY_WAIT = 6, 0.5
+# Output folders a render job is writing into now: a second render into one is refused.
+RENDERING: set = set()
+
+
+@dataclass
+class RenderPlan:
+    """What a render needs, checked on the main thread by operators.plan_render (names, not IDs)."""
+    scene_name: str
+    armature_name: str
+    camera_name: str
+    mapping: dict
+    frames: list[int]                 # consecutive scene frames, frame_start..frame_end
+    folder: Path                      # absolute output folder
+    connection: Connection
+    model: str = ""                   # empty: the engine's first
+    chunk: int = 8
+    in_flight: int = 2
+    rig_render: bool = False
+
+
+class RenderJob(jobs.Job):
+    """Render to Sequencer: project poses (main), render missing frames (worker), strips (main).
+
+    Phases: project every frame of the range in slices (frame_set per pose), measure the clip's
+    body statistics (joints.body_stats, sent with mode "clip"), hash each pose; the worker asks the
+    engine for the frames whose PNG is missing or stale in the manifest and writes each PNG as it
+    arrives; then (optionally) the rig's Workbench render, and the strip(s). A cancel or an engine
+    failure keeps every PNG written so far, and the manifest that vouches for them.
+    """
+    name = "render"
+
+    def __init__(self, plan: RenderPlan):
+        super().__init__()
+        self.plan = plan
+        self.keypoints: np.ndarray | None = None     # (N, J, 3) float32
+        self.source_size: tuple[int, int] = (0, 0)
+        self.stats: dict | None = None
+        self.model = ""
+        self.rendered: list[int] = []               # frames the engine rendered this time
+        self.reused = 0                             # frames the manifest vouched for
+        self.strip = None
+        self.rig_strip = None
+        self.out_of_view: list[int] = []            # frames where the rig is partly out of view
+        self.timings: dict[str, float] = {}
+        self._claimed = False                       # holds its folder in RENDERING
+
+    # --- main thread
+    def _objects(self):
+        scene = bpy.data.scenes.get(self.plan.scene_name)
+        arm = bpy.data.objects.get(self.plan.armature_name)
+        cam = bpy.data.objects.get(self.plan.camera_name)
+        if scene is None or arm is None or cam is None:
+            raise AddonError("The scene, armature or camera was deleted during the render")
+        return scene, arm, cam
+
+    def main(self):
+        plan = self.plan
+        if plan.folder in RENDERING:
+            raise AddonError(f"A render into {plan.folder} is already running")
+        RENDERING.add(plan.folder)
+        self._claimed = True
+        n = len(plan.frames)
+        self.total, self.status = n, "Projecting poses"
+        t0 = time.perf_counter()
+        scene, arm, cam = self._objects()
+        self.source_size = tuple(int(v) for v in projection.render_size(scene))
+        original = scene.frame_current
+        parts = []
+        # Background mode has no UI to keep responsive: one slice (one frame restore) is quicker.
+        batch = n if bpy.app.background else PROJECT_BATCH
+        try:
+            for a in range(0, n, batch):
+                scene, arm, cam = self._objects()   # refetched each slice: the user may undo between
+                with jobs.no_live_preview(), (projection.skins_hidden(arm) if bpy.app.background else contextlib.nullcontext()):
+                    kp = projection.project_frames(scene, arm, cam, plan.mapping, plan.frames[a:a + batch])
+                parts.append(np.asarray(kp, np.float32))
+                self.done = min(n, a + batch)
+                if self.cancelled:
+                    return
+                yield
+        finally:
+            s = bpy.data.scenes.get(plan.scene_name)
+            if s is not None and s.frame_current != original:
+                with jobs.no_live_preview():
+                    s.frame_set(original)
+        self.keypoints = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+        self.timings["project"] = time.perf_counter() - t0
+        self._check_view()
+        self.stats = joints.body_stats(self.keypoints.tolist())
+        if self.stats is None:
+            raise AddonError(f"No full body (shoulders, hips, knees, ankles) in view in frames "
+                             f"{plan.frames[0]}-{plan.frames[-1]}: frame the armature with the camera")
+        self.done, self.status = 0, "Rendering"
+        t0 = time.perf_counter()
+        self.start_worker()
+        yield from self.await_worker()
+        self.timings["engine"] = time.perf_counter() - t0
+        if self.error or self.cancelled:
+            return
+        if plan.rig_render:
+            t0 = time.perf_counter()
+            self.status, self.done = "Rendering the rig (Workbench)", 0
+            scene, arm, cam = self._objects()
+            frames = sequencer.render_rig_frames(scene, cam, plan.frames, plan.folder / sequencer.RIG_FOLDER)
+            try:
+                while True:
+                    with jobs.no_live_preview():
+                        if next(frames, None) is None:
+                            break
+                    self.done += 1
+                    if self.cancelled:
+                        return
+                    yield
+            finally:
+                with jobs.no_live_preview():
+                    frames.close()      # restores the render settings and the frame
+            self.timings["rig"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self._make_strips()
+        self.timings["strips"] = time.perf_counter() - t0
+        self.status = self.summary()
+
+    def _check_view(self) -> None:
+        """AddonError when no mapped joint is in view in any frame; remember partly visible frames."""
+        inside = core_in_view(self.keypoints, self.source_size)
+        if not inside.any():
+            raise AddonError(f"Armature {self.plan.armature_name!r} is out of the view of camera "
+                             f"{self.plan.camera_name!r} in every frame {self.plan.frames[0]}-{self.plan.frames[-1]}")
+        self.out_of_view = [f for f, ok in zip(self.plan.frames, inside.all(axis=1)) if not ok]
+
+    def _make_strips(self) -> None:
+        scene, _, _ = self._objects()
+        plan = self.plan
+        self.strip = sequencer.replace_image_strip(scene, "dancer", f"pix2dance {self.model}", plan.folder, plan.frames)
+        if plan.rig_render:
+            self.rig_strip = sequencer.replace_image_strip(scene, "rig", "pix2dance rig", plan.folder / sequencer.RIG_FOLDER,
+                                                           plan.frames, avoid=(self.strip.channel,))
+            sequencer.side_by_side(scene, self.strip, self.rig_strip)
+        else:
+            sequencer.remove_tagged(scene, "rig")
+
+    def on_model(self, model: str, todo: int, reused: int) -> None:
+        self.model, self.reused = model, reused
+        self.total = todo
+        self.status = f"Rendering {todo} frames with {model} ({reused} unchanged)"
+
+    def on_busy(self, retries: int) -> None:
+        self.status = f"Engine busy, trying again ({retries})"
+
+    def on_frame(self, frame: int) -> None:
+        self.rendered.append(frame)
+        self.done = len(self.rendered)
+
+    def cleanup(self) -> None:
+        if self._claimed:
+            RENDERING.discard(self.plan.folder)
+        settings = settings_of(self.plan.scene_name)
+        if settings is None:
+            return
+        if self.error:
+            settings.last_error = self.error
+            settings.status = f"Render stopped: {len(self.rendered)} new frames kept"
+        elif self.cancelled:
+            settings.status = f"Render cancelled: {len(self.rendered)} new frames kept"
+        else:
+            settings.last_error = ""
+            settings.connected = True
+            settings.status = self.summary()
+
+    def summary(self) -> str:
+        n = len(self.plan.frames)
+        return (f"Rendered {len(self.rendered)} of {n} frames with {self.model or '?'} "
+                f"({self.reused} unchanged) into {self.plan.folder}")
+
+    # --- worker thread
+    def work(self) -> None:
+        plan = self.plan
+        c = plan.connection.open()
+        manifest = sequencer.Manifest.load(plan.folder)
+        try:
+            model = pick_model(c.info(), plan.model)
+            entry_of = self._entries(model)
+            todo = [i for i, f in enumerate(plan.frames) if not manifest.is_fresh(f, entry_of(i))]
+            self.post("model", model["name"], len(todo), len(plan.frames) - len(todo))
+            if not todo or self.cancelled:
+                return
+            plan.folder.mkdir(parents=True, exist_ok=True)
+            index = {plan.frames[i]: i for i in todo}
+            pending, written, retries = todo, 0, 0
+            while pending and not self.cancelled:
+                stream = c.render(model["name"], np.ascontiguousarray(self.keypoints[pending]),
+                                  source_size=self.source_size, mode="clip", source_stats=self.stats,
+                                  frame_ids=[plan.frames[i] for i in pending], fmt="png", chunk=plan.chunk,
+                                  in_flight=plan.in_flight, joints=list(joints.JOINTS))
+                got: set[int] = set()
+                try:
+                    for frame in stream:
+                        sequencer.write_atomic(plan.folder / sequencer.frame_name(frame.id), frame.data)
+                        manifest.record(frame.id, entry_of(index[frame.id]))
+                        got.add(frame.id)
+                        written += 1
+                        if written % plan.chunk == 0:
+                            manifest.save()    # every chunk: a crash loses at most one chunk's records
+                        self.post("frame", frame.id)
+                        for hook in AFTER_FRAME:
+                            hook(self, written)
+                        if self.cancelled:
+                            break
+                    pending = []
+                except engine_client.EngineError as e:
+                    # "busy": the engine's queue is full (other clients); the protocol says try again later.
+                    if e.code != "busy" or retries >= BUSY_RETRIES:
+                        raise
+                    retries += 1
+                    pending = [i for i in pending if plan.frames[i] not in got]
+                    self.post("busy", retries)
+                    self._cancel.wait(min(BUSY_WAIT * 2 ** (retries - 1), 10.0))
+                finally:
+                    stream.close()
+        finally:
+            try:
+                manifest.save()
+            finally:
+                c.close()
+
+    def _entries(self, model: dict):
+        """frame index -> the manifest entry its PNG depends on."""
+        mhash = mapping_hash(self.plan.mapping)
+        key = model_key(model)
+
+        def entry(i: int) -> dict:
+            return {"model": model["name"], "model_key": key, "mapping": mhash,
+                    "pose": pose_hash(self.keypoints[i], self.source_size)}
+        return entry
