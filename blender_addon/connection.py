@@ -53,16 +53,12 @@ def connection_for(scene) -> Connection:
 
 
 def pick_model(info: dict, wanted: str) -> dict:
-    """The model entry named `wanted`, or the engine's first one when `wanted` is empty."""
-    models = info.get("models") or []
-    if not models:
-        raise AddonError("The engine serves no model")
-    if not wanted:
-        return models[0]
-    for m in models:
-        if m.get("name") == wanted:
-            return m
-    raise AddonError(f"The engine has no model {wanted!r} (it serves: {', '.join(m.get('name', '?') for m in models)})")
+    """The model entry named `wanted` in an engine's info, or its first when `wanted` is empty
+    (protocol.pick_model, the rule the engine and the client follow too); AddonError otherwise."""
+    try:
+        return protocol.pick_model({m.get("name"): m for m in info.get("models") or []}, wanted)
+    except protocol.ProtocolError as e:
+        raise AddonError(e.message[:1].upper() + e.message[1:]) from None
 
 
 # Model names each engine address served when last asked (for the panel's model menu).
