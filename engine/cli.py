@@ -43,11 +43,16 @@ def cmd_dataset(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
+    import dataclasses
+
     from engine.model import train
-    train.run(a.dataset, a.out, steps=a.steps, size=a.size, ngf=a.ngf, batch=a.batch, device=a.device,
-              seed=a.seed, quiet=a.quiet, ndf=a.ndf, gan="lsgan" if a.lsgan else None, lr=a.lr,
-              jitter=a.jitter, checkpoint_every=a.checkpoint_every, val_every=a.val_every,
-              amp=a.amp, compile=a.compile)
+    # Options left out keep the run's settings when resuming, else TrainConfig's defaults.
+    given = {"size": a.size, "ngf": a.ngf, "ndf": a.ndf, "batch": a.batch, "gan": "lsgan" if a.lsgan else None,
+             "lr": a.lr, "jitter": a.jitter}
+    base = train.saved_config(a.out) or train.TrainConfig()
+    cfg = dataclasses.replace(base, steps=a.steps, seed=a.seed, **{k: v for k, v in given.items() if v is not None})
+    train.run(cfg, a.dataset, a.out, device=a.device, amp=a.amp, compile=a.compile,
+              checkpoint_every=a.checkpoint_every, val_every=a.val_every, quiet=a.quiet)
 
 
 def cmd_eval(a: argparse.Namespace) -> None:

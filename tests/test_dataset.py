@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.data import dataset, video
+from engine.data import dataset, pairs, video
 from engine.data.dataset import Crop, Sample
 from engine.wire.joints import CORE, INDEX, JOINT_COLOURS, NUM_JOINTS, VISIBLE
 from tests.conftest import PYTHON, ROOT, sample, standing_pose
@@ -87,7 +87,7 @@ def test_keypoints_lie_inside_the_crop(room):
 
 def test_drawn_wrists_and_ankles_lie_on_their_landmarks(room):
     from engine.data.skeleton import draw
-    skeletons, frames, kp = dataset.load_pairs(room, "train")
+    skeletons, frames, kp = pairs.load_pairs(room, "train")
     # the written skeleton is exactly the one drawing code's picture of the saved keypoints
     for image, points in zip(skeletons[:5], kp[:5]):
         np.testing.assert_array_equal(image, draw(points, SIZE))
@@ -120,7 +120,7 @@ def test_frames_are_the_cropped_video(room):
     c = meta["sources"][0]["crop"]
     expected = cv2.resize(rgb[c["y"]:c["y"] + c["side"], c["x"]:c["x"] + c["side"]], (SIZE, SIZE),
                           interpolation=cv2.INTER_AREA)
-    _, frames, _ = dataset.load_pairs(room, "train")
+    _, frames, _ = pairs.load_pairs(room, "train")
     assert np.abs(frames[z["index"][first]].astype(int) - expected).mean() < 2
 
 
@@ -133,14 +133,38 @@ def test_metadata_stats_and_contact_sheet(room):
     assert sheet is not None and sheet.shape[0] > SIZE and sheet.shape[1] > 4 * SIZE
 
 
+class PairDataset:
+    """A split as a map-style torch dataset: items (skeleton, frame), float32 (3, S, S) in [-1, 1].
+
+    What a DataLoader needs (__len__, __getitem__), reading the PNGs lazily: the dataset folder
+    serves the usual PyTorch way too, though training itself holds the split in memory.
+    """
+
+    def __init__(self, root, split: str = "train"):
+        self.root, self.split = root, split
+        self.keypoints = pairs.load_keypoints(root, split)
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        from engine.model.tensors import to_model
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return tuple(to_model(torch.from_numpy(pairs.read_rgb(self.root / self.split / kind / f"{i:06d}.png")).permute(2, 0, 1))
+                     for kind in ("skeleton", "frame"))
+
+
 def test_load_pairs_and_torch_dataset(room):
     import torch
     from torch.utils.data import DataLoader
-    skeletons, frames, kp = dataset.load_pairs(room, "val")
+    skeletons, frames, kp = pairs.load_pairs(room, "val")
     n = _meta(room)["counts"]["val"]
     assert skeletons.shape == frames.shape == (n, SIZE, SIZE, 3) and skeletons.dtype == np.uint8
     assert kp.shape == (n, NUM_JOINTS, 3) and kp.dtype == np.float32
-    data = dataset.PairDataset(room, "train")
+    data = PairDataset(room, "train")
     assert len(data) == _meta(room)["counts"]["train"]
     skeleton, frame = data[0]
     assert skeleton.shape == frame.shape == (3, SIZE, SIZE) and skeleton.dtype == torch.float32
@@ -344,6 +368,6 @@ def test_two_videos_decoded_again_in_pass_two_make_one_dataset(tmp_path, pose_mo
     first = int(np.flatnonzero((z["source"] == 0) & (z["split"] == 0))[0])
     rgb = next(f for t, f in video.sample(sample(ROOM), 5) if abs(t - z["time"][first]) < 1e-6)
     crop = Crop(**a["crop"])
-    _, frames, _ = dataset.load_pairs(out, "train")
+    _, frames, _ = pairs.load_pairs(out, "train")
     expected = dataset.crop_image(rgb, crop, SIZE)
     assert np.abs(frames[z["index"][first]].astype(int) - expected).mean() < 1

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 
 from engine.demo import pipeline as demo
+from engine.demo import serving, unseen
 from engine.data import video
 from engine.errors import UserError
+from engine.model import metrics
 from engine.wire.joints import NUM_JOINTS
 from tests.conftest import ROOT, make_tiny_run, standing_pose
 
@@ -78,7 +80,7 @@ def test_quick_demo_generated_panel_follows_the_skeleton(quick_demo):
 
 def test_free_port_is_bindable():
     import socket
-    port = demo.free_port()
+    port = serving.free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
 
@@ -86,7 +88,7 @@ def test_free_port_is_bindable():
 def test_engine_server_stops_also_on_error(tmp_path):
     run = make_tiny_run(tmp_path / "tiny")
     with pytest.raises(RuntimeError, match="boom"):
-        with demo.engine_server(run, "cpu") as address:
+        with serving.engine_server(run, "cpu") as address:
             from engine.wire.client import Client
             with Client(address, timeout=10) as c:
                 assert c.info()["models"][0]["size"] == 64
@@ -102,26 +104,26 @@ def test_engine_server_stops_also_on_error(tmp_path):
 def test_engine_server_reports_a_bad_run(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="engine server stopped"):
-        with demo.engine_server(tmp_path / "empty", "cpu"):
+        with serving.engine_server(tmp_path / "empty", "cpu"):
             pass
 
 
 def test_to_crop_and_pose_scores():
     kp = np.tile(standing_pose(256)[None], (2, 1, 1))
     crop = {"x": 10, "y": 20, "side": 200}
-    out = demo.to_crop(kp + np.array([10, 20, 0], np.float32), crop)
+    out = unseen.to_crop(kp + np.array([10, 20, 0], np.float32), crop)
     np.testing.assert_allclose(out, kp, atol=1e-4)
     # A detection equal to the truth scores 0; no detection in a frame lowers the rate.
-    err, rate = demo.pose_scores([[kp[0]], []], kp)
+    err, rate = metrics.pose_scores([kp[0], None], kp)
     assert err == pytest.approx(0.0) and rate == 0.5
-    err, rate = demo.pose_scores([[], []], kp)
+    err, rate = metrics.pose_scores([None, None], kp)
     assert err is None and rate == 0.0
 
 
 def test_side_by_side_layout():
     n, s = 3, 32
     sk, tr, ge = (np.full((n, s, s, 3), v, np.uint8) for v in (0, 100, 200))
-    out = demo.side_by_side(sk, tr, ge, panel=64)
+    out = unseen.side_by_side(sk, tr, ge, panel=64)
     assert out.shape == (n, 64, 192, 3)
     # Each panel keeps its own picture (apart from the label in its top-left corner).
     assert out[:, 40:, :64].max() == 0 and (out[:, 40:, 64:128] == 100).all() and (out[:, 40:, 128:] == 200).all()
@@ -129,14 +131,14 @@ def test_side_by_side_layout():
 
 def test_offline_without_a_pose_model_gives_none(monkeypatch, tmp_path):
     monkeypatch.setenv("PIX2DANCE_POSE_MODEL", str(tmp_path / "missing.task"))
-    assert demo.resolve_pose_model(quiet=True) is None
+    assert unseen.resolve_pose_model(quiet=True) is None
 
 
 def test_image_scores_of_identical_frames():
     frames = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
     kp = np.tile(standing_pose(32)[None], (2, 1, 1))
     assert kp.shape == (2, NUM_JOINTS, 3)
-    scores = demo.image_scores(frames, frames, kp)
+    scores = unseen.image_scores(frames, frames, kp)
     assert scores["ssim"] == pytest.approx(1.0, abs=1e-4) and scores["l1"] == 0.0 and scores["psnr"] >= 99
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from engine.demo import pipeline as demo
+from engine.demo.serving import engine_server
 from engine.model import runs
 from engine.model.predictor import Predictor
 from tests.conftest import ROOT, standing_pose
@@ -52,7 +52,7 @@ def test_demo_model_loads_and_yields_a_frame():
 
 def test_serve_with_no_run_dir_serves_the_demo_model():
     from engine.wire.client import Client
-    with demo.engine_server(None, "cpu") as address, Client(address, timeout=30) as client:
+    with engine_server(None, "cpu") as address, Client(address, timeout=30) as client:
         model = client.info()["models"][0]
         assert model["name"] == "demo"
         frames = list(client.render("demo", standing_pose(256)[None], source_size=(256, 256), mode="frame"))

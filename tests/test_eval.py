@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine import cli
-from engine.model import evaluate, train
+from engine.model import batches, evaluate, metrics, train
 from engine.errors import UserError
 from tests.tiny_dataset import tiny_dataset
 
@@ -26,7 +26,8 @@ def trained(data, tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("eval") / "run"
-    train.run(data, out, steps=60, ngf=8, batch=2, device="cpu", seed=0, quiet=True, checkpoint_every=60, val_every=60)
+    train.run(train.TrainConfig(steps=60, ngf=8, batch=2, seed=0), data, out, device="cpu", quiet=True,
+              checkpoint_every=60, val_every=60)
     torch.set_num_threads(threads)
     return out
 
@@ -76,14 +77,41 @@ def test_pose_scores_without_any_person_is_null_not_an_error():
     import numpy as np
     from tests.conftest import standing_pose
     targets = np.stack([standing_pose(64)] * 3)
-    assert evaluate.pose_scores([None, None, None], targets, 30.0) == (None, 0.0)
-    error, rate = evaluate.pose_scores([targets[0], None, None], targets, 30.0)
+    assert metrics.pose_scores([None, None, None], targets, 30.0) == (None, 0.0)
+    error, rate = metrics.pose_scores([targets[0], None, None], targets, 30.0)
     assert error == 0.0 and rate == pytest.approx(1 / 3)
 
 
 def test_missing_split_is_a_user_error(trained, data, tmp_path, monkeypatch):
     import numpy as np
     empty = torch.zeros(0, 3, 64, 64, dtype=torch.uint8)
-    monkeypatch.setattr(train, "load_split", lambda *a, **k: train.Split(empty, empty, np.zeros((0, 23, 3), np.float32)))
+    monkeypatch.setattr(batches, "load_split", lambda *a, **k: batches.Split(empty, empty, np.zeros((0, 23, 3), np.float32)))
     with pytest.raises(UserError, match="no val pairs"):
         evaluate.run(trained, data, tmp_path / "r", device="cpu", quiet=True)
+
+
+def test_demo_and_eval_report_the_same_pose_error_on_the_same_frames(trained, data, pose_model, tmp_path):
+    """`pix2dance eval` and the demo's scoring (engine.demo.unseen.score) measure pose error one way.
+
+    The same frames go through both: the run's generated val frames, the real val frames (the
+    demo's "true renders") and the val keypoints, at the dataset's fps and body height.
+    """
+    from engine.demo import unseen
+    from engine.model.pix2pix import generate
+    from engine.model.runs import load_generator
+    code = cli.main(["eval", str(trained), "--data", str(data), "--out", str(tmp_path / "report"),
+                     "--device", "cpu", "--pose-model", str(pose_model), "--quiet"])
+    assert code == 0
+    report = json.loads((tmp_path / "report" / "eval.json").read_text())
+
+    info = batches.dataset_info(data)
+    split = batches.load_split(data, "val", 64)
+    G, _ = load_generator(trained)
+    hwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
+    generated = hwc(generate(G, split.skeletons, torch.device("cpu")))
+    demo = unseen.score(generated, hwc(split.frames), split.keypoints, pose_model, float(info["fps"]),
+                        evaluate.body_height_of(info, 64))
+    assert demo["pose_error"] == report["pose_error"] and demo["detection_rate"] == report["detection_rate"]
+    assert demo["pose_error_true_render"] == report["pose_error_real"] is not None
+    assert demo["detection_rate_true_render"] == report["detection_rate_real"]
+    assert demo["ssim"] == pytest.approx(report["ssim"]) and demo["l1"] == pytest.approx(report["l1"])

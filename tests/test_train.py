@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from engine import cli
-from engine.model import metrics, train
+from engine.model import batches, checkpoints, metrics, pix2pix, runs, train
 from engine.model.runs import REQUIRED, load_generator
 from tests.conftest import PYTHON, ROOT
 from tests.tiny_dataset import tiny_dataset
@@ -46,8 +46,8 @@ def pix2dance(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def train_l1(G, split: train.Split) -> float:
-    fakes = train.generate(G, split.skeletons, torch.device("cpu"))
+def train_l1(G, split: batches.Split) -> float:
+    fakes = pix2pix.generate(G, split.skeletons, torch.device("cpu"))
     return float(metrics.l1(fakes.float() / 255, split.frames.float() / 255).mean())
 
 
@@ -55,29 +55,29 @@ def train_l1(G, split: train.Split) -> float:
 
 def test_ranks_split_every_epoch_between_them():
     n, batch, world = 20, 2, 2
-    seen = [torch.cat([train.batch_indices(3, s, n, batch, r, world) for s in range(5)]) for r in range(world)]
+    seen = [torch.cat([batches.batch_indices(3, s, n, batch, r, world) for s in range(5)]) for r in range(world)]
     both = torch.cat(seen)
     assert sorted(both.tolist()) == list(range(n))                  # 5 steps x 2 x 2 = one epoch, no repeats
     assert not set(seen[0].tolist()) & set(seen[1].tolist())
-    assert torch.equal(train.batch_indices(3, 7, n, batch), train.batch_indices(3, 7, n, batch))
-    assert not torch.equal(train.epoch_permutation(3, 0, n), train.epoch_permutation(3, 1, n))
+    assert torch.equal(batches.batch_indices(3, 7, n, batch), batches.batch_indices(3, 7, n, batch))
+    assert not torch.equal(batches.epoch_permutation(3, 0, n), batches.epoch_permutation(3, 1, n))
 
 
 def test_jitter_moves_skeleton_and_frame_together():
     x = torch.rand(4, 3, 32, 32)
     both = torch.cat([x, x], 1)                                      # skeleton == frame
-    out = train.jitter(both, torch.tensor([1.0, 1.05, 1.1, 1.12]), torch.tensor([[0, 0], [1, -1], [-1, 1], [0.3, 0.2]]))
+    out = batches.jitter(both, torch.tensor([1.0, 1.05, 1.1, 1.12]), torch.tensor([[0, 0], [1, -1], [-1, 1], [0.3, 0.2]]))
     assert torch.equal(out[:, :3], out[:, 3:])
     assert torch.allclose(out[0], both[0], atol=1e-5)                # zoom 1: unchanged
     assert not torch.allclose(out[3], both[3], atol=1e-2)            # zoomed: changed
-    assert torch.equal(train.jitter(both, torch.ones(4), torch.zeros(4, 2)), both)
+    assert torch.equal(batches.jitter(both, torch.ones(4), torch.zeros(4, 2)), both)
 
 
 def test_learning_rate_is_constant_then_decays_to_zero():
     cfg = train.TrainConfig(steps=100, lr=2e-4)
-    assert train.lr_at(cfg, 0) == train.lr_at(cfg, 49) == 2e-4
-    assert train.lr_at(cfg, 75) == pytest.approx(1e-4)
-    assert train.lr_at(cfg, 99) == pytest.approx(4e-6) and train.lr_at(cfg, 100) == 0
+    assert pix2pix.lr_at(cfg, 0) == pix2pix.lr_at(cfg, 49) == 2e-4
+    assert pix2pix.lr_at(cfg, 75) == pytest.approx(1e-4)
+    assert pix2pix.lr_at(cfg, 99) == pytest.approx(4e-6) and pix2pix.lr_at(cfg, 100) == 0
 
 
 def test_optimizer_state_round_trips_through_tensors_and_json():
@@ -85,10 +85,10 @@ def test_optimizer_state_round_trips_through_tensors_and_json():
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     net(torch.randn(4, 3)).sum().backward()
     opt.step()
-    tensors, index = train.flatten_optimizer(opt, "opt")
+    tensors, index = checkpoints.flatten_optimizer(opt, "opt")
     index = json.loads(json.dumps(index))                            # it must survive JSON
     fresh = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=5.0)
-    fresh.load_state_dict(train.unflatten_optimizer(tensors, index, "opt"))
+    fresh.load_state_dict(checkpoints.unflatten_optimizer(tensors, index, "opt"))
     a, b = opt.state_dict(), fresh.state_dict()
     assert a["param_groups"] == b["param_groups"]
     for pid in a["state"]:
@@ -99,9 +99,9 @@ def test_optimizer_state_round_trips_through_tensors_and_json():
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_step_runs_and_learns_nothing_strange(data, amp):
     """The GPU path's autocast (+ GradScaler for fp16), exercised on the CPU: finite losses, weights move."""
-    split = train.load_split(data, "train", 64)
+    split = batches.load_split(data, "train", 64)
     cfg = train.TrainConfig(steps=10, size=64, ngf=8, ndf=8, batch=2, seed=0)
-    trainer = train.Trainer(cfg, split, torch.device("cpu"), amp=amp)
+    trainer = pix2pix.Pix2Pix(cfg, split, torch.device("cpu"), amp=amp)
     before = [p.detach().clone() for p in trainer.G.parameters()]
     for step in range(3):
         trainer.step(step)
@@ -115,7 +115,7 @@ def test_mixed_precision_step_runs_and_learns_nothing_strange(data, amp):
 
 def test_zero_steps_writes_an_untrained_run(data, tmp_path):
     out = tmp_path / "zero"
-    last = train.run(data, out, steps=0, ngf=8, device="cpu", seed=1, quiet=True)
+    last = train.run(train.TrainConfig(steps=0, ngf=8, seed=1), data, out, device="cpu", quiet=True)
     assert last["step"] == 0 and json.loads((out / "state.json").read_text())["step"] == 0
     load_generator(out)
 
@@ -124,12 +124,12 @@ def test_zero_steps_writes_an_untrained_run(data, tmp_path):
 
 def test_l1_on_training_pairs_falls_by_half(data, tmp_path):
     """300 steps at batch 1 and the paper's lr: the L1 of G's frames on the training pairs halves."""
-    split = train.load_split(data, "train", 64)
+    split = batches.load_split(data, "train", 64)
     torch.manual_seed(0)
     from engine.model.networks import Generator
     before = train_l1(Generator(size=64, ngf=8), split)              # what step 0 of seed 0 starts from
     out = tmp_path / "run"
-    last = train.run(data, out, steps=300, ngf=8, batch=1, device="cpu", seed=0, quiet=True,
+    last = train.run(train.TrainConfig(steps=300, ngf=8, batch=1, seed=0), data, out, device="cpu", quiet=True,
                      checkpoint_every=150, val_every=150)
     G, config = load_generator(out)
     after = train_l1(G, split)
@@ -139,16 +139,16 @@ def test_l1_on_training_pairs_falls_by_half(data, tmp_path):
     info = json.loads((data / "dataset.json").read_text())
     assert config["stats"] == info["stats"] and config["stats_size"] == info["size"]
     assert json.loads((out / "state.json").read_text())["step"] == 300
-    rows = train.read_jsonl(out / "metrics.jsonl")
+    rows = runs.read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [150, 300] and last["step"] == 300
     assert all(set(r) >= {"l1", "ssim", "psnr"} for r in rows)
     assert rows[-1]["l1"] < rows[0]["l1"] + 0.05
-    losses = train.read_jsonl(out / "losses.jsonl")
+    losses = runs.read_jsonl(out / "losses.jsonl")
     assert [r["step"] for r in losses] == list(range(10, 301, 10))
     assert all(np.isfinite([r["D"], r["G_GAN"], r["G_L1"]]).all() for r in losses)
     assert (out / "losses.png").stat().st_size > 10_000
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_00000150.png", "step_00000300.png"]
-    assert [p.name for p in train.list_checkpoints(out)] == ["step_00000150", "step_00000300"]
+    assert [p.name for p in checkpoints.list_checkpoints(out)] == ["step_00000150", "step_00000300"]
 
 
 def test_sigkill_then_rerun_resumes_exactly(data, tmp_path):
@@ -163,7 +163,7 @@ def test_sigkill_then_rerun_resumes_exactly(data, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    saved = int(train.list_checkpoints(run)[-1].name[5:])
+    saved = int(checkpoints.list_checkpoints(run)[-1].name[5:])
     assert 20 <= saved < 80 and json.loads((run / "state.json").read_text())["step"] <= saved
     config_before = json.loads((run / "config.json").read_text())
     leftover = run / "checkpoints" / ".step_00000040.abc.tmp"          # as a kill mid-write leaves it
@@ -175,7 +175,7 @@ def test_sigkill_then_rerun_resumes_exactly(data, tmp_path):
     assert state["started_from"] == saved and state["step"] == 80
     assert json.loads((run / "config.json").read_text()) == config_before
     assert not leftover.exists()
-    steps = [r["step"] for r in train.read_jsonl(run / "losses.jsonl")]
+    steps = [r["step"] for r in runs.read_jsonl(run / "losses.jsonl")]
     assert steps == list(range(10, 81, 10))                         # no gap, no replayed duplicate
 
     unbroken = pix2dance(*args, "--out", str(ref))
@@ -186,24 +186,25 @@ def test_sigkill_then_rerun_resumes_exactly(data, tmp_path):
         assert torch.allclose(x, y, atol=1e-5), name
 
     # A run already at --steps validates again and exits 0.
-    rows = len(train.read_jsonl(run / "metrics.jsonl"))
+    rows = len(runs.read_jsonl(run / "metrics.jsonl"))
     again = pix2dance(*args, "--out", str(run))
     assert again.returncode == 0, again.stderr
-    assert len(train.read_jsonl(run / "metrics.jsonl")) == rows + 1
+    assert len(runs.read_jsonl(run / "metrics.jsonl")) == rows + 1
     assert json.loads((run / "state.json").read_text())["step"] == 80
 
 
 @pytest.fixture
 def short_run(data, tmp_path) -> Path:
     out = tmp_path / "short"
-    train.run(data, out, steps=4, ngf=8, batch=1, device="cpu", seed=0, quiet=True, checkpoint_every=2, val_every=4)
+    train.run(train.TrainConfig(steps=4, ngf=8, batch=1, seed=0), data, out, device="cpu", quiet=True,
+              checkpoint_every=2, val_every=4)
     return out
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "json", "missing"])
 def test_corrupt_checkpoint_is_a_clear_error(data, short_run, damage, capsys):
-    latest = train.list_checkpoints(short_run)[-1]
-    weights = latest / train.MODELS_FILE
+    latest = checkpoints.list_checkpoints(short_run)[-1]
+    weights = latest / checkpoints.MODELS_FILE
     if damage == "truncate":
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     elif damage == "flip":
@@ -211,9 +212,9 @@ def test_corrupt_checkpoint_is_a_clear_error(data, short_run, damage, capsys):
         raw[-100] ^= 0xFF
         weights.write_bytes(bytes(raw))
     elif damage == "json":
-        (latest / train.CKPT_JSON).write_text('{"format": 1, "step": ')
+        (latest / checkpoints.CKPT_JSON).write_text('{"format": 1, "step": ')
     else:
-        (latest / train.OPTIM_FILE).unlink()
+        (latest / checkpoints.OPTIM_FILE).unlink()
     code = cli.main(["train", str(data), "--out", str(short_run), "--steps", "6", "--device", "cpu", "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2
@@ -241,9 +242,9 @@ def test_ddp_two_gloo_processes_train_and_save_one_checkpoint(data, tmp_path):
            "--steps", "6", "--batch", "2", "--checkpoint-every", "6", "--val-every", "6"]
     done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert [p.name for p in train.list_checkpoints(out)] == ["step_00000006"]
+    assert [p.name for p in checkpoints.list_checkpoints(out)] == ["step_00000006"]
     assert json.loads((out / "state.json").read_text())["step"] == 6
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["world_size"] == 2 and config["train"]["batch"] == 2
-    assert len(train.read_jsonl(out / "metrics.jsonl")) == 1
+    assert len(runs.read_jsonl(out / "metrics.jsonl")) == 1
     load_generator(out)

@@ -1,9 +1,8 @@
-"""Build a pix2pix training set (skeleton image, video frame) from dance videos; read it back.
+"""Build a pix2pix training set (skeleton image, video frame) from dance videos.
 
     pix2dance dataset dance.mp4 more.mp4 --out data/alice --fps 10 --size 256
     build(["dance.mp4"], "data/alice", fps=10, size=256)       # the same from Python
-    skeletons, frames, keypoints = load_pairs("data/alice", "train")
-    PairDataset("data/alice", "train")[0]                        # (skeleton, frame) tensors for training
+    (engine.data.pairs reads it back: load_pairs("data/alice", "train"))
 
 Two passes per clip. Pass 1 samples the video at `fps` (video.frames: decodes only what it needs,
 in a thread so decoding overlaps MediaPipe), finds people (pose.PoseEstimator, VIDEO mode) and
@@ -22,8 +21,6 @@ import json
 import logging
 import math
 import os
-import queue
-import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +31,7 @@ import cv2
 import numpy as np
 
 from engine.data import video
+from engine.data.prefetch import Prefetch
 from engine.atomic import atomic_dir
 from engine.errors import UserError
 from engine.wire.joints import CORE, INDEX, JOINTS, NUM_JOINTS, VISIBLE, body_stats
@@ -171,43 +169,6 @@ def split_clip(samples: list[Sample], val_fraction: float, gap: int) -> tuple[li
 
 # --- pass 1: poses ------------------------------------------------------------------------------
 
-class _Prefetch:
-    """Iterate `iterable` in a thread, `depth` items ahead (decoding overlaps the consumer's work)."""
-    _END = object()
-
-    def __init__(self, iterable, depth: int = 8):
-        self._queue: queue.Queue = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(iterable,), daemon=True)
-        self._thread.start()
-
-    def _run(self, iterable) -> None:
-        try:
-            for item in iterable:
-                if self._stop.is_set():
-                    return
-                self._queue.put(item)
-        except BaseException as e:  # handed to the consumer, raised there
-            self._error = e
-        finally:
-            self._queue.put(self._END)
-
-    def __iter__(self):
-        try:
-            while (item := self._queue.get()) is not self._END:
-                yield item
-            if self._error is not None:
-                raise self._error
-        finally:
-            self._stop.set()
-            while self._thread.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    self._queue.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-
-
 def _decoded(path: Path, fps: float):
     """(Frame, RGB) pairs: the conversion for MediaPipe also runs in the decoding thread."""
     for f in video.frames(path, fps):
@@ -236,7 +197,7 @@ def detect_clip(path: Path, info: video.VideoInfo, fps: float, model: Path | Non
         return clip
     from engine.data.pose import PoseEstimator
     with PoseEstimator(model, num_poses=2) as estimator:
-        for frame, rgb in _Prefetch(_decoded(path, fps)):
+        for frame, rgb in Prefetch(_decoded(path, fps), depth=8, name="pix2dance-decode"):
             take(frame, estimator.detect(rgb, frame.t * 1000.0))
     return clip
 
@@ -524,69 +485,3 @@ def _metadata(clips, arrays, fps, size, val_fraction, model, seconds) -> dict:
         "pose_model": Path(model).name if model else None,
         "seconds": round(seconds, 2),
     }
-
-
-# --- reading ------------------------------------------------------------------------------------
-
-def _read_rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise UserError(f"cannot read dataset image {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def load_keypoints(root, split: str) -> np.ndarray:
-    """(N, J, 3) float32 keypoints of a split in crop pixels, in file order."""
-    root = Path(root)
-    if not (root / "keypoints.npz").is_file():
-        raise UserError(f"not a dataset folder (no keypoints.npz): {root}")
-    with np.load(root / "keypoints.npz", allow_pickle=False) as npz:
-        mask = npz["split"] == {"train": 0, "val": 1}[split]
-        order = np.argsort(npz["index"][mask], kind="stable")
-        return npz["keypoints"][mask][order].astype(np.float32)
-
-
-def load_pairs(root, split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(skeletons, frames, keypoints) of a split: uint8 (N, S, S, 3) RGB twice, float32 (N, J, 3)."""
-    root = Path(root)
-    if split not in ("train", "val"):
-        raise UserError(f"split must be train or val, got {split!r}")
-    keypoints = load_keypoints(root, split)
-    n = len(keypoints)
-    size = json.loads((root / "dataset.json").read_text())["size"]
-    skeletons = np.zeros((n, size, size, 3), np.uint8)
-    frames = np.zeros((n, size, size, 3), np.uint8)
-    for i in range(n):
-        skeletons[i] = _read_rgb(root / split / "skeleton" / f"{i:06d}.png")
-        frames[i] = _read_rgb(root / split / "frame" / f"{i:06d}.png")
-    return skeletons, frames, keypoints
-
-
-class PairDataset:
-    """A split as a map-style torch dataset: items (skeleton, frame), float32 tensors (3, S, S) in [-1, 1].
-
-    Works with torch.utils.data.DataLoader (which needs only __len__ and __getitem__; torch is
-    imported on first item, so importing this module stays light). Reads the PNGs lazily, so a
-    DataLoader's workers share the work; `keypoints` (N, J, 3) and `meta` (dataset.json) come along.
-    """
-
-    def __init__(self, root, split: str = "train"):
-        self.root = Path(root)
-        if not (self.root / "dataset.json").is_file():
-            raise UserError(f"not a dataset folder (no dataset.json): {self.root}")
-        self.meta = json.loads((self.root / "dataset.json").read_text())
-        self.split = split
-        self.keypoints = load_keypoints(self.root, split)
-
-    def __len__(self) -> int:
-        return len(self.keypoints)
-
-    def __getitem__(self, i: int):
-        import torch
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        pair = []
-        for kind in ("skeleton", "frame"):
-            rgb = _read_rgb(self.root / self.split / kind / f"{i:06d}.png")
-            pair.append(torch.from_numpy(rgb).permute(2, 0, 1).float().div(127.5).sub(1.0))  # (3, S, S)
-        return pair[0], pair[1]

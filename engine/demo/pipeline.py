@@ -15,11 +15,10 @@
      the generated frames against the true skeleton; null when no pose model resolves, e.g. offline),
    - losses.png: the training curves.
 
-The unseen dance is filmed by the same camera as the training dance, so its true renders are cut
-with the training set's crop and its skeleton is sent in that crop's pixels with normalization
-"none": the generated frames then line up with the true renders pixel for pixel, and SSIM/PSNR
-measure the generator alone. (The add-on sends a rig's skeleton with "clip" normalization instead,
-which moves another body into the dancer's space; here the body is the dancer's own.)
+Steps 4-5 are engine.demo.unseen (the unseen dance is sent in the training crop's pixels with
+normalization "none", so the generated frames line up with its true renders pixel for pixel; the
+add-on sends a rig's skeleton with "clip" normalization instead, which moves another body into the
+dancer's space: here the body is the dancer's own), through engine.demo.serving's child server.
 
 The output folder is built in a temporary sibling and renamed at the end (engine.atomic), so an
 interrupted demo leaves no half-written demo-output/.
@@ -27,16 +26,10 @@ interrupted demo leaves no half-written demo-output/.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -65,6 +58,11 @@ class DemoSettings:
     val_every: int              # training steps between validations (each costs a few seconds)
     seed: int = 0
 
+    def train_config(self):
+        """The demo run's engine.model.train.TrainConfig (the rest: TrainConfig's defaults)."""
+        from engine.model.train import TrainConfig
+        return TrainConfig(steps=self.steps, size=self.size, ngf=self.ngf, batch=self.batch, seed=self.seed)
+
 
 # Full: ~10 minutes on 2 CPU cores (the README gives the measured budget).
 FULL = DemoSettings(train_frames=480, test_frames=120, fps=24.0, render_size=256, size=128, ngf=16,
@@ -85,187 +83,6 @@ class DemoResult:
     scores: dict
 
 
-# --- the engine server, as a child process ----------------------------------------------------
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def engine_server(run_dir: Path | None, device: str, timeout: float = 120.0):
-    """Start `pix2dance serve RUN` on a free loopback port; yield its address; always stop it.
-
-    run_dir None serves what `pix2dance serve` serves with no run: the demo model in assets/demo.
-
-    The server is this Python running engine.cli, so it is the very command a user types. It is
-    stopped with SIGTERM (its clean shutdown) and killed if it has not gone within 10 seconds.
-    """
-    from engine.wire.client import Client, ClientError
-    address = f"tcp://127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "engine.cli", "serve", *([str(run_dir)] if run_dir else []),
-           "--bind", address, "--device", device, "--quiet"]
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
-    log.info("starting the engine server: pix2dance serve %s --bind %s", run_dir or "(demo model)", address)
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-                raise UserError(f"the engine server stopped at start-up: {err[-1] if err else f'exit {proc.returncode}'}")
-            try:
-                with Client(address, timeout=2.0, retries=0) as c:
-                    c.ping()
-                break
-            except ClientError:
-                if time.monotonic() > deadline:
-                    raise UserError(f"the engine server did not answer on {address} within {timeout:.0f} s") from None
-        log.debug("engine server up on %s (pid %d)", address, proc.pid)
-        yield address
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
-
-
-# --- steps ------------------------------------------------------------------------------------
-
-def crop_frames(frames: np.ndarray, crop: dict, size: int) -> np.ndarray:
-    """Cut the dataset's square crop {x, y, side} out of (N, H, W, 3) frames, as the dataset did."""
-    from engine.data import dataset
-    box = dataset.Crop(int(crop["x"]), int(crop["y"]), int(crop["side"]))
-    return np.stack([dataset.crop_image(f, box, size) for f in frames])
-
-
-def to_crop(keypoints: np.ndarray, crop: dict) -> np.ndarray:
-    """(N, J, 3) keypoints in video pixels -> pixels of the crop square (side x side)."""
-    from engine.data import dataset
-    side = int(crop["side"])
-    return dataset.Crop(int(crop["x"]), int(crop["y"]), side).to_crop_pixels(keypoints, side)
-
-
-def unseen_truth(clip, crop: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The unseen dance's true renders cut like the dataset, (N, S, S, 3), and its skeleton in model pixels."""
-    from engine.demo import synth
-    truth = crop_frames(synth.read_frames(clip), crop, size)
-    kp = to_crop(clip.keypoints, crop)
-    kp[..., :2] *= size / crop["side"]
-    return truth, kp
-
-
-def write_frames(folder: Path, frames: np.ndarray) -> None:
-    """(N, H, W, 3) RGB -> folder/000000.png ..."""
-    import cv2
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, rgb in enumerate(frames):
-        if not cv2.imwrite(str(folder / f"{i:06d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise UserError(f"cannot write {folder / f'{i:06d}.png'}")
-
-
-def load_unseen(out: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """From a finished demo folder: true renders, skeleton (model pixels) and generated frames of the unseen dance."""
-    import cv2
-    from engine.demo import synth
-    out = Path(out)
-    info = json.loads((out / "dataset" / "dataset.json").read_text())
-    truth, kp = unseen_truth(synth.load_clip(out / "test_clip"), info["sources"][0]["crop"], int(info["size"]))
-    generated = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted((out / "generated").glob("*.png"))])
-    return truth, kp, generated
-
-
-def generate_via_engine(run_dir: Path, keypoints: np.ndarray, side: int, device: str, quiet: bool) -> np.ndarray:
-    """Frames for (N, J, 3) keypoints in crop pixels, through a served engine: (N, S, S, 3) uint8."""
-    import cv2
-    from tqdm import tqdm
-
-    from engine.wire.client import Client, ClientError
-    with engine_server(run_dir, device) as address, Client(address, timeout=60.0) as client:
-        model = client.info()["models"][0]["name"]
-        frames = []
-        try:
-            for frame in tqdm(client.render(model, keypoints, source_size=(side, side), mode="none", fmt="png"),
-                              total=len(keypoints), desc="render via engine", unit="frame", disable=quiet):
-                bgr = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR)
-                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        except ClientError as e:
-            raise UserError(f"the engine failed to render the unseen dance: {e}") from None
-    return np.stack(frames)
-
-
-def resolve_pose_model(quiet: bool) -> Path | None:
-    """The MediaPipe model when one resolves (env, cache, or a download); None offline."""
-    from engine.data import pose
-    try:
-        return pose.resolve_model(None, timeout=10.0)
-    except UserError as e:
-        log.warning("no pose model (%s): pose error will be null", e)
-        return None
-    except Exception as e:   # network stacks raise many kinds of errors; the demo goes on without
-        log.warning("no pose model (%s): pose error will be null", e)
-        return None
-
-
-def detect_poses(frames: np.ndarray, model: Path, fps: float, quiet: bool, desc: str) -> list[list[np.ndarray]]:
-    """MediaPipe on each frame (a video stream): per frame, the detected (J, 3) keypoints."""
-    from tqdm import tqdm
-
-    from engine.data.pose import PoseEstimator
-    found = []
-    with PoseEstimator(model, num_poses=1) as estimator:
-        for i, rgb in enumerate(tqdm(frames, desc=desc, unit="frame", disable=quiet, leave=False)):
-            found.append(estimator.detect(np.ascontiguousarray(rgb), i * 1000.0 / fps))
-    return found
-
-
-def pose_scores(detections: list[list[np.ndarray]], truth: np.ndarray) -> tuple[float | None, float]:
-    """(mean pose distance of the best detection per frame, or None; share of frames with a detection)."""
-    from engine.model.metrics import pose_distance
-    dists = []
-    for found, target in zip(detections, truth):
-        best = [d for d in (pose_distance(k, target) for k in found) if d is not None]
-        if best:
-            dists.append(min(best))
-    rate = sum(1 for f in detections if f) / max(len(detections), 1)
-    return (float(np.mean(dists)) if dists else None), float(rate)
-
-
-def image_scores(generated: np.ndarray, truth: np.ndarray, keypoints: np.ndarray) -> dict:
-    """SSIM, PSNR, L1 (whole frame, and inside the dancer's box) and flicker of generated vs true frames."""
-    from engine.model import metrics
-    a, b = metrics.to_unit(generated), metrics.to_unit(truth)
-    mask = metrics.box_masks(keypoints, generated.shape[1])
-    return {
-        "ssim": float(metrics.ssim(a, b).mean()), "psnr": float(metrics.psnr(a, b).mean()),
-        "l1": float(metrics.l1(a, b).mean()),
-        "body": {"ssim": float(metrics.ssim(a, b, mask).mean()), "psnr": float(metrics.psnr(a, b, mask).mean()),
-                 "l1": float(metrics.l1(a, b, mask).mean())},
-        "flicker": metrics.flicker(a), "flicker_true": metrics.flicker(b),
-    }
-
-
-def side_by_side(skeletons: np.ndarray, truth: np.ndarray, generated: np.ndarray, panel: int) -> np.ndarray:
-    """(N, S, S, 3) x 3 -> (N, panel, 3 * panel, 3): skeleton | true render | generated, labelled."""
-    import cv2
-    out = []
-    for row in zip(skeletons, truth, generated):
-        tiles = [cv2.resize(t, (panel, panel), interpolation=cv2.INTER_NEAREST if panel % t.shape[0] == 0 else cv2.INTER_LINEAR)
-                 for t in row]
-        for tile, label in zip(tiles, ("skeleton", "true render", "generated")):
-            cv2.putText(tile, label, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-        out.append(np.hstack(tiles))
-    return np.stack(out)
-
-
 # --- the demo ---------------------------------------------------------------------------------
 
 def run(out: str | Path = "demo-output", quick: bool = False, device: str = "auto", quiet: bool = False,
@@ -273,6 +90,7 @@ def run(out: str | Path = "demo-output", quick: bool = False, device: str = "aut
     """Run the demo into `out` (replaced atomically when done); returns where everything is."""
     from engine.data import dataset
     from engine.demo import synth
+    from engine.demo.unseen import evaluate_unseen
     from engine.model import train
     s = settings or (QUICK if quick else FULL)
     out = Path(out)
@@ -299,8 +117,8 @@ def run(out: str | Path = "demo-output", quick: bool = False, device: str = "aut
         lap("dataset", t0)
 
         t0 = time.perf_counter()
-        train.run(tmp / "dataset", tmp / "run", steps=s.steps, size=s.size, ngf=s.ngf, batch=s.batch, device=device,
-                  seed=s.seed, quiet=quiet, val_every=s.val_every, checkpoint_every=s.steps)
+        train.run(s.train_config(), tmp / "dataset", tmp / "run", device=device, quiet=quiet,
+                  val_every=s.val_every, checkpoint_every=s.steps)
         lap("train", t0)
 
         report, codec = evaluate_unseen(tmp, s, device, quiet, times)
@@ -321,46 +139,6 @@ def check_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / "eval.json").is_file() and not (out / "train_clip").is_dir():
         raise UserError(f"--out {out} is a folder that a demo did not write; the demo replaces its --out, "
                         "so give a new or empty folder")
-
-
-def evaluate_unseen(folder: Path, s: DemoSettings, device: str, quiet: bool, times: dict) -> tuple[dict, str]:
-    """Steps 4-5 in a demo folder holding test_clip/, dataset/ and run/: serve the run, render the
-    unseen dance through the client, score it; writes generated/, side_by_side.mp4, losses.png.
-
-    Returns the report (eval.json's content, less `seconds`) and the video codec used.
-    """
-    from engine.data import skeleton, video
-    from engine.demo import synth
-    from engine.model import train
-    t0 = time.perf_counter()
-    test_clip = synth.load_clip(folder / "test_clip")
-    crop = json.loads((folder / "dataset" / "dataset.json").read_text())["sources"][0]["crop"]
-    test_kp = to_crop(test_clip.keypoints, crop)                                  # (N, J, 3) crop px
-    generated = generate_via_engine(folder / "run", test_kp, int(crop["side"]), device, quiet)
-    times["render"] = round(time.perf_counter() - t0, 1)
-
-    t0 = time.perf_counter()
-    write_frames(folder / "generated", generated)
-    truth, kp_model = unseen_truth(test_clip, crop, s.size)
-    skeletons = skeleton.draw_batch(kp_model, s.size)
-    scores = image_scores(generated, truth, kp_model)
-    pose_model = resolve_pose_model(quiet)
-    pose_error = pose_error_true = None
-    detection_rate = detection_rate_true = None
-    if pose_model is not None:
-        pose_error, detection_rate = pose_scores(
-            detect_poses(generated, pose_model, s.fps, quiet, "pose error (generated)"), kp_model)
-        pose_error_true, detection_rate_true = pose_scores(
-            detect_poses(truth, pose_model, s.fps, quiet, "pose error (true renders)"), kp_model)
-    report = {**scores, "pose_error": pose_error, "detection_rate": detection_rate,
-              "pose_error_true_render": pose_error_true, "detection_rate_true_render": detection_rate_true,
-              "pose_model": pose_model.name if pose_model else None, "frames": int(len(generated)),
-              "unseen_choreography": True, "normalization": "none (same camera, dataset crop)",
-              "settings": asdict(s), "device": device}
-    codec = video.write_video(folder / "side_by_side.mp4", side_by_side(skeletons, truth, generated, s.panel), s.fps)
-    shutil.copyfile(folder / "run" / train.PLOT, folder / "losses.png")
-    times["evaluate"] = round(time.perf_counter() - t0, 1)
-    return report, codec
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -410,12 +188,14 @@ generator in fp16 with this README. This export: {minutes:.0f} minutes of wall t
 def build_demo_model(dest: str | Path, work: str | Path, device: str = "auto", quiet: bool = False,
                      settings: DemoSettings = ASSET) -> Path:
     """Train the demo model with the demo pipeline in `work` (resuming a run there) and export it, fp16, to dest."""
+    from engine.demo.unseen import evaluate_unseen
     from engine.model import runs, train
+    from engine.model.device import resolve_device
     started = time.perf_counter()
     work, dest = Path(work), Path(dest)
     if (work / "run" / "config.json").is_file() and (work / "eval.json").is_file():
         # Resume the run there to settings.steps, then evaluate it again in place.
-        train.run(work / "dataset", work / "run", steps=settings.steps, device=device, quiet=quiet,
+        train.run(settings.train_config(), work / "dataset", work / "run", device=device, quiet=quiet,
                   val_every=settings.val_every, checkpoint_every=settings.val_every)
         times: dict[str, float] = {}
         scores, _ = evaluate_unseen(work, settings, device, quiet, times)
@@ -428,8 +208,7 @@ def build_demo_model(dest: str | Path, work: str | Path, device: str = "auto", q
     config.update(name="demo", description="the synthetic dancer of engine/synth.py (pix2dance demo model)",
                   unseen={k: scores.get(k) for k in ("ssim", "psnr", "l1", "pose_error", "pose_error_true_render")})
     pe = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    import torch
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = resolve_device(device).type
     with atomic_dir(dest) as tmp:
         runs.save_generator(tmp, generator, config, half=True)
         mb = (tmp / runs.GENERATOR).stat().st_size / 1e6

@@ -10,11 +10,11 @@ REPORT/ (written in a temp folder and renamed: never half-written):
     report.md          the numbers, and sample grids (samples_*.png) beside it
 
 - Image metrics are on [0, 1] images, the generated frames quantised to uint8 as served.
-- pose_error: MediaPipe (the lite model by default) runs on each generated frame, upscaled to at
-  least 256 px (the detector's input size); the mean distance between the detected joints and the
-  input pose's joints seen in both, divided by the input's body height (Chan et al., "Everybody
-  Dance Now": "pose distance"), averaged over the frames where a person is found. null when none
-  is found (an early model), with detection_rate the share of frames where one is found.
+- pose_error: metrics.pose_error (MediaPipe, the lite model by default, on each generated frame
+  upscaled to at least 256 px; the mean distance between the detected joints and the input pose's
+  joints seen in both, divided by the input's body height, or the dataset's when the input's
+  cannot be measured), averaged over the frames where a person is found. null when none is found
+  (an early model), with detection_rate the share of frames where one is found.
   `pose_error_real` is the same on the real frames: how far the detector itself is from the
   training keypoints, the floor a perfect generator would reach.
 - flicker: mean absolute frame-to-frame change of the generated frames minus that of the real
@@ -29,15 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.model import metrics, plots, train
 from engine.atomic import atomic_dir
 from engine.errors import UserError
-from engine.wire.joints import body_height
+from engine.model import batches, metrics, plots
+from engine.model.device import resolve_device
+from engine.model.pix2pix import generate
 from engine.model.runs import STATE, load_generator
 
 log = logging.getLogger(__name__)
 
-DETECT_SIZE = 256          # MediaPipe's pose detector looks at 256 x 256 images
 PANEL_SIZE = 256           # side-by-side panels are shown at least this large
 FIELDS = ("ssim", "psnr", "l1", "box_ssim", "box_psnr", "box_l1", "pose_error", "detection_rate",
           "flicker", "frames")
@@ -57,40 +57,9 @@ def clip_breaks(data: Path, split: str, n: int, fps: float) -> np.ndarray | None
     return (source[1:] != source[:-1]) | (np.diff(t) > 1.5 / fps) | (np.diff(t) <= 0)
 
 
-def detect_poses(images: np.ndarray, model: Path, fps: float, quiet: bool, what: str) -> list[np.ndarray | None]:
-    """The most confident person in each RGB (N, S, S, 3) frame, (J, 3) in its pixels, or None."""
-    import cv2
-    from tqdm import tqdm
-
-    from engine.data.pose import PoseEstimator
-    size = images.shape[1]
-    scale = max(1.0, DETECT_SIZE / size)
-    found: list[np.ndarray | None] = []
-    with PoseEstimator(model, num_poses=1) as estimator:
-        for i, image in enumerate(tqdm(images, desc=f"pose ({what})", unit="frame", disable=quiet, leave=False)):
-            if scale > 1:
-                image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-            people = estimator.detect(image, i * 1000.0 / fps)
-            if people:
-                kp = people[0].copy()
-                kp[:, :2] /= scale
-                found.append(kp)
-            else:
-                found.append(None)
-    return found
-
-
-def pose_scores(found: list[np.ndarray | None], targets: np.ndarray, fallback_height: float) -> tuple[float | None, float]:
-    """(mean pose distance over frames with a person, or None; the share of frames with a person)."""
-    distances = []
-    for kp, target in zip(found, targets):
-        if kp is None:
-            continue
-        d = metrics.pose_distance(kp, target, body_height(target) or fallback_height)
-        if d is not None:
-            distances.append(d)
-    rate = sum(kp is not None for kp in found) / max(1, len(found))
-    return (float(np.mean(distances)) if distances else None), float(rate)
+def body_height_of(info: dict, size: int) -> float:
+    """The dataset's body height (dataset.json's stats) in pixels of size x size frames: pose error's fallback."""
+    return float(info["stats"]["height"]) * size / float(info["size"])
 
 
 def _panel(image: np.ndarray, size: int) -> np.ndarray:
@@ -106,37 +75,33 @@ def run(run: str | Path, data: str | Path, out: str | Path, split: str = "val", 
     from engine.data import video
     from engine.data.pose import resolve_model
     run, data, out = Path(run), Path(data), Path(out)
-    dev = train.resolve_device(device)
+    dev = resolve_device(device)
     G, config = load_generator(run, dev)
-    info = train.dataset_info(data)
+    info = batches.dataset_info(data)
     size, fps = int(config["size"]), float(info.get("fps") or 10.0)
-    pairs = train.load_split(data, split, size)
+    pairs = batches.load_split(data, split, size)
     n = len(pairs)
     if n == 0:
         other = "train" if split == "val" else "val"
         raise UserError(f"{data} has no {split} pairs to evaluate on (try --split {other})")
     model = resolve_model(pose_model)
 
-    fakes = train.generate(G, pairs.skeletons, dev, batch=batch)               # (N, 3, S, S) uint8
+    fakes = generate(G, pairs.skeletons, dev, batch=batch)                     # (N, 3, S, S) uint8
     a, b = fakes.float() / 255, pairs.frames.float() / 255
     box = metrics.box_masks(pairs.keypoints, size)                             # (N, S, S)
     hwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
     skeletons, reals, generated = hwc(pairs.skeletons), hwc(pairs.frames), hwc(fakes)
 
-    stats_height = float(info["stats"]["height"]) * size / float(info["size"])
-    found_fake = detect_poses(generated, model, fps, quiet, "generated")
-    found_real = detect_poses(reals, model, fps, quiet, "real")
-    pose_error, detection_rate = pose_scores(found_fake, pairs.keypoints, stats_height)
-    pose_error_real, detection_rate_real = pose_scores(found_real, pairs.keypoints, stats_height)
+    height = body_height_of(info, size)
+    pose_error, detection_rate = metrics.pose_error(generated, pairs.keypoints, model, fps, height, quiet, "pose (generated)")
+    pose_error_real, detection_rate_real = metrics.pose_error(reals, pairs.keypoints, model, fps, height, quiet, "pose (real)")
 
     breaks = clip_breaks(data, split, n, fps)
     flicker_fake, flicker_real = metrics.flicker(a, breaks), metrics.flicker(b, breaks)
     state = json.loads((run / STATE).read_text()) if (run / STATE).is_file() else {}
     result = {
-        "ssim": float(metrics.ssim(a, b).mean()), "psnr": float(metrics.psnr(a, b).mean()),
-        "l1": float(metrics.l1(a, b).mean()),
-        "box_ssim": float(metrics.ssim(a, b, box).mean()), "box_psnr": float(metrics.psnr(a, b, box).mean()),
-        "box_l1": float(metrics.l1(a, b, box).mean()),
+        **metrics.image_scores(a, b),
+        **{f"box_{k}": v for k, v in metrics.image_scores(a, b, box).items()},
         "pose_error": pose_error, "detection_rate": detection_rate,
         "pose_error_real": pose_error_real, "detection_rate_real": detection_rate_real,
         "flicker": flicker_fake - flicker_real, "flicker_generated": flicker_fake, "flicker_real": flicker_real,

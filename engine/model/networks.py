@@ -10,6 +10,7 @@ the reference code (junyanz/pytorch-CycleGAN-and-pix2pix). Two deliberate differ
 Usage:
     G = Generator(size=256, ngf=64)      # skeleton (B, 3, H, W) in [-1, 1] -> frame, same shape
     D = Discriminator(ndf=64)            # (skeleton, frame) -> (B, 1, H/8 - 2, W/8 - 2) logits
+    gan_loss(D(skeleton, frame), real=True, kind="vanilla")   # the adversarial loss on those logits
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+GAN_LOSSES = ("vanilla", "lsgan")
 
 
 def levels(size: int) -> int:
@@ -93,6 +97,19 @@ class Discriminator(nn.Module):
 
     def forward(self, skeleton: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
         return self.model(torch.cat([skeleton, frame], 1))
+
+
+def gan_loss(logits: torch.Tensor, real: bool, kind: str = "vanilla") -> torch.Tensor:
+    """The adversarial loss of D's patch logits against all-real (1) or all-fake (0) targets.
+
+    "vanilla": the paper's, binary cross-entropy on the logits; "lsgan": least squares (Mao et al.
+    2017). Computed in fp32 whatever autocast produced.
+    """
+    logits = logits.float()
+    target = torch.full_like(logits, 1.0 if real else 0.0)
+    if kind == "lsgan":
+        return F.mse_loss(logits, target)
+    return F.binary_cross_entropy_with_logits(logits, target)
 
 
 def init_weights(net: nn.Module) -> None:

@@ -1,9 +1,13 @@
 """The run directory: what training writes and what serving, rendering and evaluation load.
 
     RUN_DIR/config.json            the model and the dancer: size, ngf, joints, stats, stats_size,
-                                   plus the training settings that made it (train.py adds those)
+                                   plus the training settings that made it ("train": train.TrainConfig)
     RUN_DIR/generator.safetensors  the generator's weights (what serving loads), fp32 or fp16
-    RUN_DIR/state.json             {"step": N, ...}, written by training with each checkpoint
+    RUN_DIR/state.json             {"step", "checkpoint", "started_from", "time"}, with each checkpoint
+    RUN_DIR/checkpoints/step_*/    training checkpoints (engine.model.checkpoints)
+    RUN_DIR/losses.jsonl           {"step", "D", "G_GAN", "G_L1", "lr", "seconds"} every few steps
+    RUN_DIR/metrics.jsonl          {"step", "l1", "ssim", "psnr", "split", "frames"} per validation
+    RUN_DIR/losses.png, samples/   curves, and skeleton | real | generated grids per validation
 
 `stats` are the dancer's body statistics (joints.body_stats) in pixels of the dataset's
 `stats_size` square; normalize.to_dancer maps any pose into that space. No pickle anywhere:
@@ -13,6 +17,7 @@ weights are safetensors and everything else is JSON.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -25,6 +30,7 @@ from engine.wire.joints import JOINTS
 from engine.model.networks import Generator
 
 CONFIG, GENERATOR, STATE = "config.json", "generator.safetensors", "state.json"
+CHECKPOINTS, LOSSES, METRICS, SAMPLES, PLOT = "checkpoints", "losses.jsonl", "metrics.jsonl", "samples", "losses.png"
 REQUIRED = ("size", "ngf", "joints", "stats", "stats_size")
 
 
@@ -87,3 +93,46 @@ def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> t
         first = str(e).strip().splitlines()[0]
         raise UserError(f"{path} does not match its config (size {config['size']}, ngf {config['ngf']}): {first}") from None
     return generator.to(device).eval(), config
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Delete the temp files and folders of writes a kill interrupted (engine.atomic names them .NAME.*.tmp)."""
+    ours = (CONFIG, GENERATOR, STATE, LOSSES, METRICS, PLOT)
+    for path in Path(run_dir).glob(".*.tmp"):
+        if any(path.name.startswith(f".{name}.") for name in ours):
+            path.unlink(missing_ok=True)
+    for folder in (Path(run_dir) / CHECKPOINTS, Path(run_dir) / SAMPLES):
+        for path in folder.glob(".*.tmp") if folder.is_dir() else ():
+            if path.name.startswith(".step_"):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+# --- JSON-lines history (losses, metrics; survives resume) --------------------------------------
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSON-lines file; a torn last line (killed mid-write) is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Drop rows after `step` (written after the checkpoint we resume from), atomically."""
+    if not path.is_file():
+        return
+    rows = [r for r in read_jsonl(path) if r["step"] <= step]
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")

@@ -1,0 +1,106 @@
+"""Training data on the device: a dataset split as uint8 tensors, the data order, the jitter.
+
+    split = load_split("data/alice", "train", size=256)      # Split: (N, 3, S, S) uint8 x2, (N, J, 3)
+    idx = batch_indices(seed, step, len(split), batch, rank, world)
+    x = jitter(x, zoom, shift)                               # the same crop for skeleton and frame
+
+Data order is a pure function of (seed, step, rank): epoch e visits a permutation seeded by
+(seed, e), and rank r of W takes its slice of each global batch, as DistributedSampler would. So
+a resumed run sees exactly the batches the uninterrupted run would have, with no sampler state.
+The jitter is the paper's scale-and-crop (one random zoom and crop per pair, applied identically
+to skeleton and frame by sampling both through one affine grid); no mirroring, which would swap
+the left/right colours of the skeleton.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.errors import UserError
+from engine.model.runs import read_json
+from engine.wire.joints import JOINTS
+
+
+@dataclass
+class Split:
+    """One split of a dataset, in memory: uint8 (N, 3, S, S) tensors and (N, J, 3) keypoints in pixels of S."""
+    skeletons: torch.Tensor
+    frames: torch.Tensor
+    keypoints: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.skeletons)
+
+
+def dataset_info(root: str | Path) -> dict:
+    """DATASET/dataset.json, checked for what training and evaluation need (size, counts, stats)."""
+    path = Path(root) / "dataset.json"
+    if not path.is_file():
+        raise UserError(f"{root} is not a dataset folder (no dataset.json); build one with `pix2dance dataset`")
+    info = read_json(path, ("size", "counts", "stats"))
+    if "joints" in info and list(info["joints"]) != list(JOINTS):
+        raise UserError(f"{path} was built with another joint set; rebuild it with this version")
+    if not info["stats"]:
+        raise UserError(f"{path} has no body statistics (no usable frames)")
+    return info
+
+
+def load_split(root: str | Path, split: str, size: int) -> Split:
+    """A dataset split as uint8 tensors at `size` px (skeletons redrawn at that size, frames resized)."""
+    import cv2
+
+    from engine.data.pairs import load_pairs
+    from engine.data.skeleton import draw_batch
+    skeletons, frames, keypoints = load_pairs(root, split)
+    keypoints = np.asarray(keypoints, np.float32).copy()
+    if len(frames) and frames.shape[1] != size:
+        # Redraw rather than resize the skeletons: line widths must match what inference draws.
+        scale = size / frames.shape[1]
+        keypoints[..., :2] *= scale
+        skeletons = draw_batch(keypoints, size)
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+        frames = np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in frames])
+    to_chw = lambda a: torch.from_numpy(np.ascontiguousarray(a)).reshape(-1, size, size, 3).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+    return Split(to_chw(skeletons), to_chw(frames), keypoints)
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The visiting order of epoch `epoch`: a permutation of range(n) that depends only on (seed, epoch)."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
+    return torch.randperm(n, generator=g)
+
+
+def batch_indices(seed: int, step: int, n: int, batch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Sample indices (batch,) of this rank at `step`: slice `rank` of the global batch (batch x world)."""
+    start = (step * world + rank) * batch               # position in the endless sequence of epochs
+    q = torch.arange(start, start + batch)
+    epochs, pos = q // n, q % n
+    out = torch.empty(batch, dtype=torch.long)
+    for e in epochs.unique().tolist():
+        sel = epochs == e
+        out[sel] = epoch_permutation(seed, e, n)[pos[sel]]
+    return out
+
+
+def jitter(x: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Scale-and-crop every image of (B, C, H, W): zoom (B,) >= 1, shift (B, 2) in [-1, 1] of the slack.
+
+    One affine grid per sample, so the skeleton and the frame stacked in C move together. zoom and
+    shift live on the CPU (no device sync for the test below); only the (B, 2, 3) matrices move.
+    """
+    zoom, shift = zoom.cpu(), shift.cpu()
+    if bool((zoom == 1).all()):
+        return x
+    inv = 1.0 / zoom                                             # share of the image kept
+    theta = torch.zeros(len(x), 2, 3)
+    theta[:, 0, 0] = inv
+    theta[:, 1, 1] = inv
+    theta[:, :, 2] = shift * (1 - inv)[:, None]                  # crop centre within the slack
+    theta = theta.to(x.device, x.dtype, non_blocking=True)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
