@@ -79,7 +79,7 @@ def load_xbot(frames: int, resolution: tuple[int, int]):
     """Xbot.glb in a fresh scene, auto-mapped, with a camera that frames frames 1..N."""
     import bpy
     from blender_addon import properties
-    from engine.rig import mapping, retarget
+    from engine.rig import automap, camera
     path = SAMPLES / "rigs" / "Xbot.glb"
     if not path.is_file():
         raise SystemExit(f"sample rig missing: {path} (set PIX2DANCE_SAMPLES)")
@@ -87,10 +87,10 @@ def load_xbot(frames: int, resolution: tuple[int, int]):
     bpy.ops.import_scene.gltf(filepath=str(path))
     scene = bpy.context.scene
     arm = next(o for o in scene.objects if o.type == "ARMATURE")
-    m = mapping.auto_map(arm)
+    m = automap.auto_map(arm)
     scene.render.resolution_x, scene.render.resolution_y = resolution
     scene.render.resolution_percentage = 100
-    cam = retarget.frame_camera(scene, arm, range(1, frames + 1), m)
+    cam = camera.frame_camera(scene, arm, range(1, frames + 1), m)
     s = scene.pix2dance
     s.armature, s.camera = arm, cam
     properties.set_mapping(s, m)

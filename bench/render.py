@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.motion import sources as motion_mod  # noqa: E402
+from engine import motion as motion_mod  # noqa: E402
 from engine import render
 from engine.model.predictor import Predictor  # noqa: E402
 from tests.conftest import MODELS, SAMPLES, make_tiny_run  # noqa: E402

@@ -4,7 +4,7 @@
 engine/__init__.py and errors.py, all they need); in a checkout they are the repository's `engine`
 package. This module picks whichever is there, so every other add-on module imports only from here:
 
-    from ._engine import joints, protocol, client, mapping, projection, retarget
+    from ._engine import joints, protocol, client, mapping, automap, projection, bvh, camera, retarget
 """
 
 from importlib import import_module
@@ -17,5 +17,8 @@ joints = import_module(f"{_ROOT}.wire.joints")
 protocol = import_module(f"{_ROOT}.wire.protocol")
 client = import_module(f"{_ROOT}.wire.client")
 mapping = import_module(f"{_ROOT}.rig.mapping")
+automap = import_module(f"{_ROOT}.rig.automap")
 projection = import_module(f"{_ROOT}.rig.projection")
+bvh = import_module(f"{_ROOT}.rig.bvh")
+camera = import_module(f"{_ROOT}.rig.camera")
 retarget = import_module(f"{_ROOT}.rig.retarget")

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import properties
 from ._engine import joints
+from ._engine import automap
 from ._engine import mapping as bone_mapping
 from .jobs import AddonError
 
@@ -37,7 +38,7 @@ def checked_mapping(scene, arm) -> dict:
     """The scene's bone mapping, auto-mapped first if empty; AddonError naming an unmapped joint."""
     s = scene.pix2dance
     if not any(r.bone for r in s.mapping):
-        properties.set_mapping(s, bone_mapping.auto_map(arm))
+        properties.set_mapping(s, automap.auto_map(arm))
     m = properties.get_mapping(s)
     missing = bone_mapping.required_missing(m)
     if missing:

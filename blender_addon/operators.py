@@ -27,6 +27,7 @@ from bpy.app.handlers import persistent
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
 from . import jobs, properties, render_job
+from ._engine import automap
 from ._engine import mapping as bone_mapping
 from .checks import checked_mapping, output_folder, rig_and_camera
 from .connection import MODELS, ConnectionJob, connection_for
@@ -145,7 +146,7 @@ class PIX2DANCE_OT_auto_map(bpy.types.Operator):
         if arm is None or arm.type != "ARMATURE":
             self.report({"ERROR"}, "No armature: pick one in the pix2dance panel")
             return {"CANCELLED"}
-        m = bone_mapping.auto_map(arm)
+        m = automap.auto_map(arm)
         properties.set_mapping(s, m)
         missing = bone_mapping.required_missing(m)
         unmapped = bone_mapping.missing_joints(m)
@@ -268,14 +269,14 @@ class PIX2DANCE_OT_retarget_bvh(bpy.types.Operator):
 
 def bring_in_bvh(scene, path: Path, mode: str, set_range: bool) -> str:
     """Retarget a BVH onto the scene's armature, or import it as the armature; a one-line summary."""
-    from ._engine import retarget
+    from ._engine import bvh, camera, retarget
     s = scene.pix2dance
     try:
         if mode == "IMPORT":
-            arm = retarget.import_bvh(str(path), scene)
-            first, last = retarget.motion_range(arm)
+            arm = bvh.import_bvh(str(path), scene)
+            first, last = bvh.motion_range(arm)
             s.armature = arm
-            properties.set_mapping(s, bone_mapping.auto_map(arm))
+            properties.set_mapping(s, automap.auto_map(arm))
             done = f"Imported {path.name} as {arm.name!r} (mapping: {s.mapping_preset or 'by hierarchy'})"
         else:
             arm = s.armature
@@ -289,7 +290,7 @@ def bring_in_bvh(scene, path: Path, mode: str, set_range: bool) -> str:
     if set_range:
         s.frame_start, s.frame_end = max(0, first), max(0, last)
     if s.camera is None and scene.camera is None:
-        s.camera = retarget.frame_camera(scene, arm, range(first, last + 1), properties.get_mapping(s) or None)
+        s.camera = camera.frame_camera(scene, arm, range(first, last + 1), properties.get_mapping(s) or None)
         done += f", camera {s.camera.name!r} added"
     return f"{done}: frames {first}-{last}"
 

@@ -4,7 +4,7 @@
     result.frames, result.codec, result.seconds
 
 The pipeline, in three overlapping stages so the generator is never kept waiting:
-1. `engine.motion.sources.load` turns the source into keypoints in its own image's pixels (all frames up
+1. `engine.motion.load` turns the source into keypoints in its own image's pixels (all frames up
    front: rigs are projected in one pass, a video is analysed by MediaPipe and smoothed, which
    needs the whole track anyway), with the source's body statistics for "clip" normalization.
 2. Inference in chunks. In-process (default): a drawing thread normalizes and draws skeleton
@@ -300,7 +300,7 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
     """Render `motion_path` as the dancer of `run_dir` into `out`; see the module docstring."""
     from tqdm import tqdm
 
-    from engine.motion import sources as motion_mod
+    from engine import motion as motion_mod
     t_start = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out)
     motion_mod.precheck(motion_path, fps, mapping, frames)   # a bad motion file fails before the model loads

@@ -680,7 +680,7 @@ def test_hiding_the_skin_does_not_move_the_joints(addon):
     """Render to Sequencer (background) hides the rig's skinned meshes while it reads poses."""
     import numpy as np
     from tests.conftest import sample
-    from engine.rig import mapping, projection
+    from engine.rig import automap, projection
     bpy.ops.wm.read_factory_settings(use_empty=True)
     bpy.ops.import_scene.gltf(filepath=str(sample("rigs/Xbot.glb")))
     scene = bpy.context.scene
@@ -690,9 +690,9 @@ def test_hiding_the_skin_does_not_move_the_joints(addon):
     for frame, degrees in ((1, 0), (8, 70)):
         pb.rotation_euler = (math.radians(degrees), 0, 0)
         pb.keyframe_insert("rotation_euler", frame=frame)
-    m = mapping.auto_map(arm)
-    from engine.rig import retarget
-    cam = retarget.frame_camera(scene, arm, range(1, 9), m)
+    m = automap.auto_map(arm)
+    from engine.rig import camera
+    cam = camera.frame_camera(scene, arm, range(1, 9), m)
     plain = projection.project_frames(scene, arm, cam, m, range(1, 9))
     with projection.skins_hidden(arm) as skins:
         assert skins and all(o.hide_viewport for o in skins)

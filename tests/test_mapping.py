@@ -9,6 +9,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
+from engine.rig import anchors, automap, names  # noqa: E402
 from engine.rig import mapping as M  # noqa: E402
 from engine.wire import joints  # noqa: E402
 from tests.conftest import sample  # noqa: E402
@@ -83,7 +84,7 @@ def bones_of(m):
 @pytest.mark.parametrize("rig", ["rigs/Xbot.glb", "rigs/Mannequin.glb"])
 def test_auto_map_mixamo_glb(rig):
     arm = load_rig(rig)
-    m = M.auto_map(arm)
+    m = automap.auto_map(arm)
     assert m["preset"] == "mixamo"
     assert M.required_missing(m) == [] and M.missing_joints(m) == []
     b = bones_of(m)
@@ -92,7 +93,7 @@ def test_auto_map_mixamo_glb(rig):
     assert b["left_hip"] == "mixamorig:LeftUpLeg" and b["right_knee"] == "mixamorig:RightLeg"
     assert b["left_ankle"] == "mixamorig:LeftFoot" and b["nose"] == "mixamorig:Head"
     assert "neck" not in m["joints"] and "mid_hip" not in m["joints"]  # always derived
-    rest = M.rest_positions(arm, m)
+    rest = anchors.rest_positions(arm, m)
     # The rig faces -Y: its left is +X, the nose in front of the ears, heels behind the toes.
     assert rest["left_wrist"].x > 0.5 > -0.5 > rest["right_wrist"].x
     assert rest["nose"].y < rest["left_ear"].y and rest["left_toe"].y < rest["left_heel"].y
@@ -104,7 +105,7 @@ def test_auto_map_mixamo_glb(rig):
 def test_auto_map_cmu_shoulder_is_upper_arm():
     """cmu_131_01_dance: LeftCollar is the clavicle, LeftShoulder the upper arm."""
     arm = load_rig("mocap/cmu_131_01_dance.bvh")
-    m = M.auto_map(arm)
+    m = automap.auto_map(arm)
     assert M.required_missing(m) == []
     b = bones_of(m)
     assert (b["left_shoulder"], b["left_elbow"], b["left_wrist"]) == ("LeftShoulder", "LeftElbow", "LeftWrist")
@@ -117,14 +118,14 @@ def test_auto_map_cmu_shoulder_is_upper_arm():
 def test_auto_map_cmu_shoulder_is_clavicle():
     """cmu_01_01_jumps: LeftShoulder is the clavicle, LeftArm the upper arm (as in Mixamo)."""
     arm = load_rig("mocap/cmu_01_01_jumps.bvh")
-    m = M.auto_map(arm)
+    m = automap.auto_map(arm)
     assert m["preset"] == "cmu_bvh" and M.required_missing(m) == []
     b = bones_of(m)
     assert (b["left_shoulder"], b["left_elbow"], b["left_wrist"]) == ("LeftArm", "LeftForeArm", "LeftHand")
     assert (b["right_shoulder"], b["right_elbow"], b["right_wrist"]) == ("RightArm", "RightForeArm", "RightHand")
     assert (b["left_hip"], b["left_knee"], b["left_ankle"]) == ("LeftUpLeg", "LeftLeg", "LeftFoot")
     # The hierarchy walk agrees with the preset on its own.
-    assert bones_of(M.walk_map(arm)) == b
+    assert bones_of(automap.walk_map(arm)) == b
 
 
 @pytest.mark.parametrize("style", [
@@ -143,7 +144,7 @@ def test_auto_map_generic_names(style):
     empty_scene()
     bones = humanoid(style)
     arm = build_rig(bones)
-    m = M.auto_map(arm)
+    m = automap.auto_map(arm)
     assert M.required_missing(m) == [], m
     b = bones_of(m)
     names = humanoid(style)  # the same dict: find the upper arm by its head position
@@ -172,11 +173,11 @@ def test_twist_segments_are_skipped():
             f"DEF-toe.{s}": (f"DEF-foot.{s}", (0.1 * x, -0.12, 0.02), (0.1 * x, -0.2, 0.0)),
         })
     arm = build_rig(bones)
-    for m in (M.auto_map(arm), M.walk_map(arm)):
+    for m in (automap.auto_map(arm), automap.walk_map(arm)):
         b = bones_of(m)
         assert (b["left_shoulder"], b["left_elbow"], b["left_wrist"]) == ("DEF-upper_arm.L", "DEF-forearm.L", "DEF-hand.L")
         assert (b["right_hip"], b["right_knee"]) == ("DEF-thigh.R", "DEF-shin.R")
-    assert M.auto_map(arm)["preset"] == "rigify"
+    assert automap.auto_map(arm)["preset"] == "rigify"
 
 
 def test_missing_joints_and_files(tmp_path):
@@ -211,9 +212,9 @@ def test_presets_are_valid():
 
 
 def test_names():
-    assert M.tokens("mixamorig:LeftUpLeg") == ["left", "up", "leg"]
-    assert M.side_of("thigh.L") == "left" and M.side_of("UpperArm_R") == "right" and M.side_of("Spine") is None
-    assert M.side_of("LHipJoint") == "left" and M.stem("DEF-upper_arm.L.001") == "upper arm"
+    assert names.tokens("mixamorig:LeftUpLeg") == ["left", "up", "leg"]
+    assert names.side_of("thigh.L") == "left" and names.side_of("UpperArm_R") == "right" and names.side_of("Spine") is None
+    assert names.side_of("LHipJoint") == "left" and names.stem("DEF-upper_arm.L.001") == "upper arm"
 
 
 def test_eye_bones_and_face_model():
@@ -227,9 +228,9 @@ def test_eye_bones_and_face_model():
     bpy.ops.object.mode_set(mode="EDIT")
     arm.data.edit_bones["Head"].roll = 1.3  # an arbitrary roll must not move the face
     bpy.ops.object.mode_set(mode="OBJECT")
-    m = M.auto_map(arm)
+    m = automap.auto_map(arm)
     assert m["joints"]["left_eye"]["bone"] == "LeftEye" and m["joints"]["nose"]["bone"] == "Head"
-    rest = M.rest_positions(arm, m)
+    rest = anchors.rest_positions(arm, m)
     assert (rest["left_eye"] - bpy.data.objects["Rig"].data.bones["LeftEye"].head_local).length < 1e-6
     assert rest["nose"].y < -0.1 and abs(rest["nose"].x) < 1e-6 and 1.6 < rest["nose"].z < 1.85
     assert rest["left_ear"].x > 0.08 and rest["right_ear"].x < -0.08
@@ -239,7 +240,7 @@ def test_eye_bones_and_face_model():
 def test_renamed_bone_counts_as_missing():
     empty_scene()
     arm = build_rig(humanoid())
-    m = M.auto_map(arm)
+    m = automap.auto_map(arm)
     assert M.required_missing(m, arm) == [] and M.missing_bones(m, arm) == {}
     arm.data.bones["Hand_L"].name = "Hand_L_renamed"
     assert M.required_missing(m) == []                       # the mapping alone looks complete

@@ -11,7 +11,10 @@ import os
 import numpy as np
 import pytest
 
-from engine.motion import sources as motion
+from engine import motion
+from engine.motion import bvh as motion_bvh
+from engine.motion import source, video
+from engine.quiet import quiet_fds
 from engine.data import normalize
 from engine.errors import UserError
 from engine.wire.joints import CORE, INDEX, NUM_JOINTS, VISIBLE
@@ -24,22 +27,22 @@ _CORE = [INDEX[n] for n in CORE]
 # --- frame arithmetic ---------------------------------------------------------------------------
 
 def test_frames_range_is_one_based_and_inclusive():
-    total = motion.frame_count(10.0, 10)            # 10 s at 10 fps, both ends: 101 frames
+    total = source.frame_count(10.0, 10)            # 10 s at 10 fps, both ends: 101 frames
     assert total == 101
-    assert motion.select(total, (1, 40), 10, "x") == (0, 40)       # --fps 10 --frames 1:40: 40 frames
-    assert motion.select(total, None, 10, "x") == (0, 101)
-    assert motion.select(total, (101, 101), 10, "x") == (100, 101)
+    assert source.select(total, (1, 40), 10, "x") == (0, 40)       # --fps 10 --frames 1:40: 40 frames
+    assert source.select(total, None, 10, "x") == (0, 101)
+    assert source.select(total, (101, 101), 10, "x") == (100, 101)
     with pytest.raises(UserError, match="beyond the end"):
-        motion.select(total, (1, 102), 10, "x")
+        source.select(total, (1, 102), 10, "x")
     with pytest.raises(UserError, match="numbered from 1"):
-        motion.select(total, (0, 5), 10, "x")
+        source.select(total, (0, 5), 10, "x")
 
 
 def test_interpolate_is_exact_on_frames_and_linear_between():
     kp = np.zeros((3, NUM_JOINTS, 3), np.float32)
     kp[:, :, 0] = np.array([0, 10, 30])[:, None]
     kp[:, :, 2] = [[1], [1], [0]]
-    out = motion.interpolate(kp, np.array([0, 0.5, 1, 1.5, 2]))
+    out = source.interpolate(kp, np.array([0, 0.5, 1, 1.5, 2]))
     np.testing.assert_allclose(out[:, 0, 0], [0, 5, 10, 20, 30])
     np.testing.assert_allclose(out[:, 0, 2], [1, 1, 1, 0, 0])      # visibility: the lower neighbour
 
@@ -51,7 +54,7 @@ def test_gaps_are_bridged_only_when_short():
     found[[3, 4]] = False
     found[7:] = False
     kp[~found] = 0
-    out = motion.fill_gaps(kp, found, max_gap=2)
+    out = video.fill_gaps(kp, found, max_gap=2)
     np.testing.assert_allclose(out[3:5, 0, 0], kp[2, 0, 0] + [4, 8])   # interpolated
     np.testing.assert_allclose(out[7:9], kp[[6, 6]])                   # held at the end, 2 frames
     assert out[9].max() == 0                                            # too far: left empty
@@ -60,15 +63,15 @@ def test_gaps_are_bridged_only_when_short():
 def test_pick_person_follows_the_dancer_not_the_bigger_stranger():
     dancer = standing_pose(256)
     stranger = standing_pose(256) * np.array([1.5, 1.5, 1], np.float32) + np.array([200, 0, 0], np.float32)
-    assert motion.pick_person([dancer, stranger], None) is stranger            # first frame: the biggest
+    assert video.pick_person([dancer, stranger], None) is stranger            # first frame: the biggest
     moved = dancer + np.array([3, 0, 0], np.float32)
-    assert motion.pick_person([stranger, moved], dancer) is moved              # then: the nearest
+    assert video.pick_person([stranger, moved], dancer) is moved              # then: the nearest
 
 
 # --- file checks --------------------------------------------------------------------------------
 
 def test_real_bvh_passes_the_check():
-    info = motion.check_bvh(sample(CMU))
+    info = motion_bvh.check(sample(CMU))
     assert info.frames == 994 and info.fps == pytest.approx(120, rel=1e-3)
     assert info.joints[0] == "Hips" and info.channels > 90
 
@@ -87,7 +90,7 @@ def test_broken_bvh_is_refused_with_a_reason(tmp_path, damage, message):
     bad = tmp_path / "bad.bvh"
     bad.write_text(damage(sample(CMU).read_text()))
     with pytest.raises(UserError, match=message):
-        motion.check_bvh(bad)
+        motion_bvh.check(bad)
 
 
 def test_precheck_refuses_unknown_types_missing_files_and_fake_blends(tmp_path):
@@ -109,12 +112,12 @@ def test_precheck_refuses_unknown_types_missing_files_and_fake_blends(tmp_path):
 def test_quiet_fds_swallows_c_level_output(capfd):
     import ctypes
     libc = ctypes.CDLL(None)
-    with motion.quiet_fds(verbose=False):
+    with quiet_fds(verbose=False):
         os.write(1, b"from fd 1\n")
         os.write(2, b"from fd 2\n")
         libc.printf(b"from printf\n")
         print("from python")
-    with motion.quiet_fds(verbose=True):
+    with quiet_fds(verbose=True):
         os.write(2, b"shown\n")
     out, err = capfd.readouterr()
     assert "from" not in out + err
@@ -160,7 +163,7 @@ def test_video_track_is_smoothed_without_lag(pose_model):
     assert m.images.shape == (45, 64, 64, 3) and m.source_stats["height"] > 100
     assert (m.keypoints[:, _CORE, 2] >= VISIBLE).mean() > 0.9
     # The raw track of the same frames: smoothing cuts its jitter (second differences) ...
-    times, raw, found, _ = motion._detect(path, 30, lambda i, t: i < 45, lambda i, t: i >= 45, 45,
+    times, raw, found, _ = video._detect(path, 30, lambda i, t: i < 45, lambda i, t: i >= 45, 45,
                                           pose_model, None, True)
     assert found.all()
     seen = (raw[:, _CORE, 2] >= VISIBLE).all(axis=0)
@@ -207,12 +210,46 @@ def test_blend_scene_range_camera_and_auto_mapping(rig_blend):
     np.testing.assert_allclose(half.keypoints, m.keypoints[2:11:2], atol=1e-3)
 
 
+def test_blend_saved_offset_projects_as_the_addon_does(rig_blend, tmp_path):
+    """A mapping row with an offset, saved by the add-on: `render` (headless, the add-on not
+    registered) projects the same keypoints as the add-on does in Blender."""
+    import bpy
+
+    import blender_addon
+    from engine.rig import automap
+    from engine.rig import mapping as mapping_mod
+    from engine.rig import projection
+    bpy.ops.wm.open_mainfile(filepath=rig_blend)
+    blender_addon.register()
+    try:
+        scene, arm = bpy.context.scene, bpy.data.objects["Rig"]
+        s = scene.pix2dance
+        s.armature = arm
+        for joint, entry in automap.auto_map(arm)["joints"].items():   # the add-on's rows, by its surface
+            row = s.mapping.add()
+            row.joint, row.bone, row.at = joint, entry["bone"], entry.get("at", 0.0)
+            if joint == "left_wrist":
+                row.has_offset, row.offset = True, (0.05, 0.12, -0.03)   # rest-local: mostly along the hand
+        in_blender = mapping_mod.saved_mapping(s)
+        assert in_blender["joints"]["left_wrist"]["offset"] == pytest.approx([0.05, 0.12, -0.03])
+        addon_kp = projection.project_frames(scene, arm, scene.camera, in_blender, [1, 2, 3])
+        saved = str(tmp_path / "offset.blend")
+        bpy.ops.wm.save_as_mainfile(filepath=saved)
+    finally:
+        blender_addon.unregister()
+    headless = motion.load(saved, frames=(1, 3))
+    np.testing.assert_allclose(headless.keypoints, addon_kp, atol=1e-3)
+    plain = motion.load(rig_blend, frames=(1, 3))                          # no offset: the wrist elsewhere
+    lw = INDEX["left_wrist"]
+    assert np.linalg.norm(plain.keypoints[:, lw, :2] - headless.keypoints[:, lw, :2], axis=1).min() > 5
+
+
 def test_blend_saved_mapping_is_used_and_bad_names_are_refused(rig_blend, tmp_path):
     import bpy
     bpy.ops.wm.open_mainfile(filepath=rig_blend)
     scene = bpy.context.scene
-    from engine.rig import mapping as mapping_mod
-    auto = mapping_mod.auto_map(bpy.data.objects["Rig"])
+    from engine.rig import automap
+    auto = automap.auto_map(bpy.data.objects["Rig"])
     # Swap the wrists in the saved mapping: the projection must follow the saved one.
     rows = [{"joint": j, "bone": e["bone"], "at": e.get("at", 0.0)} for j, e in auto["joints"].items()]
     for r in rows:

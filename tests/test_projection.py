@@ -14,10 +14,11 @@ bpy = pytest.importorskip("bpy")
 
 from mathutils import Matrix, Vector  # noqa: E402
 
-from engine.rig import mapping as M  # noqa: E402
+from engine.rig.automap import auto_map  # noqa: E402
 from engine.rig import projection as P  # noqa: E402
 from engine.data import skeleton  # noqa: E402
 from engine.wire.joints import FACE, INDEX, VISIBLE  # noqa: E402
+from tests.projection_helpers import rest_pose_stats, world_to_ndc  # noqa: E402
 from tests.test_mapping import build_rig, empty_scene, humanoid, load_rig  # noqa: E402
 
 W, H = 200, 100
@@ -53,7 +54,7 @@ def posed_rig():
     Returns (armature, mapping, expected world positions of some joints)."""
     scene = empty_scene()
     arm = build_rig(humanoid())
-    mapping = M.auto_map(arm)
+    mapping = auto_map(arm)
     arm.location = (0.3, 1.0, 0.0)
     # Forearm: rotate 90 degrees about world Y around the elbow, so it points down (-Z).
     pb = arm.pose.bones["LowerArm_L"]
@@ -107,7 +108,7 @@ def test_matches_world_to_camera_view(ortho):
     bpy.context.view_layer.update()
     proj = P.Projector(arm, mapping)
     world, have = proj.world_joints()
-    ours = P.world_to_ndc(world[have], P.camera_params(scene, cam))
+    ours = world_to_ndc(world[have], P.camera_params(scene, cam))
     ref = np.array([world_to_camera_view(scene, cam, Vector(p))[:] for p in world[have]])
     np.testing.assert_allclose(ours, ref, atol=1e-5)
     # project() takes its own fast path: the same pixels, y flipped.
@@ -149,7 +150,7 @@ def test_xbot_frames_front_and_back_and_speed():
     and projection after frame_set stays under 2 ms a frame."""
     arm = load_rig("rigs/Xbot.glb")
     scene = bpy.context.scene
-    mapping = M.auto_map(arm)
+    mapping = auto_map(arm)
     cam = add_camera(scene, location=(0, -8, 1))
     kps = P.project_frames(scene, arm, cam, mapping, [1, 2])
     assert kps.shape == (2, 23, 3)
@@ -174,7 +175,7 @@ def test_xbot_frames_front_and_back_and_speed():
 def test_rest_pose_stats():
     scene, arm, mapping, _ = posed_rig()
     cam = add_camera(scene)
-    stats = P.rest_pose_stats(scene, arm, cam, mapping)
+    stats = rest_pose_stats(scene, arm, cam, mapping)
     # Rest pose height: neck (1.5) to ankle (0.1) along the body = 1.4 m at 10 m depth... in px.
     assert stats is not None and abs(stats["height"] - FOCAL * 1.4 / 11.0) < 1.0
     assert arm.data.pose_position == "POSE"

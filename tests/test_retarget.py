@@ -9,7 +9,9 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from engine.rig import mapping as M  # noqa: E402
+from engine.rig import automap  # noqa: E402
+from engine.rig import bvh as B  # noqa: E402
+from engine.rig import camera  # noqa: E402
 from engine.rig import projection as P  # noqa: E402
 from engine.rig import retarget as R  # noqa: E402
 from engine.wire import joints  # noqa: E402
@@ -41,16 +43,16 @@ def test_bvh_onto_xbot_follows_mocap(bvh):
     scene = empty_scene()
     bpy.ops.import_scene.gltf(filepath=str(sample("rigs/Xbot.glb")))
     xbot = next(o for o in bpy.data.objects if o.type == "ARMATURE")
-    src = R.import_bvh(sample(bvh), scene, scale=0.056)
+    src = B.import_bvh(sample(bvh), scene, scale=0.056)
     action = R.retarget(scene, src, xbot, frames=FRAMES)
     assert xbot.animation_data.action == action
-    curves = R._fcurves(action)
+    curves = B.fcurves(action)
     assert curves and all(len(fc.keyframe_points) == len(FRAMES) for fc in curves)
     assert any(fc.data_path.endswith('"mixamorig:Hips"].location') for fc in curves)
 
-    cam = R.frame_camera(scene, src, FRAMES)
-    src_kp = P.project_frames(scene, src, cam, M.auto_map(src), FRAMES)
-    rig_kp = P.project_frames(scene, xbot, cam, M.auto_map(xbot), FRAMES)
+    cam = camera.frame_camera(scene, src, FRAMES)
+    src_kp = P.project_frames(scene, src, cam, automap.auto_map(src), FRAMES)
+    rig_kp = P.project_frames(scene, xbot, cam, automap.auto_map(xbot), FRAMES)
     assert (src_kp[:, BODY, 2] == 1).all() and (rig_kp[:, BODY, 2] == 1).all()
     # Joints within a small fraction of body height (the rigs' proportions differ a little).
     err = np.linalg.norm(normalized(src_kp)[:, BODY] - normalized(rig_kp)[:, BODY], axis=2)
@@ -70,18 +72,19 @@ def test_bvh_onto_xbot_follows_mocap(bvh):
 def test_import_resamples_to_scene_fps():
     scene = empty_scene()
     path = sample("mocap/cmu_131_01_dance.bvh")  # 994 frames at 120 fps = 8.28 s
-    assert R.bvh_header(path) == {"frames": 994, "frame_time": pytest.approx(1 / 120, rel=1e-3), "channels": 96}
+    info = B.read(path)
+    assert (info.frames, info.frame_time, info.channels) == (994, pytest.approx(1 / 120, rel=1e-3), 96)
     scene.render.fps, scene.render.fps_base = 24, 1.0
-    a = R.import_bvh(path, scene)
-    assert R.motion_range(a) == (1, 199) and scene.render.fps == 24
+    a = B.import_bvh(path, scene)
+    assert B.motion_range(a) == (1, 199) and scene.render.fps == 24
     scene.render.fps, scene.render.fps_base = 30, 1.001  # 29.97 fps
-    b = R.import_bvh(path, scene, frame_start=10)
-    first, last = R.motion_range(b)
+    b = B.import_bvh(path, scene, frame_start=10)
+    first, last = B.motion_range(b)
     assert first == 10 and abs(last - (10 + 993 * 0.0083333 * 30 / 1.001)) < 1.01
     assert scene.frame_start == 1 and scene.frame_end == 250  # the scene's range is left alone
     # The same instant of the capture is the same pose at both rates: BVH frame 600 = 5 s.
-    m = M.auto_map(a)
-    cam = R.frame_camera(scene, a, [1])
+    m = automap.auto_map(a)
+    cam = camera.frame_camera(scene, a, [1])
     pa = P.Projector(a, m)
     pb = P.Projector(b, m)
     scene.frame_set(1 + 120)     # 24 fps: 5 s after frame 1
@@ -94,11 +97,11 @@ def test_import_resamples_to_scene_fps():
 
 def test_frame_camera_sees_whole_motion():
     scene = empty_scene()
-    src = R.import_bvh(sample("mocap/cmu_01_01_jumps.bvh"), scene)
+    src = B.import_bvh(sample("mocap/cmu_01_01_jumps.bvh"), scene)
     frames = list(range(1, 300, 10))
-    cam = R.frame_camera(scene, src, frames, margin=0.1)
+    cam = camera.frame_camera(scene, src, frames, margin=0.1)
     assert scene.camera == cam
-    kp = P.project_frames(scene, src, cam, M.auto_map(src), frames)
+    kp = P.project_frames(scene, src, cam, automap.auto_map(src), frames)
     w, h = P.render_size(scene)
     body = kp[:, BODY]
     assert (body[..., 2] == 1).all()
@@ -108,26 +111,26 @@ def test_frame_camera_sees_whole_motion():
     span = max((body[..., 0].max() - body[..., 0].min()) / w, (body[..., 1].max() - body[..., 1].min()) / h)
     assert span > 0.6
     assert skeleton.facing(kp[0]) > 0.5  # a front camera
-    again = R.frame_camera(scene, src, frames)
+    again = camera.frame_camera(scene, src, frames)
     assert again == cam and len([o for o in bpy.data.objects if o.type == "CAMERA"]) == 1
 
 
 def test_files_are_checked(tmp_path):
     empty_scene()
     with pytest.raises(ValueError, match="not found"):
-        R.import_bvh(tmp_path / "missing.bvh")
+        B.import_bvh(tmp_path / "missing.bvh")
     txt = tmp_path / "motion.txt"
     txt.write_text("HIERARCHY\n")
     with pytest.raises(ValueError, match="not a BVH file"):
-        R.import_bvh(txt)
+        B.import_bvh(txt)
     fake = tmp_path / "fake.bvh"
     fake.write_text("hello\n")
     with pytest.raises(ValueError, match="does not start with HIERARCHY"):
-        R.import_bvh(fake)
+        B.import_bvh(fake)
     cut = tmp_path / "cut.bvh"
     cut.write_text("HIERARCHY\nROOT Hips\n{\n")
     with pytest.raises(ValueError, match="without a MOTION"):
-        R.import_bvh(cut)
+        B.import_bvh(cut)
     good = sample("mocap/cmu_skeleton_example.bvh").read_text().splitlines()
     short = tmp_path / "short.bvh"  # a motion line lost two values
     lines = list(good)
@@ -135,17 +138,17 @@ def test_files_are_checked(tmp_path):
     lines[first_motion + 5] = " ".join(lines[first_motion + 5].split()[:-2])
     short.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match="motion line 6 has 94 values, the hierarchy has 96 channels"):
-        R.import_bvh(short)
+        B.import_bvh(short)
     few = tmp_path / "few.bvh"  # fewer lines than Frames says
     few.write_text("\n".join(good[:first_motion + 10]) + "\n")
     with pytest.raises(ValueError, match="says 278 frames but has 10 motion lines"):
-        R.import_bvh(few)
+        B.import_bvh(few)
     assert not [o for o in bpy.data.objects]  # nothing was imported
 
 
 def test_retarget_refuses_bad_input():
     scene = empty_scene()
-    src = R.import_bvh(sample("mocap/cmu_131_01_dance.bvh"), scene)
+    src = B.import_bvh(sample("mocap/cmu_131_01_dance.bvh"), scene)
     with pytest.raises(ValueError, match="target armature"):
         R.retarget(scene, src, None)
     with pytest.raises(ValueError, match="same armature"):
@@ -167,7 +170,7 @@ def test_retarget_bvh_one_call():
     assert action.frame_range[:] == pytest.approx((first, last))
     assert [o.type for o in bpy.data.objects].count("ARMATURE") == 1  # the BVH armature is gone
     # The rig moves: its wrists are somewhere else at the end than at the start.
-    m = M.auto_map(xbot)
+    m = automap.auto_map(xbot)
     proj = P.Projector(xbot, m)
     scene.frame_set(first)
     a = proj.world_joints()[0]
@@ -178,10 +181,10 @@ def test_retarget_bvh_one_call():
 
 def test_fractional_frames_sample_between_keys():
     scene = empty_scene()
-    src = R.import_bvh(sample("mocap/cmu_skeleton_example.bvh"), scene)
-    m = M.auto_map(src)
+    src = B.import_bvh(sample("mocap/cmu_skeleton_example.bvh"), scene)
+    m = automap.auto_map(src)
     w = P.world_frames(scene, src, m, [10, 10.5, 11])
-    cam = R.frame_camera(scene, src, [10, 11])
+    cam = camera.frame_camera(scene, src, [10, 11])
     kp = P.project_frames(scene, src, cam, m, [10, 10.5, 11])
     moved = np.nanmax(np.abs(w[2] - w[0]))
     assert moved > 0.05

@@ -347,8 +347,8 @@ def ground_truth(scene, arm, cam, frames: int) -> np.ndarray:
     The add-on's own mapping and projection (the code that sends a rig's skeleton to the engine):
     the rig's generic bone names auto-map, face points come from the head bone.
     """
-    from engine.rig import mapping, projection
-    table = mapping.auto_map(arm)
+    from engine.rig import automap, projection
+    table = automap.auto_map(arm)
     missing = mapping.required_missing(table)
     if missing:                                   # a bug in BONES, not a user error
         raise RuntimeError(f"the synthetic rig does not auto-map {missing}")

@@ -3,6 +3,7 @@
     kp = project(scene, armature, camera, mapping)                  # (J, 3) float32, current frame
     kps = project_frames(scene, armature, camera, mapping, frames)  # (N, J, 3), frame_set per frame
     w, h = render_size(scene)                                       # resolution x percentage
+    in_frame(kps, (w, h))                                           # (N, J) bool: in the picture
 
 Rows are (x, y, visibility) in pixels of the scene's render, x right and y down (0 at the top), as
 `bpy_extras.object_utils.world_to_camera_view` places them (perspective and orthographic), in the
@@ -13,7 +14,7 @@ are the midpoints of the shoulders and of the hips.
 
 `Projector` does the per-rig work once (bone indices, rest-local points) and projects a frame with
 one `foreach_get` of the pose matrices and a few numpy operations (well under 2 ms).
-Imports only bpy, mathutils, bpy_extras, numpy and the engine's joints (copied into the add-on).
+bpy, mathutils and numpy; the joints come from `anchors`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import numpy as np
 
 from ..wire import joints
 
-from . import mapping as mapping_mod
+from . import anchors as anchors_mod
+from .mapping import DERIVED
 
 # A point this far outside the frame (fraction of its size) still counts as seen.
 MARGIN = 0.05
@@ -34,7 +36,7 @@ MARGIN = 0.05
 FACE_AWAY = -0.25
 
 _FACE_IDX = np.array([joints.INDEX[n] for n in joints.FACE])
-_DERIVED = [(joints.INDEX[d], joints.INDEX[a], joints.INDEX[b]) for d, (a, b) in mapping_mod.DERIVED.items()]
+_DERIVED = [(joints.INDEX[d], joints.INDEX[a], joints.INDEX[b]) for d, (a, b) in DERIVED.items()]
 
 
 def render_size(scene) -> tuple[int, int]:
@@ -42,6 +44,16 @@ def render_size(scene) -> tuple[int, int]:
     r = scene.render
     pct = r.resolution_percentage / 100.0
     return max(1, int(r.resolution_x * pct)), max(1, int(r.resolution_y * pct))
+
+
+def in_frame(kp: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(..., J) bool of keypoints (..., J, 3): seen (visibility > 0) and inside the w x h picture.
+    Stricter than visibility, which keeps points up to MARGIN outside the frame: this is "in view"
+    for the user (a render or preview with nothing in view is refused)."""
+    w, h = size
+    kp = np.asarray(kp)
+    x, y = kp[..., 0], kp[..., 1]
+    return (kp[..., 2] > 0) & (x >= 0) & (x < w) & (y >= 0) & (y < h)
 
 
 def _mat(m) -> np.ndarray:
@@ -66,27 +78,6 @@ def camera_params(scene, camera) -> dict:
     }
 
 
-def world_to_ndc(points: np.ndarray, cam: dict) -> np.ndarray:
-    """(N, 3) world points -> (N, 3) like world_to_camera_view: x, y in 0..1 across the camera
-    frame (0, 0 bottom left), z the depth along the view axis (negative behind the camera)."""
-    pts = np.asarray(points, np.float64)
-    local = pts @ cam["inv"][:3, :3].T + cam["inv"][:3, 3]
-    z = -local[:, 2]
-    (x0, x1), (y0, y1) = cam["x"], cam["y"]
-    if cam["ortho"]:
-        s = np.ones_like(z)
-    else:
-        # world_to_camera_view scales the frame corners to the point's depth: v * z / -v.z
-        s = z / -cam["frame_z"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = (local[:, 0] - x0 * s) / ((x1 - x0) * s)
-        y = (local[:, 1] - y0 * s) / ((y1 - y0) * s)
-    if not cam["ortho"]:
-        at_eye = z == 0.0
-        x[at_eye], y[at_eye] = 0.5, 0.5
-    return np.stack([x, y, z], axis=1)
-
-
 class Projector:
     """One rig's joints, ready to project frame after frame.
 
@@ -100,7 +91,7 @@ class Projector:
             raise ValueError("projection needs an armature object")
         self.armature = armature
         self.mapping = mapping
-        anchors = mapping_mod.anchors(armature, mapping)
+        anchors = anchors_mod.anchors(armature, mapping)
         names = [pb.name for pb in armature.pose.bones]
         index = {n: i for i, n in enumerate(names)}
         self.n_bones = len(names)
@@ -123,7 +114,7 @@ class Projector:
         self.nose = joints.INDEX["nose"]
         if "nose" in anchors:
             bone_name = anchors["nose"][0]
-            _, _, fwd = mapping_mod.body_frame(armature, mapping)
+            _, _, fwd = anchors_mod.body_frame(armature, mapping)
             rest = armature.matrix_world @ armature.data.bones[bone_name].matrix_local
             f = rest.to_3x3().inverted() @ fwd
             self.head_bone = index[bone_name]
@@ -254,23 +245,6 @@ def world_frames(scene, armature, mapping: dict, frames) -> np.ndarray:
     finally:
         scene.frame_set(current)
     return out
-
-
-def rest_pose_stats(scene, armature, camera, mapping: dict) -> dict | None:
-    """joints.body_stats of the rest pose seen through the camera (pixels of the render): the
-    'frame' normalization's reference for live preview. None when the body is not seen."""
-    import bpy
-    _check(scene, armature, camera)
-    data = armature.data
-    old = data.pose_position
-    try:
-        data.pose_position = "REST"
-        bpy.context.view_layer.update()
-        kp = project(scene, armature, camera, mapping)
-    finally:
-        data.pose_position = old
-        bpy.context.view_layer.update()
-    return joints.body_stats([kp.tolist()])
 
 
 @contextlib.contextmanager

@@ -1,8 +1,7 @@
-"""BVH mocap into Blender: import at the scene's frame rate, retarget onto a rig, frame a camera.
+"""Retargeting: one rig's motion baked onto another rig, whatever their proportions and rest poses.
 
-    src = import_bvh("dance.bvh", scene)              # the imported armature, keys at scene fps
     action = retarget(scene, src, rig)                 # bake src's motion onto rig (both auto-mapped)
-    cam = frame_camera(scene, src, range(1, 200))      # a front camera that sees the whole motion
+    action, (first, last) = retarget_bvh(scene, "dance.bvh", rig)   # import (`bvh`), bake, drop the import
 
 Retargeting works bone by bone in world space and respects each rig's rest pose: for each
 corresponding bone pair, the source's rotation relative to its rest (`delta = pose @ rest^-1`) is
@@ -11,165 +10,19 @@ onto the source's (so a T-pose rig follows an arms-down mocap skeleton). Spines 
 different bone counts are matched by position along the chain. The hips move as the source's, scaled
 by the ratio of leg lengths, about each rig's origin (the floor). The result is baked into a new
 layered action (Blender 5 channelbags) with one key per scene frame.
-
-Files are checked before any operator touches them (`check_file`): a missing file, a wrong
-extension or a BVH without a HIERARCHY header raises ValueError with one line.
-Imports only bpy, mathutils, numpy and the add-on's own modules.
+bpy, mathutils and numpy.
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
 import numpy as np
-
-from . import mapping as mapping_mod
-from . import projection
 
 from ..wire import joints
 
-
-# --- files --------------------------------------------------------------------------------------
-
-def check_file(path, extensions: tuple[str, ...], what: str) -> Path:
-    """The path if it is an existing file with one of the extensions; ValueError otherwise."""
-    p = Path(str(path)).expanduser()
-    if not str(path):
-        raise ValueError(f"no {what} file given")
-    if not p.is_file():
-        raise ValueError(f"{what} file not found: {p}")
-    if p.suffix.lower() not in extensions:
-        raise ValueError(f"{p.name} is not a {what} file (expected {' or '.join(extensions)})")
-    return p
-
-
-def bvh_header(path) -> dict:
-    """Check a BVH file fully and read its motion header: {"frames": int, "frame_time": float,
-    "channels": int}.
-
-    ValueError (one line) when the file is missing, not .bvh, does not start with HIERARCHY, has
-    no ROOT, lacks a valid MOTION / Frames / Frame Time header, or has a motion line whose number
-    of values differs from the hierarchy's channel count (Blender's importer would print a
-    traceback and leave a half-imported armature).
-    """
-    p = check_file(path, (".bvh",), "BVH")
-    try:
-        text = p.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise ValueError(f"cannot read {p.name}: {e.strerror or e}") from None
-    text = text.lstrip("\ufeff \t\r\n")
-    if not text[:9].upper() == "HIERARCHY":
-        raise ValueError(f"{p.name} is not a BVH file (it does not start with HIERARCHY)")
-    upper = text.upper()
-    at = upper.find("\nMOTION")
-    if at < 0:
-        raise ValueError(f"{p.name}: BVH without a MOTION section")
-    hierarchy, motion = text[:at], text[at + 1:].splitlines()
-    if "ROOT" not in hierarchy.upper():
-        raise ValueError(f"{p.name}: BVH hierarchy without a ROOT joint")
-    channels = 0
-    for line in hierarchy.splitlines():
-        words = line.split()
-        if words and words[0].upper() == "CHANNELS":
-            try:
-                channels += int(words[1])
-            except (IndexError, ValueError):
-                raise ValueError(f"{p.name}: bad CHANNELS line in the BVH hierarchy: {line.strip()}") from None
-    frames = frame_time = None
-    body = 0
-    for i, line in enumerate(motion[1:], start=1):
-        s = line.strip()
-        low = s.lower()
-        if low.startswith("frames:"):
-            frames = _number(s, int, p)
-        elif low.startswith("frame time:"):
-            frame_time = _number(s, float, p)
-            body = i + 1
-            break
-    if frames is None or frame_time is None or frame_time <= 0 or frames < 1 or channels < 1:
-        raise ValueError(f"{p.name}: BVH without a valid MOTION header (Frames, Frame Time, CHANNELS)")
-    rows = [ln for ln in motion[body:] if ln.strip()]
-    if len(rows) < frames:
-        raise ValueError(f"{p.name}: BVH says {frames} frames but has {len(rows)} motion lines")
-    for n, row in enumerate(rows[:frames], start=1):
-        if len(row.split()) != channels:
-            raise ValueError(f"{p.name}: motion line {n} has {len(row.split())} values, the hierarchy "
-                             f"has {channels} channels")
-    return {"frames": frames, "frame_time": frame_time, "channels": channels}
-
-
-def _number(line: str, kind, p: Path):
-    try:
-        return kind(line.split(":", 1)[1])
-    except ValueError:
-        raise ValueError(f"{p.name}: bad BVH header line: {line}") from None
-
-
-def scene_fps(scene) -> float:
-    return scene.render.fps / scene.render.fps_base
-
-
-def import_bvh(path, scene=None, *, scale: float = 1.0, frame_start: int = 1):
-    """Import a BVH as an armature whose action is keyed at the scene's frame rate.
-
-    The importer maps one BVH frame to one scene frame; the keys are then rescaled by
-    frame_time x scene fps (fps_base included), so a 120 fps capture plays at its real speed in a
-    24 or 29.97 fps scene. The scene's fps and frame range are left alone. Returns the armature.
-    """
-    import bpy
-    header = bvh_header(path)
-    scene = scene or bpy.context.scene
-    before = set(bpy.data.objects)
-    kwargs = dict(filepath=str(Path(str(path)).expanduser()), global_scale=float(scale), frame_start=int(frame_start),
-                  use_fps_scale=False, update_scene_fps=False, update_scene_duration=False)
-    if scene != bpy.context.scene:
-        with bpy.context.temp_override(scene=scene):
-            result = bpy.ops.import_anim.bvh(**kwargs)
-    else:
-        result = bpy.ops.import_anim.bvh(**kwargs)
-    if "FINISHED" not in result:
-        raise ValueError(f"Blender could not import {Path(str(path)).name} as BVH")
-    new = [o for o in bpy.data.objects if o not in before and o.type == "ARMATURE"]
-    if not new:
-        raise ValueError(f"importing {Path(str(path)).name} made no armature")
-    arm = new[0]
-    factor = header["frame_time"] * scene_fps(scene)
-    if abs(factor - 1.0) > 1e-9 and arm.animation_data and arm.animation_data.action:
-        _scale_keys(arm.animation_data.action, factor, frame_start)
-    arm["pix2dance_bvh"] = {"frames": header["frames"], "frame_time": header["frame_time"]}
-    return arm
-
-
-def _fcurves(action):
-    """Every F-Curve of an action (Blender 5 layered actions: layers > strips > channelbags)."""
-    out = []
-    for layer in action.layers:
-        for strip in layer.strips:
-            for bag in strip.channelbags:
-                out.extend(bag.fcurves)
-    return out
-
-
-def _scale_keys(action, factor: float, start: float) -> None:
-    """Stretch keyframe times about `start` by `factor`. The importer's keys are LINEAR, so only
-    the key points move; update() then recomputes the handles."""
-    for fc in _fcurves(action):
-        n = len(fc.keyframe_points)
-        buf = np.empty(2 * n, np.float64)
-        fc.keyframe_points.foreach_get("co", buf)
-        buf[0::2] = start + (buf[0::2] - start) * factor
-        fc.keyframe_points.foreach_set("co", buf)
-        fc.update()
-
-
-def motion_range(armature) -> tuple[int, int]:
-    """First and last whole scene frames of the armature's action."""
-    ad = armature.animation_data
-    if ad is None or ad.action is None:
-        raise ValueError(f"{armature.name} has no animation")
-    a, b = ad.action.frame_range
-    return int(math.ceil(a - 1e-6)), int(math.floor(b + 1e-6))
+from . import projection
+from .anchors import body_frame, end_point, rest_positions
+from .automap import auto_map
+from . import bvh
 
 
 # --- rig structure ----------------------------------------------------------------------------------
@@ -196,7 +49,7 @@ def _head(arm, name):
 
 
 def _end(arm, name):
-    return np.array(mapping_mod._end_point(arm, arm.data.bones[name]), np.float64)
+    return np.array(end_point(arm, arm.data.bones[name]), np.float64)
 
 
 def _rest_rot(arm, name) -> np.ndarray:
@@ -216,7 +69,7 @@ class Structure:
         lack = [j for j in need if j not in J or J[j]["bone"] not in bones]
         if lack:
             raise ValueError(f"{arm.name}: mapping lacks {', '.join(lack)} (needed to retarget)")
-        self.rest = mapping_mod.rest_positions(arm, mapping)
+        self.rest = rest_positions(arm, mapping)
         b = {j: J[j]["bone"] for j in need}
         self.root = _common_ancestor(bones, b["left_hip"], b["right_hip"]) or b["left_hip"]
         self.chest = _common_ancestor(bones, b["left_shoulder"], b["right_shoulder"]) or self.root
@@ -242,7 +95,7 @@ class Structure:
                      R["right_hip"] - R["right_knee"], R["right_knee"] - R["right_ankle"])
         self.leg_length = float(sum(np.linalg.norm(v) for v in self.legs) / 2)
         self.mid_hip = (R["left_hip"] + R["right_hip"]) / 2
-        left, up, fwd = mapping_mod.body_frame(arm, mapping)
+        left, up, fwd = body_frame(arm, mapping)
         self.frame = np.array([left, up, fwd], np.float64).T  # columns: left, up, forward
 
     def chain_segments(self, chain: list[str], end_point: np.ndarray):
@@ -336,10 +189,10 @@ def retarget(scene, source, target, source_mapping: dict | None = None, target_m
             raise ValueError(f"retargeting needs a {what} armature")
     if source == target:
         raise ValueError("source and target are the same armature")
-    src = Structure(source, source_mapping or mapping_mod.auto_map(source))
-    tgt = Structure(target, target_mapping or mapping_mod.auto_map(target))
+    src = Structure(source, source_mapping or auto_map(source))
+    tgt = Structure(target, target_mapping or auto_map(target))
     if frames is None:
-        a, b = motion_range(source)
+        a, b = bvh.motion_range(source)
         frames = range(a, b + 1)
     frames = [int(f) for f in frames]
     if not frames:
@@ -484,9 +337,9 @@ def retarget_bvh(scene, path, target, target_mapping: dict | None = None, *, kee
     (action, (first, last) scene frames of the motion). The imported armature is deleted unless
     keep_source. The scene's frame range is left alone (the caller may set it to the motion's)."""
     import bpy
-    source = import_bvh(path, scene)
+    source = bvh.import_bvh(path, scene)
     try:
-        first, last = motion_range(source)
+        first, last = bvh.motion_range(source)
         action = retarget(scene, source, target, None, target_mapping, range(first, last + 1))
     finally:
         if not keep_source:
@@ -495,71 +348,3 @@ def retarget_bvh(scene, path, target, target_mapping: dict | None = None, *, kee
             if data.users == 0:
                 bpy.data.armatures.remove(data)
     return action, (first, last)
-
-
-# Frames sampled at most to find a motion's extent (margin covers what falls between samples).
-MAX_FRAMING_FRAMES = 300
-
-
-# --- camera ------------------------------------------------------------------------------------------------
-
-def frame_camera(scene, armature, frames, mapping: dict | None = None, *, margin: float = 0.1,
-                 lens: float = 50.0, name: str = "pix2dance camera"):
-    """Add (or reuse, by name) a perspective camera in front of the armature that sees every mapped
-    joint over the given frames, with `margin` (fraction of the frame) to spare; it becomes the
-    scene camera. "Front": the horizontal body forward of the first frame. Returns the camera."""
-    import bpy
-    from mathutils import Matrix, Vector
-    mapping = mapping or mapping_mod.auto_map(armature)
-    frames = sorted({int(math.floor(f + 1e-6)) for f in frames})
-    if not frames:
-        raise ValueError("no frames to frame the camera on")
-    if len(frames) > MAX_FRAMING_FRAMES:  # evenly spread samples, first and last included
-        pick = np.linspace(0, len(frames) - 1, MAX_FRAMING_FRAMES).round().astype(int)
-        frames = [frames[i] for i in pick]
-    world = projection.world_frames(scene, armature, mapping, frames)           # (N, J, 3)
-    pts = world.reshape(-1, 3)
-    pts = pts[np.isfinite(pts).all(axis=1)]
-    if not len(pts):
-        raise ValueError(f"{armature.name}: no mapped joints to frame")
-    first = world[0]
-    L, R = joints.INDEX, first
-    fwd = None
-    if np.isfinite(R[[L["left_shoulder"], L["right_shoulder"], L["left_hip"], L["right_hip"]]]).all():
-        left = (R[L["left_shoulder"]] - R[L["right_shoulder"]]) + (R[L["left_hip"]] - R[L["right_hip"]])
-        up = np.array([0.0, 0.0, 1.0])
-        fwd = np.cross(left, up)
-        fwd[2] = 0.0
-    if fwd is None or np.linalg.norm(fwd) < 1e-9:
-        fwd = np.array([0.0, -1.0, 0.0])
-    fwd /= np.linalg.norm(fwd)
-    up = np.array([0.0, 0.0, 1.0])
-    right_cam = np.cross(-fwd, up)                 # camera's +X when looking along -fwd
-    centre = (pts.max(axis=0) + pts.min(axis=0)) / 2
-    rel = pts - centre
-    cx, cy, cz = rel @ right_cam, rel @ up, rel @ fwd     # camera axes; cz towards the camera
-    cam = bpy.data.objects.get(name)
-    if cam is None or cam.type != "CAMERA":
-        cam = bpy.data.objects.new(name, bpy.data.cameras.new(name))
-        scene.collection.objects.link(cam)
-    elif cam.name not in scene.objects:
-        scene.collection.objects.link(cam)
-    cam.data.type, cam.data.lens, cam.data.sensor_fit = "PERSP", lens, "AUTO"
-    cam.data.shift_x = cam.data.shift_y = 0.0
-    w, h = projection.render_size(scene)
-    half = cam.data.sensor_width / 2 / lens            # tan of half the wider side's field of view
-    tan_x, tan_y = (half, half * h / w) if w >= h else (half * w / h, half)
-    keep = 1.0 - 2 * margin
-    # Each point needs |x| / (dist - z) <= tan * keep (z: its offset towards the camera).
-    dist = float(np.max(cz + np.maximum(np.abs(cx) / (tan_x * keep), np.abs(cy) / (tan_y * keep))))
-    hz = float(np.abs(cz).max())
-    dist = max(dist, hz * 1.5 + 1e-3)
-    cam.matrix_world = Matrix.Identity(4)
-    loc = centre + fwd * dist
-    look = Matrix(np.stack([right_cam, up, fwd], axis=1).tolist())   # camera looks along its -Z
-    cam.matrix_world = Matrix.Translation(Vector(loc.tolist())) @ look.to_4x4()
-    cam.data.clip_start = max(1e-3, 0.05 * (dist - hz))
-    cam.data.clip_end = max(cam.data.clip_end, 2 * (dist + hz))
-    scene.camera = cam
-    bpy.context.view_layer.update()
-    return cam
