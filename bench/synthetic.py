@@ -36,6 +36,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.demo import pipeline as demo  # noqa: E402
+from engine.demo import synth, unseen  # noqa: E402
+from engine.model import batches, metrics  # noqa: E402
+from engine.model.evaluate import body_height_of  # noqa: E402
 from engine.wire.joints import CORE, INDEX  # noqa: E402
 
 log = logging.getLogger("bench.synthetic")
@@ -50,12 +53,22 @@ def nearest_frames(train_kp: np.ndarray, train_frames: np.ndarray, test_kp: np.n
     return train_frames[dist.argmin(1)]
 
 
-def score(name: str, frames: np.ndarray, truth: np.ndarray, kp: np.ndarray, pose_model, fps: float) -> dict:
-    out = demo.image_scores(frames, truth, kp)
+def load_unseen(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From a finished demo folder: true renders, skeleton (model pixels) and generated frames of the unseen dance."""
+    import cv2
+    info = json.loads((out / "dataset" / "dataset.json").read_text())
+    truth, kp = unseen.unseen_truth(synth.load_clip(out / "test_clip"), info["sources"][0]["crop"], int(info["size"]))
+    generated = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted((out / "generated").glob("*.png"))])
+    return truth, kp, generated
+
+
+def score(name: str, frames: np.ndarray, truth: np.ndarray, kp: np.ndarray, pose_model, fps: float,
+          height: float) -> dict:
+    """The demo's image scores of one method's frames, and their pose error (metrics.pose_error, as eval)."""
+    out = unseen.image_scores(frames, truth, kp)
     out["pose_error"] = out["detection_rate"] = None
     if pose_model is not None:
-        out["pose_error"], out["detection_rate"] = demo.pose_scores(
-            demo.detect_poses(frames, pose_model, fps, True, name), kp)
+        out["pose_error"], out["detection_rate"] = metrics.pose_error(frames, kp, pose_model, fps, height, True, name)
     return out
 
 
@@ -98,15 +111,17 @@ def main(argv: list[str] | None = None) -> int:
             out = a.out or Path(tmp) / "demo"
             scores = demo.run(out, device=a.device, quiet=True, settings=s).scores
         seconds = time.perf_counter() - t0
-        truth, kp, generated = demo.load_unseen(out)
-        from engine.data.dataset import load_pairs
+        truth, kp, generated = load_unseen(out)
+        from engine.data.pairs import load_pairs
         _, train_frames, train_kp = load_pairs(out / "dataset", "train")
-        pose_model = demo.resolve_pose_model(quiet=True)
+        pose_model = unseen.resolve_pose_model(quiet=True)
+        height = body_height_of(batches.dataset_info(out / "dataset"), s.size)
         rows = {
-            "generator": score("generator", generated, truth, kp, pose_model, s.fps),
-            "nearest frame": score("nearest frame", nearest_frames(train_kp, train_frames, kp), truth, kp, pose_model, s.fps),
+            "generator": score("generator", generated, truth, kp, pose_model, s.fps, height),
+            "nearest frame": score("nearest frame", nearest_frames(train_kp, train_frames, kp), truth, kp, pose_model,
+                                   s.fps, height),
             "mean frame": score("mean frame", np.repeat(train_frames.mean(0, keepdims=True).round().astype(np.uint8),
-                                                        len(truth), 0), truth, kp, pose_model, s.fps),
+                                                        len(truth), 0), truth, kp, pose_model, s.fps, height),
         }
         truth_pose = scores.get("pose_error_true_render")
 

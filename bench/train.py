@@ -9,7 +9,7 @@ Throughput: the same Generator/Discriminator and the same pairs (a dataset built
 - reference: what the pix2pix reference code does: batch 1, fp32, eager, one sample at a time
   converted from uint8 on the CPU, resized (bicubic, 1.12x) and randomly cropped there, copied to
   the device; D judges fake and real pairs in two forwards.
-- ours: engine.model.train.Trainer: the split held on the device as uint8, batches sliced and jittered
+- ours: engine.model.pix2pix.Pix2Pix: the split held on the device as uint8, batches sliced and jittered
   there (one affine grid), D on real and fake in one forward, bf16/fp16 autocast + channels_last on
   GPU (optionally torch.compile), at `--batch` (and at batch 1, for a like-for-like step rate).
 Printed: steps/s and images/s of each, and the ratios. On a GPU the target is >= 3x images/s.
@@ -36,8 +36,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.model import train  # noqa: E402
+from engine.model import batches, train  # noqa: E402
+from engine.model.device import resolve_amp, resolve_device  # noqa: E402
 from engine.model.networks import Discriminator, Generator  # noqa: E402
+from engine.model.pix2pix import Pix2Pix  # noqa: E402
+from engine.model.tensors import to_model  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 log = logging.getLogger("bench.train")
@@ -60,7 +63,7 @@ def build_dataset(video: Path, size: int, out: Path, fps: float) -> Path:
 class ReferenceLoop:
     """The pix2pix reference's training step, batch 1, fp32, eager (see the module docstring)."""
 
-    def __init__(self, cfg: train.TrainConfig, data: train.Split, device: torch.device, seed: int = 0):
+    def __init__(self, cfg: train.TrainConfig, data: batches.Split, device: torch.device, seed: int = 0):
         torch.manual_seed(seed)
         self.cfg, self.device = cfg, device
         self.G = Generator(size=cfg.size, ngf=cfg.ngf).to(device)
@@ -78,7 +81,7 @@ class ReferenceLoop:
         x0, y0 = (int(v) for v in self.rng.integers(0, load - size + 1, 2))
         out = []
         for image in (self.skeletons[i], self.frames[i]):
-            t = torch.from_numpy(image).permute(2, 0, 1).float().div(127.5).sub(1)[None]     # (1, 3, S, S)
+            t = to_model(torch.from_numpy(image).permute(2, 0, 1))[None]     # (1, 3, S, S)
             t = F.interpolate(t, size=(load, load), mode="bicubic", align_corners=False)
             out.append(t[:, :, y0:y0 + size, x0:x0 + size].to(self.device))
         return out[0], out[1]
@@ -128,8 +131,8 @@ def steps_per_second(loop, device: torch.device, seconds: float, warmup: int) ->
 def throughput(args, device: torch.device) -> None:
     video = SHARED / "data" / "video" / "dancer_room.mp4"
     data_dir = build_dataset(video, args.size, Path(args.data) / f"{video.stem}{args.size}", fps=10)
-    split = train.load_split(data_dir, "train", args.size)
-    amp = train.resolve_amp(args.amp, device)
+    split = batches.load_split(data_dir, "train", args.size)
+    amp = resolve_amp(args.amp, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -140,7 +143,7 @@ def throughput(args, device: torch.device) -> None:
     def ours(batch: int):
         cfg = train.TrainConfig(steps=10**9, size=args.size, ngf=args.ngf, ndf=args.ngf, batch=batch, seed=0)
         torch.manual_seed(0)
-        return train.Trainer(cfg, split, device, amp=amp, compile=args.compile)
+        return Pix2Pix(cfg, split, device, amp=amp, compile=args.compile)
 
     ref_cfg = train.TrainConfig(steps=10**9, size=args.size, ngf=args.ngf, ndf=args.ngf, batch=1, seed=0)
     warmup = 20 if args.compile else 5
@@ -166,11 +169,11 @@ def quality(args) -> None:
     device = torch.device("cpu")
     video = Path(args.video) if args.video else SHARED / "data" / "video" / "dancer_long_320x240.mp4"
     data_dir = build_dataset(video, args.size, Path(args.data) / f"{video.stem}{args.size}", fps=10)
-    train_split, val_split = train.load_split(data_dir, "train", args.size), train.load_split(data_dir, "val", args.size)
+    train_split, val_split = batches.load_split(data_dir, "train", args.size), batches.load_split(data_dir, "val", args.size)
     marks = sorted(float(m) for m in args.minutes.split(","))
     cfg = train.TrainConfig(steps=10**9, size=args.size, ngf=args.ngf, ndf=args.ngf, batch=args.batch, seed=0)
     torch.manual_seed(0)
-    trainer = train.Trainer(cfg, train_split, device)
+    trainer = Pix2Pix(cfg, train_split, device)
     log.info("time to quality: %s at %d px, ngf %d, batch %d, %d train / %d val pairs, CPU, %d thread(s)",
              video.name, args.size, args.ngf, args.batch, len(train_split), len(val_split), torch.get_num_threads())
     scores, _ = train.validate(trainer.G, val_split, device)
@@ -206,7 +209,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = train.resolve_device(args.device)
+    device = resolve_device(args.device)
     if args.quick:
         args.size, args.ngf, args.seconds = 64, 8, 3.0
         if not args.threads and device.type == "cpu":
