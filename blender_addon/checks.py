@@ -16,8 +16,7 @@ import bpy
 import numpy as np
 
 from . import properties
-from ._engine import joints
-from ._engine import automap
+from ._engine import automap, joints, projection
 from ._engine import mapping as bone_mapping
 from .jobs import AddonError
 
@@ -39,7 +38,10 @@ def checked_mapping(scene, arm) -> dict:
     s = scene.pix2dance
     if not any(r.bone for r in s.mapping):
         properties.set_mapping(s, automap.auto_map(arm))
-    m = properties.get_mapping(s)
+    try:
+        m = bone_mapping.saved_mapping(s)
+    except ValueError as e:
+        raise AddonError(f"The bone mapping in the pix2dance panel is not usable: {e}") from None
     missing = bone_mapping.required_missing(m)
     if missing:
         raise AddonError(f"Required joint{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
@@ -61,7 +63,6 @@ def output_folder(scene) -> Path:
 
 
 def core_in_view(kp: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Per pose and core joint (joints.CORE): seen and inside the w x h frame; (..., len(CORE)) bool."""
-    w, h = size
-    c = np.asarray(kp)[..., [joints.INDEX[n] for n in joints.CORE], :]
-    return (c[..., 2] > 0) & (c[..., 0] >= 0) & (c[..., 0] < w) & (c[..., 1] >= 0) & (c[..., 1] < h)
+    """Per pose and core joint (joints.CORE): seen and inside the w x h frame (projection.in_frame);
+    (..., len(CORE)) bool from (..., J, 3) keypoints."""
+    return projection.in_frame(np.asarray(kp)[..., [joints.INDEX[n] for n in joints.CORE], :], size)

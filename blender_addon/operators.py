@@ -290,7 +290,7 @@ def bring_in_bvh(scene, path: Path, mode: str, set_range: bool) -> str:
     if set_range:
         s.frame_start, s.frame_end = max(0, first), max(0, last)
     if s.camera is None and scene.camera is None:
-        s.camera = camera.frame_camera(scene, arm, range(first, last + 1), properties.get_mapping(s) or None)
+        s.camera = camera.frame_camera(scene, arm, range(first, last + 1), bone_mapping.saved_mapping(s))
         done += f", camera {s.camera.name!r} added"
     return f"{done}: frames {first}-{last}"
 

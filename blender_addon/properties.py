@@ -7,9 +7,10 @@
     bpy.ops.pix2dance.auto_map()                   # fills s.mapping (joint -> bone, at)
 
 Everything here is saved in the .blend (the mapping included), so a scene renders the same way
-when reopened. Helpers convert the mapping between its Blender form (a CollectionProperty of
-joint/bone/at rows) and the JSON form the mapping and projection modules use:
-`{"preset": name, "joints": {joint: {"bone": name, "at": 0..1}}}`.
+when reopened. The mapping's Blender form is a CollectionProperty of joint/bone/at(/offset) rows;
+its JSON form, which the rig layer uses, is `{"preset": name, "joints": {joint: {"bone": name,
+"at": 0..1}}}`. `set_mapping` writes the rows; the one reader of them is the rig layer's
+`mapping.saved_mapping(scene.pix2dance)`, which `pix2dance render` also uses on a saved .blend.
 
 This module imports no other add-on module but `_engine`: everything else may import it.
 """
@@ -114,18 +115,7 @@ def settings_of(scene_name: str):
     return getattr(scene, "pix2dance", None) if scene is not None else None
 
 
-# --- the mapping in its two forms ----------------------------------------------------------------
-
-def get_mapping(settings) -> dict:
-    """The scene's mapping as JSON-ready dict; rows without a bone are left out."""
-    rows = {}
-    for r in settings.mapping:
-        if r.joint and r.bone:
-            rows[r.joint] = {"bone": r.bone, "at": round(float(r.at), 4)}
-            if r.has_offset:
-                rows[r.joint]["offset"] = [round(float(v), 6) for v in r.offset]
-    return {"preset": settings.mapping_preset, "joints": rows}
-
+# --- the mapping rows, written (mapping.saved_mapping reads them) ---------------------------------
 
 def set_mapping(settings, mapping: dict) -> None:
     """Replace the scene's mapping rows: one row per mappable joint (canonical order; neck and mid_hip

@@ -22,8 +22,9 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import blender_addon  # noqa: E402
-from blender_addon import (connection, jobs, operators, preferences, preview, properties,  # noqa: E402
+from blender_addon import (connection, jobs, operators, preferences, preview,  # noqa: E402
                            render_job, sequencer)
+from engine.rig.mapping import saved_mapping  # noqa: E402
 from engine.wire import protocol  # noqa: E402
 from engine.wire.client import Client, ClientError  # noqa: E402
 
@@ -517,7 +518,7 @@ def test_user_errors_are_reports(rig):
 def test_auto_map_operator(rig):
     scene, arm, _ = rig
     assert bpy.ops.pix2dance.auto_map() == {"FINISHED"}
-    m = properties.get_mapping(scene.pix2dance)
+    m = saved_mapping(scene.pix2dance)
     assert m["joints"]["left_wrist"]["bone"] == "Hand.L"
     assert m["joints"]["right_knee"]["bone"] == "LowerLeg.R"
     assert [r.joint for r in scene.pix2dance.mapping if not r.bone] == []
