@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.demo import synth
+from engine.data.pairs import read_rgb
+from engine.demo import dancer, synth
 from engine.data import video
 from engine.wire.joints import FACE, INDEX, NUM_JOINTS
 from engine.data.skeleton import facing
@@ -36,7 +37,7 @@ def empty_stage(clip, tmp_path_factory):
             obj.hide_render = True
     out = tmp_path_factory.mktemp("empty")
     synth.render_frames(bpy, scene, out, FRAMES, quiet=True)
-    return np.stack([synth._read_rgb(p) for p in sorted(out.glob("*.png"))])
+    return np.stack([read_rgb(p) for p in sorted(out.glob("*.png"))])
 
 
 def test_clip_files_frame_count_and_size(clip):
@@ -112,15 +113,15 @@ def test_face_hidden_when_the_dancer_turns_away(clip):
 
 
 def test_choreographies_are_seeded_and_differ():
-    a, b = synth.make_dance(0, "train"), synth.make_dance(0, "train")
+    a, b = dancer.make_dance(0, "train"), dancer.make_dance(0, "train")
     np.testing.assert_array_equal(a.freqs, b.freqs)
-    test = synth.make_dance(0, "test")
+    test = dancer.make_dance(0, "test")
     assert not np.allclose(a.freqs, test.freqs)
-    pose_a, _, _ = synth.dance_pose(a, 2.0)
-    pose_t, _, _ = synth.dance_pose(test, 2.0)
+    pose_a, _, _ = dancer.dance_pose(a, 2.0)
+    pose_t, _, _ = dancer.dance_pose(test, 2.0)
     assert np.abs(pose_a - pose_t).max() > 0.1
     with pytest.raises(synth.UserError):
-        synth.make_dance(0, "rehearsal")
+        dancer.make_dance(0, "rehearsal")
 
 
 def test_bad_arguments_are_user_errors(tmp_path):

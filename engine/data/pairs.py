@@ -21,10 +21,10 @@ SPLITS = {"train": 0, "val": 1}      # the split codes of keypoints.npz
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """One dataset image as (S, S, 3) uint8 RGB; UserError if unreadable."""
+    """An image file (a dataset's PNG, a rendered frame) as (H, W, 3) uint8 RGB; UserError if unreadable."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise UserError(f"cannot read dataset image {path}")
+        raise UserError(f"cannot read image {path}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -13,6 +13,9 @@ fresh Blender scene:
   "test" choreographies draw from different seeds, so the test dance is motion the model never saw;
 - a camera, studio lighting and a floor, rendered with Workbench (~0.1 s a frame on a CPU).
 
+The bones, colours and dances are tables and numpy in engine.demo.dancer; this module is the bpy
+side that builds, animates and renders them.
+
 The 2D ground truth comes from `engine.rig.projection.project_frames`, the very code the add-on
 uses to send a rig's skeleton to the engine, so the synthetic truth and a user's rig agree.
 
@@ -29,12 +32,9 @@ accepts: keypoints, size, fps) and `dancer.blend` (the animated scene, for the a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
 import math
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,59 +42,16 @@ from pathlib import Path
 import numpy as np
 
 from engine.atomic import atomic_dir
+from engine.data.pairs import read_rgb
+from engine.demo.dancer import (BONES, CHANNELS, CHEST_PATCH, CHOREOGRAPHIES, CONNECTED, FLOOR, HAIR, LEFT,
+                                LEFT_DARK, PELVIS, RIGHT, RIGHT_DARK, SKIN, SKY, SOLE, TORSO, Dance, dance_pose,
+                                make_dance)
 from engine.errors import UserError
+from engine.quiet import quiet_fds
 
 log = logging.getLogger(__name__)
 
-CHOREOGRAPHIES = ("train", "test")
 ARMATURE, CAMERA = "Dancer", "Camera"
-
-# Rest pose, metres, dancer facing -Y (towards the camera), z up. Left is +X: the dancer's left
-# appears on the right of the picture when they face us, as in a video.
-# name: (head, tail, parent)
-BONES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], str | None]] = {
-    "hips": ((0, 0, 0.95), (0, 0, 1.10), None),
-    "spine": ((0, 0, 1.10), (0, 0, 1.28), "hips"),
-    "chest": ((0, 0, 1.28), (0, 0, 1.50), "spine"),
-    "neck": ((0, 0, 1.50), (0, 0, 1.60), "chest"),
-    "head": ((0, 0, 1.60), (0, 0, 1.84), "neck"),
-}
-for _s, _x in (("L", 1.0), ("R", -1.0)):
-    BONES.update({
-        f"shoulder.{_s}": ((0.04 * _x, 0, 1.46), (0.19 * _x, 0, 1.46), "chest"),
-        f"upper_arm.{_s}": ((0.19 * _x, 0, 1.46), (0.21 * _x, 0, 1.17), f"shoulder.{_s}"),
-        f"forearm.{_s}": ((0.21 * _x, 0, 1.17), (0.22 * _x, -0.01, 0.91), f"upper_arm.{_s}"),
-        f"hand.{_s}": ((0.22 * _x, -0.01, 0.91), (0.225 * _x, -0.01, 0.78), f"forearm.{_s}"),
-        f"thigh.{_s}": ((0.10 * _x, 0, 0.95), (0.10 * _x, -0.01, 0.52), "hips"),
-        f"shin.{_s}": ((0.10 * _x, -0.01, 0.52), (0.10 * _x, 0.01, 0.09), f"thigh.{_s}"),
-        f"foot.{_s}": ((0.10 * _x, 0.01, 0.09), (0.10 * _x, -0.12, 0.03), f"shin.{_s}"),
-        f"toe.{_s}": ((0.10 * _x, -0.12, 0.03), (0.10 * _x, -0.19, 0.03), f"foot.{_s}"),
-    })
-_CONNECTED = {"spine", "chest", "neck", "head"} | {f"{b}.{s}" for b in ("upper_arm", "forearm", "hand", "shin", "foot", "toe") for s in "LR"}
-
-# Colours (linear RGB). Left cool, right warm (like the skeleton drawing), trunk dark with a bright
-# front, so a back view looks different from a front view.
-SKIN, HAIR = (0.85, 0.55, 0.40), (0.10, 0.05, 0.02)
-LEFT, LEFT_DARK = (0.05, 0.25, 0.90), (0.02, 0.08, 0.35)
-RIGHT, RIGHT_DARK = (0.90, 0.08, 0.05), (0.35, 0.03, 0.02)
-TORSO, CHEST_PATCH, PELVIS = (0.06, 0.08, 0.10), (1.00, 0.85, 0.05), (0.30, 0.06, 0.40)
-FLOOR, SKY = (0.55, 0.55, 0.50), (0.62, 0.70, 0.80)
-_SOLE = 0.03          # height of the toe bone above the sole of the shoe, metres
-
-# Pose channels: (bone, euler axis 0..2, low, high) in degrees. Signs follow the bones' local axes
-# for roll 0 (see the module test): for a bone pointing down, +X swings it backwards (away from
-# the camera), and +Z swings it towards -X (so a left arm abducts with -Z, a right arm with +Z).
-CHANNELS: tuple[tuple[str, int, float, float], ...] = (
-    ("upper_arm.L", 0, -110, 40), ("upper_arm.L", 2, -150, -5),
-    ("upper_arm.R", 0, -110, 40), ("upper_arm.R", 2, 5, 150),
-    ("forearm.L", 0, -120, 0), ("forearm.R", 0, -120, 0),
-    ("thigh.L", 0, -60, 25), ("thigh.L", 2, -35, 0),
-    ("thigh.R", 0, -60, 25), ("thigh.R", 2, 0, 35),
-    ("shin.L", 0, 0, 90), ("shin.R", 0, 0, 90),
-    ("foot.L", 0, -20, 25), ("foot.R", 0, -20, 25),
-    ("spine", 1, -25, 25), ("spine", 2, -12, 12), ("spine", 0, -20, 10),
-    ("chest", 1, -20, 20), ("head", 1, -35, 35), ("head", 0, -20, 20),
-)
 
 
 @dataclass
@@ -106,48 +63,6 @@ class SynthClip:
     fps: float
     size: int
     blend: Path | None = None   # dancer.blend: the animated scene
-
-
-@dataclass
-class Dance:
-    """A seeded procedural choreography: per channel, a sum of sinusoids (Hz, phase, weight)."""
-    freqs: np.ndarray           # (C, K) Hz
-    phases: np.ndarray          # (C, K) radians
-    weights: np.ndarray         # (C, K), each row sums to 1
-    turn_speed: float           # whole-body turns per second (signed)
-    turn_wobble: float          # extra turning sway, radians
-    sway: float                 # sideways hip travel, metres
-
-
-def make_dance(seed: int, choreography: str) -> Dance:
-    """The choreography for (seed, 'train' | 'test'): the two never share a random stream."""
-    if choreography not in CHOREOGRAPHIES:
-        raise UserError(f"choreography must be one of {CHOREOGRAPHIES}, got {choreography!r}")
-    rng = np.random.default_rng([seed, CHOREOGRAPHIES.index(choreography), 8])
-    c, k = len(CHANNELS), 3
-    weights = rng.uniform(0.2, 1.0, (c, k))
-    return Dance(freqs=rng.uniform(0.15, 0.9, (c, k)), phases=rng.uniform(0, 2 * math.pi, (c, k)),
-                 weights=weights / weights.sum(1, keepdims=True),
-                 turn_speed=float(rng.choice([-1, 1]) * rng.uniform(0.08, 0.16)),
-                 turn_wobble=float(rng.uniform(0.3, 0.8)),
-                 sway=float(rng.uniform(0.1, 0.3)))
-
-
-def dance_pose(dance: Dance, t: float) -> tuple[np.ndarray, float, tuple[float, float]]:
-    """At time t seconds: channel angles (C,) in radians, body turn (radians), hip travel (x, y) m.
-
-    The hips' height is not part of the dance: keyframe_dance keeps the feet on the floor.
-    """
-    wave = (dance.weights * np.sin(2 * math.pi * dance.freqs * t + dance.phases)).sum(1)   # (C,) in [-1, 1]
-    # Sharpen towards the ends of each range a little, so extreme poses (arms up, deep knees) occur.
-    wave = np.clip(1.3 * wave, -1, 1)
-    lo = np.array([c[2] for c in CHANNELS])
-    hi = np.array([c[3] for c in CHANNELS])
-    angles = np.radians(lo + (hi - lo) * (wave + 1) / 2)
-    turn = 2 * math.pi * dance.turn_speed * t + dance.turn_wobble * math.sin(2 * math.pi * 0.23 * t + dance.phases[0, 0])
-    hip = (dance.sway * math.sin(2 * math.pi * 0.17 * t + dance.phases[1, 0]),
-           0.15 * math.sin(2 * math.pi * 0.11 * t + dance.phases[2, 0]))
-    return angles, turn, hip
 
 
 # --- the scene ---------------------------------------------------------------------------------
@@ -172,7 +87,7 @@ def build_rig(bpy, scene):
         bone.head, bone.tail, bone.roll = head, tail, 0.0
         if parent:
             bone.parent = data.edit_bones[parent]
-            bone.use_connect = name in _CONNECTED
+            bone.use_connect = name in CONNECTED
     bpy.ops.object.mode_set(mode="OBJECT")
     for pb in arm.pose.bones:
         pb.rotation_mode = "XYZ"
@@ -309,7 +224,7 @@ def keyframe_dance(arm, dance: Dance, frames: int, fps: float, view_layer) -> No
         arm.rotation_euler = (0.0, 0.0, turn)
         view_layer.update()
         lowest = min(min((arm.matrix_world @ pb.head).z, (arm.matrix_world @ pb.tail).z) for pb in feet)
-        pose["hips"].location = (hip[0], _SOLE - lowest, -hip[1])
+        pose["hips"].location = (hip[0], SOLE - lowest, -hip[1])
         for bone in touched:
             pose[bone].keyframe_insert("rotation_euler", frame=f)
         pose["hips"].keyframe_insert("location", frame=f)
@@ -347,48 +262,12 @@ def ground_truth(scene, arm, cam, frames: int) -> np.ndarray:
     The add-on's own mapping and projection (the code that sends a rig's skeleton to the engine):
     the rig's generic bone names auto-map, face points come from the head bone.
     """
-    from engine.rig import automap, projection
+    from engine.rig import automap, mapping, projection
     table = automap.auto_map(arm)
     missing = mapping.required_missing(table)
     if missing:                                   # a bug in BONES, not a user error
         raise RuntimeError(f"the synthetic rig does not auto-map {missing}")
     return np.asarray(projection.project_frames(scene, arm, cam, table, range(frames)), dtype=np.float32)
-
-
-@contextlib.contextmanager
-def _quiet_blender(verbose: bool):
-    """Blender writes a line per rendered frame, and harmless EGL warnings, from C: hold file
-    descriptors 1 and 2 while it works (unless verbose), and replay stderr if something fails.
-
-    Yields the stream progress bars should write to: the real stderr.
-    """
-    if verbose:
-        yield sys.stderr
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile() as err, open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 1)
-        os.dup2(err.fileno(), 2)
-        failed = True
-        progress = os.fdopen(saved[1], "w", closefd=False)
-        try:
-            yield progress
-            failed = False
-        finally:
-            progress.flush()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            if failed:
-                err.seek(0)
-                text = err.read().decode(errors="replace").strip()
-                if text:
-                    log.error("Blender said:\n%s", text[-4000:])
 
 
 def make_clip(out_dir: str | Path, frames: int = 240, size: int = 256, seed: int = 0,
@@ -403,15 +282,17 @@ def make_clip(out_dir: str | Path, frames: int = 240, size: int = 256, seed: int
     out_dir = Path(out_dir)
     started = time.perf_counter()
     dance = make_dance(seed, choreography)
-    with atomic_dir(out_dir) as tmp, _quiet_blender(verbose) as progress:
+    # Blender writes a line per rendered frame, and harmless EGL warnings, from C: held (and
+    # replayed if something fails) unless verbose; progress bars still reach the terminal.
+    with atomic_dir(out_dir) as tmp, quiet_fds(verbose, what="Blender", replay_on_error=True) as held:
         bpy, scene, arm, cam = new_scene(size, frames, fps)
         keyframe_dance(arm, dance, frames, fps, bpy.context.view_layer)
-        render_frames(bpy, scene, tmp / "frames", frames, quiet, progress)
+        render_frames(bpy, scene, tmp / "frames", frames, quiet, held.terminal)
         keypoints = ground_truth(scene, arm, cam, frames)
         if save_blend:
             scene.frame_set(0)
             bpy.ops.wm.save_as_mainfile(filepath=str(tmp / "dancer.blend"), compress=True)
-        images = (_read_rgb(p) for p in sorted((tmp / "frames").glob("*.png")))
+        images = (read_rgb(p) for p in sorted((tmp / "frames").glob("*.png")))
         video.write_video(tmp / "clip.mp4", images, fps)
         np.savez(tmp / "keypoints.npz", keypoints=keypoints, size=np.int32(size), fps=np.float64(fps))
     log.info("synthetic %s clip: %d frames at %d px in %.1f s -> %s", choreography, frames, size,
@@ -432,15 +313,7 @@ def load_clip(out_dir: str | Path) -> SynthClip:
 
 def read_frames(clip: SynthClip) -> np.ndarray:
     """All rendered frames of a clip, (N, size, size, 3) uint8 RGB."""
-    return np.stack([_read_rgb(p) for p in sorted(clip.frames_dir.glob("*.png"))])
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    import cv2
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserError(f"could not read rendered frame {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.stack([read_rgb(p) for p in sorted(clip.frames_dir.glob("*.png"))])
 
 
 def main(argv: list[str] | None = None) -> int:
