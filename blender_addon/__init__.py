@@ -11,7 +11,7 @@ system (scripts, tests) it works as a plain package:
     blender_addon.unregister()
 
 Modules, each importing only those before it (no cycles):
-    _engine       engine.wire (joints, protocol, client) and engine.rig (mapping, projection, retarget)
+    _engine       engine.wire (joints, protocol, client) and engine.rig (mapping, automap, projection, bvh, ...)
     properties    scene.pix2dance (one PropertyGroup) and the mapping in its two forms
     preferences   add-on preferences, the optional local engine process
     sequencer     rendered PNGs, the render manifest, sequencer strips

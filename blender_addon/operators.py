@@ -27,7 +27,7 @@ from bpy.app.handlers import persistent
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
 from . import jobs, properties, render_job
-from ._engine import automap
+from ._engine import automap, bvh, camera, retarget
 from ._engine import mapping as bone_mapping
 from .checks import checked_mapping, output_folder, rig_and_camera
 from .connection import MODELS, ConnectionJob, connection_for
@@ -269,7 +269,6 @@ class PIX2DANCE_OT_retarget_bvh(bpy.types.Operator):
 
 def bring_in_bvh(scene, path: Path, mode: str, set_range: bool) -> str:
     """Retarget a BVH onto the scene's armature, or import it as the armature; a one-line summary."""
-    from ._engine import bvh, camera, retarget
     s = scene.pix2dance
     try:
         if mode == "IMPORT":
