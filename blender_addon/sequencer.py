@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from ._engine import atomic
 
 MANIFEST = "manifest.json"
 RIG_FOLDER = "rig"
@@ -34,17 +35,9 @@ def frame_name(frame: int) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to a temporary sibling, then rename: never a half-written file under `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write bytes through engine.atomic: never a half-written file under `path`."""
+    with atomic.atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 class Manifest:

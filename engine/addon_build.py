@@ -3,7 +3,7 @@
     pix2dance addon --out dist        # -> dist/pix2dance-0.1.0.zip (Edit > Preferences > Get Extensions > Install from Disk)
 
 The zip holds, at its root: blender_addon's modules and blender_manifest.toml; `engine/` with the
-engine's two layers the add-on uses, `engine.wire` and `engine.rig` (with the mapping presets) and
+engine's two layers the add-on uses, `engine.wire` and `engine.rig` (with the mapping presets), engine/atomic.py and
 the package's __init__.py (taken from the engine at build time, never committed into blender_addon/:
 the add-on imports them through blender_addon/_engine.py);
 and pyzmq wheels for Blender's Python 3.11 on Linux x86_64, macOS (arm64 and x86_64: one
@@ -120,8 +120,8 @@ def addon_files() -> list[Path]:
 
 
 def engine_files() -> list[Path]:
-    """What the add-on needs of the engine: engine/__init__.py and the wire and rig layers."""
-    files = [ENGINE / "__init__.py"]
+    """What the add-on needs of the engine: engine/__init__.py, atomic.py, and the wire and rig layers."""
+    files = [ENGINE / "__init__.py", ENGINE / "atomic.py"]
     for layer in SHIPPED_LAYERS:
         files += [p for p in sorted((ENGINE / layer).rglob("*"))
                   if p.is_file() and p.suffix in (".py", ".json") and "__pycache__" not in p.parts]

@@ -3,7 +3,7 @@
 DESIGN.md "Layout": errors/atomic/quiet sit below everything, then wire -> rig -> data -> model ->
 serve | motion -> render | demo | addon_build -> cli. A module imports only from layers before its
 own (or its own layer); layers on one rank do not import each other; `engine` never imports
-`blender_addon`; the add-on imports only `engine.wire` and `engine.rig` (through `_engine.py`); and no
+`blender_addon`; the add-on imports only `engine.wire`, `engine.rig` and `engine.atomic` (what the zip ships, through `_engine.py`); and no
 two modules import each other, directly or round a loop.
 """
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Rank of each layer: a module may import a layer of lower rank, or its own layer.
 RANKS = {"base": 0, "wire": 1, "rig": 2, "data": 3, "model": 4, "serve": 5, "motion": 5,
          "render": 6, "demo": 6, "addon_build": 6, "cli": 7}
-ADDON_MAY_USE = ("engine.wire", "engine.rig")
+ADDON_MAY_USE = ("engine.wire", "engine.rig", "engine.atomic")   # what `pix2dance addon` ships
 
 
 def module_name(path: Path) -> str:
