@@ -314,7 +314,7 @@ def test_other_protocol_version_is_a_report(addon):
 
 
 class FakeEngine:
-    """A ZeroMQ ROUTER on loopback speaking protocol v1 with a scripted render behaviour: for
+    """A ZeroMQ ROUTER on loopback speaking the wire protocol with a scripted render behaviour: for
     protocol corner cases a real engine will not produce on demand (a full queue: "busy")."""
 
     def __init__(self, busy_first: int = 0):

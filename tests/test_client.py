@@ -32,7 +32,7 @@ class Scripted:
     silent (a frozen machine, a cut cable: the socket stays up) after this many renders. error: reply to renders with this error code.
     """
 
-    def __init__(self, *, version: int = 1, drop: int = 0, hang_after: int | None = None, error: str | None = None,
+    def __init__(self, *, version: int = protocol.VERSION, drop: int = 0, hang_after: int | None = None, error: str | None = None,
                  delay: float = 0.0):
         self.address = f"tcp://127.0.0.1:{free_port()}"
         self.version, self.drop, self.hang_after, self.error, self.delay = version, drop, hang_after, error, delay
@@ -111,7 +111,7 @@ def test_render_streams_frames_in_order_with_bounded_chunks_in_flight(scripted):
     assert all(isinstance(f, Frame) and (f.width, f.height, f.format) == (2, 2, "raw") for f in frames)
     renders = [h for h in e.received if h["kind"] == "render"]
     assert [len(h["frames"]) for h in renders] == [4, 4, 4, 4, 4, 3]
-    assert len({h["id"] for h in renders}) == 6 and all(h["v"] == 1 for h in renders)
+    assert len({h["id"] for h in renders}) == 6 and all(h["v"] == protocol.VERSION for h in renders)
 
 
 def test_several_engines_share_the_chunks(scripted):
@@ -143,9 +143,9 @@ def test_lazy_pirate_resends_after_a_dropped_request(scripted):
 
 
 def test_another_protocol_version_raises_protocol_mismatch(scripted):
-    e = scripted(version=2)
+    e = scripted(version=1)   # an engine from before v2
     with Client(e.address, timeout=3) as c:
-        with pytest.raises(ProtocolMismatch, match="v2"):
+        with pytest.raises(ProtocolMismatch, match="v1"):
             c.ping()
 
 
@@ -241,7 +241,7 @@ def test_renders_lost_behind_a_live_address_are_sent_again(scripted):
     def reply(head, binary):              # the real server's answer to a heartbeat: the ids it does not hold
         if head["kind"] == "ping" and "pending" in head:
             answered = {h["id"] for h in e.received[1:] if h["kind"] == "render"}
-            return [json.dumps({"v": 1, "id": head["id"], "kind": "ping",
+            return [json.dumps({"v": protocol.VERSION, "id": head["id"], "kind": "ping",
                                 "lost": [i for i in head["pending"] if i not in answered]}).encode()]
         return original(head, binary)
 

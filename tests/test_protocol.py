@@ -47,10 +47,10 @@ def test_a_render_request_round_trips():
 
 def test_headers_are_compact_json_with_the_version_first():
     h = protocol.header("abc", "ping")
-    assert h.startswith(b'{"v":1,"id":"abc","kind":"ping"')
-    assert protocol.decode_header(h) == {"v": 1, "id": "abc", "kind": "ping"}
+    assert h.startswith(b'{"v":2,"id":"abc","kind":"ping"')
+    assert protocol.decode_header(h) == {"v": 2, "id": "abc", "kind": "ping"}
     err = json.loads(protocol.error("abc", "busy", "queue full")[0])
-    assert err == {"v": 1, "id": "abc", "kind": "error", "code": "busy", "message": "queue full"}
+    assert err == {"v": 2, "id": "abc", "kind": "error", "code": "busy", "message": "queue full"}
 
 
 @pytest.mark.parametrize("frame", [b"", b"\xff\xfe", b"[1, 2]", b'"ping"', b"{", b'{"v": 1, "kind": "ping"}',
@@ -69,11 +69,11 @@ def test_a_header_that_is_too_big_is_refused_before_parsing():
 
 
 def test_version_is_checked():
-    protocol.check_version({"v": 1, "id": "a"})
-    for v in (2, 0, "1", None, True):
+    protocol.check_version({"v": 2, "id": "a"})
+    for v in (1, 3, 0, "2", None, True):      # 1: a client from before placements and alpha
         with pytest.raises(ProtocolError) as e:
             protocol.check_version({"v": v, "id": "a"})
-        assert e.value.code == "version" and "v1" in e.value.message
+        assert e.value.code == "version" and "v2" in e.value.message
 
 
 def test_error_replies_may_have_a_null_id():
@@ -155,3 +155,32 @@ def test_a_malformed_address_is_a_value_error():
     for address in ("127.0.0.1:5555", "udp://127.0.0.1:5555", "tcp://"):
         with pytest.raises(ValueError):
             protocol.is_loopback(address)
+
+
+def test_v2_render_fields_round_trip_and_are_checked():
+    kp = bytes(2 * 3 * 3 * 4)
+    req = protocol.RenderRequest("r1", "m", [1, 2], ["nose", "neck", "mid_hip"], kp, (640, 360),
+                                 placement="source", alpha=True, fps=24.0)
+    frames = req.encode()
+    head = protocol.decode_header(frames[0])
+    back = protocol.parse_render(head, frames[1:])
+    assert (back.placement, back.alpha, back.fps, back.source_size) == ("source", True, 24.0, (640, 360))
+    plain = protocol.parse_render(protocol.decode_header(protocol.RenderRequest("r2", "m", [1], ["nose"], bytes(12),
+                                                                                 (10, 10)).encode()[0]), [bytes(12)])
+    assert (plain.placement, plain.alpha, plain.fps) == ("crop", False, None)
+    for output, fps, reason in (({"placement": "stage"}, None, "placement"), ({"alpha": 1}, None, "alpha"),
+                                ({"alpha": True, "format": "jpeg"}, None, "JPEG"), ({}, -1, "fps"), ({}, True, "fps")):
+        bad = dict(head, output={**head["output"], **output}, fps=fps if fps is not None else head["fps"])
+        with pytest.raises(ProtocolError, match=reason) as e:
+            protocol.parse_render(bad, frames[1:])
+        assert e.value.code == "bad_request"
+
+
+def test_reply_placements_travel_per_frame():
+    reply = protocol.RenderReply("r1", "m", [1, 2], "png", 640, 360, 0.5, channels=4,
+                                 placements=[[2, 0, 10, 0, 2, 20], [1, 0, 0, 0, 1, 0]])
+    frames = reply.encode([b"a", b"b"])
+    back = protocol.RenderReply.parse(protocol.decode_header(frames[0], reply=True), frames[1:])
+    assert back.channels == 4 and back.placements[0] == [2.0, 0.0, 10.0, 0.0, 2.0, 20.0]
+    with pytest.raises(ProtocolError):
+        protocol.RenderReply.parse(dict(protocol.decode_header(frames[0]), placements=[[1] * 6]), frames[1:])

@@ -136,6 +136,15 @@ def test_unknown_model_is_an_engine_error(engine):
     assert e.value.code == "unknown_model"
 
 
+def test_alpha_or_a_placement_from_a_model_without_a_matte_is_a_clear_error(engine):
+    with Client(engine.address, timeout=TIMEOUT) as c:
+        for ask in ({"alpha": True}, {"placement": "source"}):
+            with pytest.raises(EngineError) as e:
+                list(c.render("tiny", poses(1), source_size=(640, 480), joints=list(JOINTS), **ask))
+            assert e.value.code == "no_alpha" and "without a matte" in e.value.message
+        assert c.ping()                    # and it keeps serving
+
+
 def test_two_clients_at_once_each_get_their_own_frames_in_order(engine, predictor):
     inputs = {0: poses(12), 1: poses(12, arm="left")}
     results, errors = {}, []
@@ -280,13 +289,13 @@ def test_wrong_protocol_version_gets_a_clear_error(engine):
     s.setsockopt(zmq.LINGER, 0)
     s.connect(engine.address)
     try:
-        s.send_multipart([json.dumps({"v": 2, "id": "old", "kind": "ping"}).encode()])
+        s.send_multipart([json.dumps({"v": 1, "id": "old", "kind": "ping"}).encode()])   # a client from before v2
         assert s.poll(5000)
         head = json.loads(s.recv_multipart()[0])
     finally:
         s.close()
     assert head["kind"] == "error" and head["code"] == "version" and head["id"] == "old"
-    assert head["v"] == 1 and "v1" in head["message"] and "v2" in head["message"]
+    assert head["v"] == 2 and "v1" in head["message"] and "v2" in head["message"]
 
 
 def test_a_request_too_big_to_hold_in_memory_is_refused(engine):

@@ -238,6 +238,9 @@ class Server:
                                             "max_message": self.max_message, "max_pending": self.max_pending})]
         request = protocol.parse_render(head, binary)
         predictor = protocol.pick_model(self.models, request.model, rid)
+        if (request.alpha or request.placement != "crop") and not predictor.describe().get("alpha"):
+            raise protocol.ProtocolError("no_alpha", f"model {predictor.name!r} was trained without a matte: it can "
+                                         f"give only the bare crop, without alpha (retrain it)", rid)
         side = max(request.size or predictor.size, predictor.size)
         if request_count(request) * side * side * 3 > MAX_REQUEST_PIXELS * 3:
             raise protocol.ProtocolError("too_large", f"{request_count(request)} frames of {side} x {side} px in one "

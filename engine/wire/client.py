@@ -66,12 +66,17 @@ class EngineError(ClientError):
 
 @dataclass
 class Frame:
-    """One rendered frame: `data` is PNG or JPEG bytes, or raw RGB (height x width x 3)."""
+    """One rendered frame: `data` is PNG or JPEG bytes, or raw RGB(A) (height x width x channels).
+
+    placement: the (a, b, c, d, e, f) affine from the model's crop pixels to this frame's pixels.
+    """
     id: int
     width: int
     height: int
     format: str
     data: bytes
+    channels: int = 3
+    placement: tuple[float, ...] | None = None
 
 
 @dataclass(eq=False)
@@ -182,13 +187,17 @@ class Client:
 
     def render(self, model: str, keypoints, *, source_size: tuple[int, int], mode: str = "frame",
                source_stats: dict | None = None, frame_ids=None, fmt: str = "png", chunk: int = 8,
-               in_flight: int = 2, joints: list[str] | None = None, size: int | None = None, quality: int = 90):
+               in_flight: int = 2, joints: list[str] | None = None, size: int | None = None, quality: int = 90,
+               placement: str = "crop", alpha: bool = False, fps: float | None = None):
         """Frames of `model` for N poses, as a generator of Frame in order, `chunk` frames per request.
 
         mode "clip" without source_stats computes them here over all N poses (joints.body_stats),
-        so every chunk is normalized alike. Arguments are checked now; rendering starts when the
-        generator is first advanced.
+        so every chunk is normalized alike. placement "crop" | "dancer" | "source" and alpha: see
+        protocol.py; fps: the poses are a sequence at this rate (the engine smooths its framing).
+        Arguments are checked now; rendering starts when the generator is first advanced.
         """
+        if placement not in protocol.PLACEMENTS:
+            raise ValueError(f"placement must be one of {protocol.PLACEMENTS}, got {placement!r}")
         if mode not in protocol.MODES:
             raise ValueError(f"mode must be one of {protocol.MODES}, got {mode!r}")
         if fmt not in protocol.FORMATS:
@@ -211,7 +220,8 @@ class Client:
             a = starts[index]
             return protocol.RenderRequest(rid, model, ids[a:a + chunk], joints, data[a * per:(a + chunk) * per],
                                           source_size=source_size, mode=mode, stats=source_stats, format=fmt,
-                                          size=size, quality=quality).encode()
+                                          size=size, quality=quality, placement=placement, alpha=alpha,
+                                          fps=fps).encode()
         return self._stream(message, len(starts), in_flight)
 
     def close(self) -> None:
@@ -367,8 +377,10 @@ class Client:
                     reply = protocol.RenderReply.parse(head, images)
                 except protocol.ProtocolError as e:
                     raise ClientError(e.message) from None
-                for fid, data in zip(reply.frames, images):
-                    yield Frame(fid, reply.width, reply.height, reply.format, data)
+                places = reply.placements or [None] * len(images)
+                for fid, data, place in zip(reply.frames, images, places):
+                    yield Frame(fid, reply.width, reply.height, reply.format, data, reply.channels,
+                                None if place is None else tuple(place))
                 for e in engines:                    # time spent in the consumer is not engine silence
                     e.last_heard = max(e.last_heard, time.monotonic())
         finally:

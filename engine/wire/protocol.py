@@ -1,4 +1,4 @@
-"""The pix2dance wire protocol, version 1: message layout, limits and checks (stdlib only).
+"""The pix2dance wire protocol, version 2: message layout, limits and checks (stdlib only).
 
 The Blender add-on ships this file beside client.py, so it imports nothing but the standard
 library: no numpy, no torch, no cv2, not even zmq. docs/protocol.md is the same spec with examples.
@@ -21,8 +21,9 @@ Kinds (a reply has the kind of its request, or "error")
     ping     request  {} or {"pending": [render ids]}      -> reply {"time": server unix time, "lost": [ids]}
                       "lost": those of the pending ids the server does not hold (neither queued nor
                       running): an engine restarted behind the address, so the client sends them again
-    info     request  {}                                   -> reply {"protocol": 1, "server": "pix2dance X.Y",
-                      "models": [{"name", "size", "joints": [...], "stats", "stats_size", "device"}],
+    info     request  {}                                   -> reply {"protocol": 2, "server": "pix2dance X.Y",
+                      "models": [{"name", "size", "joints": [...], "stats", "stats_size", "device",
+                                  "alpha": bool (the model draws a matte), "stage": null | {"width", "height"}}],
                       "limits": {"max_frames", "max_size", "max_message"}}
     render   request  {"model": name,
                        "frames": [int, ...]            N frame ids (e.g. Blender frame numbers), echoed back
@@ -33,13 +34,26 @@ Kinds (a reply has the kind of its request, or "error")
                                                        stats: the source's body statistics
                                                        (joints.body_stats: height, ankle_y, center_x,
                                                        ankle_far, ankle_near, height_far, height_near)
-                       "output": {"format": "png" | "jpeg" | "raw", "size": null | int, "quality": 1-100}
+                       "output": {"format": "png" | "jpeg" | "raw", "size": null | int, "quality": 1-100,
+                                  "placement": "crop" | "dancer" | "source", "alpha": bool}
+                                                       placement (v2): where the dancer goes.
+                                                       crop: the person-centred square (side "size", or
+                                                         the model's); dancer: normalized into her own
+                                                         video frame, over her plate (model "stage" size);
+                                                       source: where the pose is in the source image, at
+                                                         its size (source_size): what Blender asks for.
+                                                       alpha: RGBA frames (straight alpha, the dancer's
+                                                         matte; PNG or raw only); false: composited RGB
+                       "fps": null | number            the sequence's frame rate: the crop is smoothed over
+                                                       the request's frames; null: each pose framed alone
                        "dtype": "<f4", "shape": [N, J, 3]}
                       frame 1: keypoints, little-endian float32, N x J x 3 (x, y, visibility), row-major
-                      -> reply {"model", "frames": [ids], "format", "width", "height", "channels": 3,
+                      -> reply {"model", "frames": [ids], "format", "width", "height", "channels": 3 | 4,
+                                "placements": [[a, b, c, d, e, f], ...] one per frame: the affine from crop
+                                  pixels to output pixels, x' = a x + b y + c, y' = d x + e y + f,
                                 "predict_s": seconds the predictor spent on it (normalize, draw, generate)}
-                         frames 1..N: one image each, in request order: PNG or JPEG bytes, or raw RGB
-                         (height x width x 3 uint8, row-major)
+                         frames 1..N: one image each, in request order: PNG or JPEG bytes, or raw RGB(A)
+                         (height x width x channels uint8, row-major)
     error    reply    {"code": <code>, "message": "<one line>"}   and no binary frames
 
 Error codes
@@ -49,6 +63,8 @@ Error codes
     bad_request    a field is missing, of the wrong type or out of range, or the binary frames do
                    not match the header (count, length, dtype, shape)
     unknown_model  no such model on this server
+    no_alpha       alpha or a placement was asked of a model trained before mattes (v1 runs): it
+                   can only give the bare crop, without alpha
     too_large      more frames or pixels than the limits in "info" allow
     busy           the server's queue is full: try again later
     internal       the server failed; it keeps serving
@@ -64,10 +80,11 @@ import json
 import math
 from dataclasses import dataclass
 
-VERSION = 1
+VERSION = 2
 KINDS = ("ping", "info", "render")
 FORMATS = ("png", "jpeg", "raw")
 MODES = ("frame", "clip", "none")
+PLACEMENTS = ("crop", "dancer", "source")
 DTYPE = "<f4"
 STATS_KEYS = ("height", "ankle_y", "center_x", "ankle_far", "ankle_near", "height_far", "height_near")
 
@@ -106,14 +123,18 @@ class RenderRequest:
     format: str = "png"
     size: int | None = None
     quality: int = 90
+    placement: str = "crop"
+    alpha: bool = False
+    fps: float | None = None
 
     def encode(self) -> list[bytes]:
         """The message's frames: the header, then the keypoints."""
         return [header(self.id, "render", model=self.model, frames=list(self.frames), joints=list(self.joints),
                        source_size=[int(self.source_size[0]), int(self.source_size[1])],
                        normalize={"mode": self.mode, "stats": self.stats},
-                       output={"format": self.format, "size": self.size, "quality": self.quality},
-                       dtype=DTYPE, shape=[len(self.frames), len(self.joints), 3]),
+                       output={"format": self.format, "size": self.size, "quality": self.quality,
+                               "placement": self.placement, "alpha": self.alpha},
+                       fps=self.fps, dtype=DTYPE, shape=[len(self.frames), len(self.joints), 3]),
                 bytes(self.keypoints)]
 
 
@@ -128,11 +149,12 @@ class RenderReply:
     height: int
     predict_s: float
     channels: int = 3
+    placements: list[list[float]] | None = None     # per frame: crop pixels -> output pixels, (a, b, c, d, e, f)
 
     def encode(self, images: list[bytes]) -> list[bytes]:
         return [header(self.id, "render", model=self.model, frames=list(self.frames), format=self.format,
                        width=self.width, height=self.height, channels=self.channels,
-                       predict_s=round(self.predict_s, 6)), *images]
+                       placements=self.placements, predict_s=round(self.predict_s, 6)), *images]
 
     @classmethod
     def parse(cls, head: dict, images: list) -> "RenderReply":
@@ -141,9 +163,16 @@ class RenderReply:
         if not isinstance(frames, list) or len(frames) != len(images):
             raise ProtocolError("bad_message", f"malformed render reply: {len(images)} images for frames "
                                 f"{str(frames)[:60]}", head.get("id"))
+        placements = head.get("placements")
+        if placements is not None and (not isinstance(placements, list) or len(placements) != len(images)):
+            raise ProtocolError("bad_message", "malformed render reply: placements do not match the frames",
+                                head.get("id"))
         try:
+            if placements is not None:
+                placements = [[float(v) for v in p][:6] for p in placements]
             return cls(head["id"], str(head.get("model")), frames, str(head.get("format")), int(head.get("width", 0)),
-                       int(head.get("height", 0)), float(head.get("predict_s", 0.0)), int(head.get("channels", 3)))
+                       int(head.get("height", 0)), float(head.get("predict_s", 0.0)), int(head.get("channels", 3)),
+                       placements)
         except (TypeError, ValueError):
             raise ProtocolError("bad_message", "malformed render reply: width, height or predict_s is not a "
                                 "number", head.get("id")) from None
@@ -311,6 +340,16 @@ def parse_render(head: dict, binary: list[bytes], *, max_frames: int = MAX_FRAME
             raise ProtocolError("too_large", f"output size {out_size} is over {max_size}", rid)
         _int(out_size, "output.size", 16, max_size, rid)
     quality = _int(out.get("quality", 90), "output.quality", 1, 100, rid)
+    placement, alpha = out.get("placement", "crop"), out.get("alpha", False)
+    if placement not in PLACEMENTS:
+        _bad(rid, f'"output.placement" must be one of {list(PLACEMENTS)}, got {str(placement)[:20]!r}')
+    if not isinstance(alpha, bool):
+        _bad(rid, '"output.alpha" must be true or false')
+    if alpha and out.get("format", "png") == "jpeg":
+        _bad(rid, "JPEG has no alpha: ask for png or raw frames")
+    fps = head.get("fps")
+    if fps is not None and (not isinstance(fps, (int, float)) or isinstance(fps, bool) or not 0 < fps <= 1000):
+        _bad(rid, '"fps" must be null or a number in (0, 1000]')
     if head.get("dtype", DTYPE) != DTYPE:
         _bad(rid, f'keypoints must be little-endian float32 ("dtype": "{DTYPE}"), got {str(head.get("dtype"))[:20]!r}')
     shape = [len(frames), len(joints), 3]
@@ -322,4 +361,5 @@ def parse_render(head: dict, binary: list[bytes], *, max_frames: int = MAX_FRAME
     if len(binary[0]) != expected:
         _bad(rid, f"keypoints frame is {len(binary[0])} bytes; N x J x 3 float32 = {expected}")
     return RenderRequest(rid, model, list(frames), list(joints), bytes(binary[0]), source_size, mode=norm["mode"],
-                         stats=stats, format=out.get("format", "png"), size=out_size, quality=quality)
+                         stats=stats, format=out.get("format", "png"), size=out_size, quality=quality,
+                         placement=placement, alpha=alpha, fps=None if fps is None else float(fps))
