@@ -34,6 +34,12 @@ def _device_arg(p: argparse.ArgumentParser) -> None:
                    help="where to run the generator (auto: cuda when available)")
 
 
+def _backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"],
+                   help="what runs the generator (auto: torch on a CUDA GPU, OpenVINO on a CPU; "
+                        "openvino runs on the CPU only)")
+
+
 # --- handlers: one per subcommand --------------------------------------------------------------
 
 def cmd_dataset(a: argparse.Namespace) -> None:
@@ -62,7 +68,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 def cmd_serve(a: argparse.Namespace) -> None:
     from engine.serve import server
-    server.main(a.runs, bind=a.bind, device=a.device, curve_secret=a.curve_secret,
+    server.main(a.runs, bind=a.bind, device=a.device, backend=a.backend, curve_secret=a.curve_secret,
                 curve_clients=a.curve_clients, quiet=a.quiet, max_batch=a.max_batch)
 
 
@@ -154,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curve-clients", type=Path, help="folder of allowed client public keys: KEYS/clients")
     p.add_argument("--max-batch", type=int, help="frames per generator call (default: 16 on cuda, 4 on cpu)")
     _device_arg(p)
+    _backend_arg(p)
     p.set_defaults(func=cmd_serve)
 
     p = add("keys", "make CURVE key pairs for a server and a client")
@@ -175,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "front camera), .npz (a dataset's keypoints.npz), or a video .mp4/.mov (motion transfer: "
                         "MediaPipe poses, smoothed)")
     p.add_argument("--out", required=True, type=Path,
-                   help="OUT.mp4 (or .mov/.m4v/.avi) for a video; any other name is a folder of PNG frames "
+                   help="OUT.mp4 (H.264: plays in browsers and phones), OUT.mov (ProRes 4444, with alpha where "
+                        "the frames have it) or .m4v/.avi for a video; any other name is a folder of PNG frames "
                         "numbered like --frames (000001.png ...)")
     p.add_argument("--fps", type=float, help="output frame rate; the source is resampled to it (default: the source's)")
     p.add_argument("--frames", type=_frames_range, metavar="A:B",

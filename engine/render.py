@@ -12,8 +12,8 @@ The pipeline, in three overlapping stages so the generator is never kept waiting
    generator. With `engine="tcp://..."`: the same keypoints go to a running engine through
    `engine.wire.client.Client` (the add-on's client), which normalizes once, on its side.
 3. A writer thread composes (side-by-side: the source, i.e. the video frame or the drawn skeleton,
-   left of the dancer) and encodes the mp4 (`engine.data.video.VideoWriter`: H.264 where OpenCV can,
-   else MPEG-4; the summary line names the codec) and the PNG frames.
+   left of the dancer) and encodes the video (`engine.data.video.VideoWriter`: H.264 for .mp4,
+   ProRes 4444 for .mov; the summary names the codec and what plays it) and the PNG frames.
 
 Output: OUT with a video suffix (.mp4, .mov, .m4v, .avi) is a video, and with `png` the frames also
 go to the folder OUT_frames/ beside it; any other OUT is a folder of PNG frames only. PNGs are
@@ -294,7 +294,7 @@ def output_paths(out: Path, png: bool) -> tuple[Path | None, Path | None]:
 def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: float | None = None,
         frames: tuple[int, int] | None = None, armature: str | None = None, camera: str | None = None,
         mapping: str | Path | None = None, engine: str | None = None, side_by_side: bool = False,
-        png: bool = False, device: str = "auto", pose_model: str | Path | None = None,
+        png: bool = False, device: str = "auto", backend: str = "auto", pose_model: str | Path | None = None,
         verbose: bool = False, quiet: bool = False, chunk: int | None = None,
         engine_timeout: float = 10.0) -> RenderResult:
     """Render `motion_path` as the dancer of `run_dir` into `out`; see the module docstring."""
@@ -315,7 +315,7 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
     t0 = time.perf_counter()
     if engine is None:
         from engine.model.predictor import Predictor
-        predictor = Predictor(run_dir, device=device)
+        predictor = Predictor(run_dir, device=device, backend=backend)
         size = predictor.size
     else:
         entry = _engine_model(engine, _model_name(run_dir), engine_timeout)
@@ -363,8 +363,9 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
         where += f" and {png_dir}/"
     log.info("wrote %d frames %dx%d at %g fps to %s in %.1f s (%.1f frames/s)", n, width, height, motion.fps,
              where, seconds, n / max(seconds, 1e-9))
-    if codec == "mp4v":
-        log.warning("H.264 is not available in this OpenCV build; the video is MPEG-4 Part 2 (mp4v)")
+    if codec is not None:
+        from engine.data.video import plays_in
+        log.info("  %s", plays_in(codec))
     return result
 
 

@@ -456,3 +456,11 @@ print("ok", wire.client.Client.__name__, wire.protocol.VERSION)
 """
     r = subprocess.run([PYTHON, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_serve_refuses_openvino_on_cuda_in_one_line(tiny_run):
+    r = subprocess.run([PYTHON, "-m", "engine.cli", "serve", str(tiny_run), "--bind", f"tcp://127.0.0.1:{free_port()}",
+                        "--backend", "openvino", "--device", "cuda"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "--backend openvino runs on the CPU" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

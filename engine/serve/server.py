@@ -416,7 +416,7 @@ def resolve_runs(runs: list[Path] | None) -> list[Path]:
 
 def main(runs: list[Path] | None = None, bind: str = "tcp://127.0.0.1:5555", device: str = "auto",
          curve_secret: Path | None = None, curve_clients: Path | None = None, quiet: bool = False,
-         max_batch: int | None = None) -> None:
+         max_batch: int | None = None, backend: str = "auto") -> None:
     """`pix2dance serve`: check the bind and keys, load the runs, serve until SIGTERM or Ctrl-C."""
     curve = keys.check_security(bind, curve_secret, curve_clients)      # before torch: fails at once
     if max_batch is not None and max_batch < 1:
@@ -424,7 +424,7 @@ def main(runs: list[Path] | None = None, bind: str = "tcp://127.0.0.1:5555", dev
     curve_keys = keys.load_server_keys(curve_secret) if curve else None
     run_dirs = resolve_runs(runs)
     from engine.model.predictor import Predictor                          # torch from here on
-    predictors = [Predictor(r, device, max_batch=max_batch) for r in run_dirs]
+    predictors = [Predictor(r, device, backend=backend, max_batch=max_batch) for r in run_dirs]
     names = [p.name for p in predictors]
     if len(set(names)) != len(names):
         raise UserError(f"two runs have the same model name ({names}); set \"name\" in one's config.json")
@@ -432,5 +432,6 @@ def main(runs: list[Path] | None = None, bind: str = "tcp://127.0.0.1:5555", dev
     log.info("pix2dance engine listening on %s (%s)", server.endpoint,
              "CURVE, allow-list " + str(curve_clients) if curve else "loopback, no encryption")
     for p in predictors:
-        log.info("  model %r: %d px, %s, %s, batch %d", p.name, p.size, p.device, p.describe()["precision"], p.max_batch)
+        log.info("  model %r: %d px, %s on %s, %s, batch %d", p.name, p.size, p.backend.name, p.device,
+                 p.backend.precision, p.max_batch)
     server.serve_forever()
