@@ -81,7 +81,7 @@ def cmd_render(a: argparse.Namespace) -> None:
     from engine import render
     render.run(a.run, a.motion, a.out, fps=a.fps, frames=a.frames, armature=a.armature, camera=a.camera,
                mapping=a.mapping, engine=a.engine, side_by_side=a.side_by_side, png=a.png,
-               device=a.device, pose_model=a.pose_model, verbose=a.verbose, quiet=a.quiet,
+               device=a.device, backend=a.backend, pose_model=a.pose_model, verbose=a.verbose, quiet=a.quiet,
                engine_timeout=a.timeout)
 
 
@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", action="store_true", help="with a video OUT, also write PNG frames to OUT_frames/")
     p.add_argument("--pose-model", type=Path, help="MediaPipe pose landmarker .task file (video sources)")
     _device_arg(p)
+    _backend_arg(p)
     p.set_defaults(func=cmd_render)
 
     p = add("demo", "the whole product end to end on a synthetic dancer (about 10 minutes on 2 CPU cores)")
