@@ -85,6 +85,11 @@ def cmd_render(a: argparse.Namespace) -> None:
                engine_timeout=a.timeout)
 
 
+def cmd_map(a: argparse.Namespace) -> None:
+    from engine.motion import rig_map
+    rig_map.map_rig(a.rig, out=a.out, armature=a.armature, verbose=a.verbose)
+
+
 def cmd_demo(a: argparse.Namespace) -> None:
     from engine.demo import pipeline as demo
     demo.run(a.out, quick=a.quick, device=a.device, quiet=a.quiet)
@@ -205,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(p)
     _backend_arg(p)
     p.set_defaults(func=cmd_render)
+
+    p = add("map", "auto-map a rig's bones to the skeleton's joints, showing how each joint was found")
+    p.epilog = "example: pix2dance map hero.glb --out hero_mapping.json (then: render --motion scene.blend --mapping hero_mapping.json)"
+    p.add_argument("rig", type=Path, help="the rig: .blend, .glb/.gltf, .fbx or .bvh")
+    p.add_argument("--out", type=Path, help="write the mapping JSON (what render --mapping takes, plus each joint's how)")
+    p.add_argument("--armature", help="the armature to map, by object name (default: the first)")
+    p.set_defaults(func=cmd_map)
 
     p = add("demo", "the whole product end to end on a synthetic dancer (about 10 minutes on 2 CPU cores)")
     p.add_argument("--out", type=Path, default=Path("demo-output"),

@@ -19,8 +19,9 @@ where its limbs are, and rest-pose geometry settles what the hierarchy leaves op
 
 Names only break ties between what the structure allows, and never override it. Each joint says
 how it was found: "name" (the structure allows it and its name says so), "structure" (the
-hierarchy alone puts it there: counted up from where the fingers or toes branch) or "geometry"
-(lengths and directions chose among the bones the hierarchy allows). A skeleton that is not a
+hierarchy alone puts it there: consecutive joints down the limb, an arm's wrist where its fingers
+branch) or "geometry" (lengths and directions chose among the bones the hierarchy allows: twist
+bones or a clavicle skipped, a wrist at the palms' root). A skeleton that is not a
 standing humanoid (four legs, a single chain, lying down) raises NotHumanoid with one line.
 """
 
@@ -284,14 +285,14 @@ def _point(sk: _Skeleton, bone: int, pos: np.ndarray, entry: dict) -> _Point:
 
 
 def _helper(sk: _Skeleton, b: int, c: int, main: int, reach: dict) -> bool:
-    """A twist or roll bone beside the limb: a leaf whose head lies on the segment from b to the
-    main child, reaching clearly less far."""
-    if sk.children[c] or reach[c] > 0.7 * reach[main]:
+    """A twist or roll bone beside the limb: a leaf whose head lies inside the segment from b to
+    the main child (a thumb starts at the wrist or off that line), reaching less far."""
+    if sk.children[c] or reach[c] > 0.9 * reach[main]:
         return False
     a, m = sk.head[b], sk.head[main]
     seg = m - a
     t = float((sk.head[c] - a) @ seg / max(seg @ seg, 1e-12))
-    return -0.05 <= t <= 1.05 and np.linalg.norm(a + t * seg - sk.head[c]) <= 0.02 * sk.height
+    return 0.1 <= t <= 1.0 and np.linalg.norm(a + t * seg - sk.head[c]) <= 0.01 * sk.height
 
 
 def _q(x: float, centre: float, lo: float, hi: float) -> float:
@@ -414,7 +415,8 @@ def map_bones(bones: list[Bone], names: bool = True) -> dict:
         if abs(lateral[0] - lateral[1]) < 0.03 * h or lateral[0] * lateral[1] > 0:
             raise NotHumanoid(f"its {kind}s are not on the two sides of its body")
         for (pts, pick, guess), side in zip(limbs, ("left", "right") if lateral[0] > lateral[1] else ("right", "left")):
-            structural = pick[2] == guess and pick[1] == guess - 1 and pick[0] == guess - 2
+            # The hierarchy alone: consecutive joints, an arm's wrist where its fingers branch.
+            structural = pick[1] == pick[0] + 1 and pick[2] == pick[1] + 1 and (kind == "leg" or pick[2] == guess)
             for i, part in zip(pick, parts):
                 put(f"{side}_{part}", pts[i], structural, part, side)
             if kind == "leg":
