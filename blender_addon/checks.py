@@ -37,7 +37,10 @@ def checked_mapping(scene, arm) -> dict:
     """The scene's bone mapping, auto-mapped first if empty; AddonError naming an unmapped joint."""
     s = scene.pix2dance
     if not any(r.bone for r in s.mapping):
-        properties.set_mapping(s, automap.auto_map(arm))
+        try:
+            properties.set_mapping(s, automap.auto_map(arm))
+        except ValueError as e:              # not a humanoid: auto-map says why
+            raise AddonError(f"{e}; map its bones by hand in the Bone mapping panel") from None
     try:
         m = bone_mapping.saved_mapping(s)
     except ValueError as e:

@@ -135,7 +135,7 @@ class JobOperator:
 # --- the operators -----------------------------------------------------------------------------
 
 class PIX2DANCE_OT_auto_map(bpy.types.Operator):
-    """Map the armature's bones to the pix2dance joints (by preset names and by hierarchy)"""
+    """Map the armature's bones to the pix2dance joints (by the skeleton's structure; names break ties)"""
     bl_idname = "pix2dance.auto_map"
     bl_label = "Auto-map bones"
     bl_options = {"REGISTER", "UNDO"}
@@ -146,7 +146,11 @@ class PIX2DANCE_OT_auto_map(bpy.types.Operator):
         if arm is None or arm.type != "ARMATURE":
             self.report({"ERROR"}, "No armature: pick one in the pix2dance panel")
             return {"CANCELLED"}
-        m = automap.auto_map(arm)
+        try:
+            m = automap.auto_map(arm)
+        except ValueError as e:              # not a humanoid: auto-map says why
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
         properties.set_mapping(s, m)
         missing = bone_mapping.required_missing(m)
         unmapped = bone_mapping.missing_joints(m)
