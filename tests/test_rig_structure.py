@@ -8,6 +8,7 @@ four legs, a single chain, a rig lying on its back. `pix2dance map` prints and w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -141,6 +142,17 @@ def test_structure_wins_over_a_name_that_says_the_other_side():
     assert found["joints"]["left_shoulder"]["bone"] == "upperarm_right"
     assert found["how"]["right_shoulder"] != "name" and found["how"]["left_shoulder"] != "name"
     assert found["how"]["right_elbow"] == "name"
+
+
+def test_a_control_rig_maps_by_its_deforming_bones():
+    """Rigify-like: a non-deforming copy of the skeleton (ORG-, MCH-) beside the deforming one
+    would read as four legs; the deforming bones alone are the humanoid."""
+    bones, expect = humanoid()
+    copy = [Bone(f"ORG-{b.name}", f"ORG-{b.parent}" if b.parent else None, b.head, b.tail, deform=False) for b in bones]
+    found = map_bones([Bone("root", None, (0, 0, 0), (0, 0.3, 0), deform=False)]
+                      + [dataclasses.replace(b, parent=b.parent or "root") for b in bones]
+                      + [dataclasses.replace(b, parent=b.parent or "root") for b in copy])
+    assert limb_bones(found) == {j: expect[j] for j in LIMBS}
 
 
 def _one_line(e: pytest.ExceptionInfo) -> str:

@@ -12,6 +12,8 @@ every required joint, else "auto": informative only, names never decide a bone t
 
 from __future__ import annotations
 
+import functools
+
 from ..wire import joints
 
 from . import mapping as mapping_mod
@@ -42,14 +44,21 @@ def auto_map(arm, names: bool = True) -> dict:
 def preset_of(mapping: dict, bone_names: list[str]) -> str:
     """The first preset naming the mapping's bone for every required joint, else "auto"."""
     have = set(bone_names)
-    for name in mapping_mod.list_presets():
-        preset = mapping_mod.load_preset(name)
-        if preset.get("match") == "stem":
-            continue
-        if all(_preset_bone(preset["joints"].get(j, {}).get("bone"), have) == mapping["joints"].get(j, {}).get("bone")
-               for j in joints.CORE):
+    for name, names in _preset_names():
+        if all(_preset_bone(names.get(j), have) == mapping["joints"].get(j, {}).get("bone") for j in joints.CORE):
             return name
     return "auto"
+
+
+@functools.lru_cache(maxsize=1)
+def _preset_names() -> tuple[tuple[str, dict], ...]:
+    """(preset, {joint: bone name or names}) of the presets that name bones exactly, read once."""
+    out = []
+    for name in mapping_mod.list_presets():
+        preset = mapping_mod.load_preset(name)
+        if preset.get("match") != "stem":
+            out.append((name, {j: spec.get("bone") for j, spec in preset["joints"].items()}))
+    return tuple(out)
 
 
 def _preset_bone(spec, have: set[str]) -> str | None:
