@@ -78,6 +78,7 @@ class PIX2DANCE_UL_mapping(bpy.types.UIList):
         else:
             sub.prop(item, "bone", text="")
         sub.prop(item, "at", text="")
+        sub.label(text=item.how or "-")          # name, structure, geometry (auto-map) or hand
 
 
 REQUIRED = set(joints.CORE)  # joints a render refuses to go without

@@ -50,7 +50,10 @@ def _live_preview_changed(self, context) -> None:
 class PIX2DANCE_PG_joint(bpy.types.PropertyGroup):
     """One row of the bone mapping: a canonical joint taken from a bone of the armature."""
     joint: StringProperty(name="Joint", description="Canonical joint of the pix2dance skeleton")
-    bone: StringProperty(name="Bone", description="Bone of the armature this joint follows (empty: unmapped)")
+    bone: StringProperty(name="Bone", description="Bone of the armature this joint follows (empty: unmapped)",
+                         update=lambda row, context: setattr(row, "how", "hand") if row.how != "hand" else None)
+    how: StringProperty(name="How", description="How auto-map found this bone: name, structure or geometry; "
+                        "hand when picked by hand")
     at: FloatProperty(name="At", min=0.0, max=1.0, default=0.0, subtype="FACTOR",
                       description="Where along the bone the joint sits: 0 at its head, 1 at its tail")
     # An explicit offset in the bone's rest-local axes (mapping files may carry one; kept as is).
@@ -127,6 +130,7 @@ def set_mapping(settings, mapping: dict) -> None:
         row.joint = name
         entry = found.get(name) or {}
         row.bone = str(entry.get("bone") or "")
+        row.how = str(mapping.get("how", {}).get(name) or "") if row.bone else ""
         row.at = float(entry.get("at") or 0.0)
         offset = entry.get("offset")
         row.has_offset = offset is not None

@@ -803,3 +803,16 @@ def test_import_bvh_as_the_armature(addon):
     assert not [r.joint for r in s.mapping if not r.bone and r.joint in ("left_wrist", "right_ankle")]
     assert s.camera is not None and s.camera.type == "CAMERA"   # a camera framing the motion was added
     assert s.frame_end > s.frame_start
+
+
+def test_mapping_rows_say_how_each_bone_was_found_and_a_hand_pick_says_hand(rig):
+    from engine.rig import mapping as rig_mapping
+    scene, arm, cam = rig
+    assert bpy.ops.pix2dance.auto_map() == {"FINISHED"}
+    rows = {r.joint: r for r in scene.pix2dance.mapping}
+    assert rows["left_wrist"].how in ("name", "structure", "geometry")
+    rows["left_wrist"].bone = rows["right_wrist"].bone           # the user overrides one joint by hand
+    assert rows["left_wrist"].how == "hand"
+    saved = rig_mapping.saved_mapping(scene.pix2dance)
+    assert saved["how"]["left_wrist"] == "hand" and saved["how"]["right_wrist"] in ("name", "structure", "geometry")
+    rig_mapping.check_mapping(saved)

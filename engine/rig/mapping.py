@@ -7,7 +7,7 @@ A mapping is plain JSON, saved in the .blend by the add-on and in files by scrip
 
 `at` is the place along the bone (0 head, 1 tail); an entry may carry an explicit `offset` [x, y, z]
 in the bone's rest-local axes (armature units), added after `at` (`anchors` places the points).
-`how`, optional, says how auto-mapping found each bone ("name", "structure" or "geometry"); it is
+`how`, optional, says how each bone was found ("name", "structure" or "geometry" by auto-map, "hand"); it is
 beside the joints, not in them, since it does not change where a joint is. `neck` and `mid_hip` are never mapped: they are always the
 midpoints of the shoulders and of the hips, as for MediaPipe (`DERIVED`).
 
@@ -35,7 +35,7 @@ DERIVED: dict[str, tuple[str, str]] = {
     "mid_hip": ("left_hip", "right_hip"),
 }
 MAPPABLE: tuple[str, ...] = tuple(n for n in joints.JOINTS if n not in DERIVED)
-HOW = ("name", "structure", "geometry")
+HOW = ("name", "structure", "geometry", "hand")    # the last: picked by the user in the add-on
 
 
 # --- presets and files ------------------------------------------------------------------------
