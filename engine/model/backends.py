@@ -1,7 +1,7 @@
 """The generator behind one call, on torch or on OpenVINO: uint8 skeletons in, uint8 frames out.
 
     name, device = resolve_backend("auto", "auto")       # ("torch", cuda) on a GPU, ("openvino", cpu) on a CPU
-    backend = load_backend(name, run_dir, generator, device)
+    backend = load_backend(name, run_dir, config, device)
     frames = backend.run(skeletons)                      # (B, S, S, C_in) uint8 -> (B, S, S, C_out) uint8
 
 Both backends run one module, `Frames(generator)`: NHWC uint8 in, tensors.to_model, the generator,
@@ -14,14 +14,15 @@ an example input) and the IR is cached beside the run, keyed by the sha256 of it
 
     RUN_DIR/openvino/<sha256>.xml, .bin    the IR (fp32 weights: compressing to fp16 moves frames)
     RUN_DIR/openvino/<sha256>.json         written last: the weights' and the IR files' sha256, the
-                                           OpenVINO version and FORMAT
+                                           image size, the OpenVINO version and FORMAT
 
-A cache is used only when that manifest matches the weights, this OpenVINO and the bytes read (the
-very bytes handed to OpenVINO are the ones hashed); anything else (stale weights, another OpenVINO,
-a truncated or edited file) is converted again and replaces it. A run folder that cannot be written
-(a read-only install) is converted in memory, each time. A single frame (live preview) runs on a
-LATENCY-compiled model (both cores on one frame); a batch runs on a THROUGHPUT-compiled one with
-an AsyncInferQueue, one frame per request, so every core works on a frame of its own.
+A cache is used only when that manifest matches the weights, the run's config, this OpenVINO and
+the IR files' hashes; anything else (stale weights, another OpenVINO, a truncated or edited file)
+is converted again and replaces it. With a good cache the torch generator is not even built. A
+run folder that cannot be written (a read-only install) is converted in memory, each time. A
+single frame (live preview) runs on a LATENCY-compiled model (both cores on one frame); a batch
+runs on a THROUGHPUT-compiled one with an AsyncInferQueue, one frame per request, so every core
+works on a frame of its own. Each is compiled on first use.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from torch import nn
 
 from engine.errors import UserError
 from engine.model.device import autocast, resolve_amp, resolve_device
-from engine.model.runs import GENERATOR
+from engine.model.runs import GENERATOR, load_generator
 from engine.model.tensors import to_model, to_uint8
 
 log = logging.getLogger(__name__)
@@ -105,11 +106,16 @@ def _import_openvino():
     return openvino
 
 
-def load_backend(name: str, run_dir: Path, generator: nn.Module, device: torch.device, *,
+def load_backend(name: str, run_dir: Path, config: dict, device: torch.device, *,
                  amp: str = "auto", channels_last: bool | None = None):
-    """TorchBackend or OpenVINOBackend for the run's generator (see resolve_backend for `name`)."""
+    """TorchBackend or OpenVINOBackend for the run's generator (`name` from resolve_backend).
+
+    UserError for a run whose weights are missing, unreadable or do not match its config.
+    """
+    run_dir = Path(run_dir)
     if name == "openvino":
-        return OpenVINOBackend(openvino_model(Path(run_dir), generator))
+        return OpenVINOBackend(openvino_model(run_dir, config), run_dir)
+    generator, _ = load_generator(run_dir, device)
     return TorchBackend(generator, device, amp=amp, channels_last=channels_last)
 
 
@@ -128,6 +134,7 @@ class TorchBackend:
             torch.backends.cudnn.benchmark = True    # few distinct batch shapes: tune each once
         if self.channels_last:
             generator = generator.to(memory_format=torch.channels_last)
+        self.generator = generator
         self.frames = Frames(generator, self.channels_last)
 
     @property
@@ -147,37 +154,39 @@ class OpenVINOBackend:
     precision = "fp32"
     device = torch.device("cpu")
 
-    def __init__(self, model):
-        ov = _import_openvino()
-        self.core = ov.Core()
+    def __init__(self, model, run_dir: Path):
+        self.ov = _import_openvino()
+        self.core = self.ov.Core()
         shape = model.inputs[0].get_partial_shape()
         model.reshape([1, *(d.get_length() for d in list(shape)[1:])])   # static: faster than a dynamic batch
-        self.model = model
-        self.latency = self.core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
-        self.request = self.latency.create_infer_request()
-        self._queue = None
-        self._out: np.ndarray | None = None
+        self.model, self.run_dir = model, run_dir
+        self._request = self._queue = self._out = self._generator = None
+
+    @property
+    def generator(self) -> nn.Module:
+        """The torch module these weights came from (loaded on first use: OpenVINO does not need it)."""
+        if self._generator is None:
+            self._generator, _ = load_generator(self.run_dir, "cpu")
+        return self._generator
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) == 1:
-            return self.request.infer({0: batch})[0].copy()
-        queue = self._throughput()
-        output = self.latency.outputs[0]
-        self._out = out = np.empty((len(batch), *list(output.get_shape())[1:]), output.get_element_type().to_dtype())
+            if self._request is None:
+                self._request = self.core.compile_model(self.model, "CPU", {"PERFORMANCE_HINT": "LATENCY"}) \
+                    .create_infer_request()
+            return self._request.infer({0: batch})[0].copy()
+        if self._queue is None:
+            compiled = self.core.compile_model(self.model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+            self._queue = self.ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self._queue.set_callback(self._done)
+            self._output = compiled.outputs[0]
+        shape, dtype = list(self._output.get_shape())[1:], self._output.get_element_type().to_dtype()
+        self._out = out = np.empty((len(batch), *shape), dtype)
         for i in range(len(batch)):
-            queue.start_async({0: batch[i:i + 1]}, i)        # waits while every request is busy
-        queue.wait_all()
+            self._queue.start_async({0: batch[i:i + 1]}, i)      # waits while every request is busy
+        self._queue.wait_all()
         self._out = None
         return out
-
-    def _throughput(self):
-        """The batch path, compiled on first use (a server that only previews never pays for it)."""
-        if self._queue is None:
-            ov = _import_openvino()
-            compiled = self.core.compile_model(self.model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
-            self._queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-            self._queue.set_callback(self._done)
-        return self._queue
 
     def _done(self, request, index: int) -> None:
         self._out[index] = request.get_output_tensor(0).data[0]
@@ -186,22 +195,28 @@ class OpenVINOBackend:
 # --- the IR cache -----------------------------------------------------------------------------
 
 def sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def openvino_model(run_dir: Path, generator: nn.Module):
+def openvino_model(run_dir: Path, config: dict):
     """The run's generator as an openvino.Model: from the cache when it can be trusted, else converted."""
     ov = _import_openvino()
-    digest = sha256(run_dir / GENERATOR)
+    weights = run_dir / GENERATOR
+    if not weights.is_file():
+        raise UserError(f"{run_dir} has no {GENERATOR} (has training saved a checkpoint yet?)")
+    digest = sha256(weights)
     folder = run_dir / CACHE
-    model = _cached(ov, folder, digest)
+    expected = {"format": FORMAT, "weights_sha256": digest, "size": int(config["size"]), "openvino": ov.__version__}
+    model = _cached(ov, folder, digest, expected)
     if model is not None:
         return model
-    log.info("converting %s for OpenVINO (cached in %s)", run_dir / GENERATOR, folder)
+    log.info("converting %s for OpenVINO (cached in %s)", weights, folder)
+    generator, _ = load_generator(run_dir, "cpu")          # UserError on unreadable or mismatched weights
     model = convert(generator)
     try:
-        _store(ov, model, folder, digest)
+        _store(ov, model, folder, digest, expected)
     except OSError as e:              # a read-only run folder: convert again next time
         log.warning("could not cache the OpenVINO model in %s (%s); converting again next time", folder, e)
     return model
@@ -211,7 +226,7 @@ def convert(generator: nn.Module):
     """openvino.convert_model of Frames(generator), any batch size."""
     ov = _import_openvino()
     generator = generator.float().cpu().eval()
-    size, channels = _input_size(generator), in_channels(generator)
+    size, channels = int(generator.size), in_channels(generator)
     example = torch.zeros(1, size, size, channels, dtype=torch.uint8)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")               # tracing warns about Python-side shapes it sees as constants
@@ -219,43 +234,31 @@ def convert(generator: nn.Module):
                                 input=[ov.PartialShape([-1, size, size, channels])])
 
 
-def _input_size(generator: nn.Module) -> int:
-    size = getattr(generator, "size", None)
-    if not size:
-        raise ValueError("the generator does not say its image size (Generator.size)")
-    return int(size)
-
-
-def _manifest(digest: str, ov, xml: bytes, weights: bytes) -> dict:
-    return {"format": FORMAT, "weights_sha256": digest, "openvino": ov.__version__,
-            "xml_sha256": hashlib.sha256(xml).hexdigest(), "bin_sha256": hashlib.sha256(weights).hexdigest()}
-
-
-def _cached(ov, folder: Path, digest: str):
-    """The cached model for these weights, or None (missing, stale or corrupt: never trusted)."""
+def _cached(ov, folder: Path, digest: str, expected: dict):
+    """The cached model for these weights, or None (missing, stale or damaged: never trusted)."""
     paths = [folder / f"{digest}{ext}" for ext in (".json", ".xml", ".bin")]
     if not all(p.is_file() for p in paths):
         return None
     try:
         manifest = json.loads(paths[0].read_text())
-        xml, weights = paths[1].read_bytes(), paths[2].read_bytes()
-        if manifest != _manifest(digest, ov, xml, weights):
+        found = {**expected, "xml_sha256": sha256(paths[1]), "bin_sha256": sha256(paths[2])}
+        if manifest != found:
             log.warning("the OpenVINO cache in %s does not match (stale or damaged): converting again", folder)
             return None
-        return ov.Core().read_model(xml, ov.Tensor(np.frombuffer(weights, np.uint8).copy()))
+        return ov.Core().read_model(str(paths[1]), str(paths[2]))
     except (OSError, ValueError, RuntimeError) as e:
         log.warning("the OpenVINO cache in %s is unreadable (%s): converting again", folder, str(e).splitlines()[0])
         return None
 
 
-def _store(ov, model, folder: Path, digest: str) -> None:
+def _store(ov, model, folder: Path, digest: str, expected: dict) -> None:
     """Write the IR and its manifest atomically (manifest last) and remove other, stale entries."""
     folder.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp.", dir=folder))
     try:
         ov.save_model(model, str(tmp / f"{digest}.xml"), compress_to_fp16=False)
-        xml, weights = (tmp / f"{digest}.xml").read_bytes(), (tmp / f"{digest}.bin").read_bytes()
-        (tmp / f"{digest}.json").write_text(json.dumps(_manifest(digest, ov, xml, weights), indent=1))
+        manifest = {**expected, "xml_sha256": sha256(tmp / f"{digest}.xml"), "bin_sha256": sha256(tmp / f"{digest}.bin")}
+        (tmp / f"{digest}.json").write_text(json.dumps(manifest, indent=1))
         for ext in (".bin", ".xml", ".json"):
             os.replace(tmp / f"{digest}{ext}", folder / f"{digest}{ext}")
     finally:

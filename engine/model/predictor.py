@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.data import normalize, skeleton
 from engine.model.backends import load_backend, resolve_backend
-from engine.model.runs import load_generator
+from engine.model.runs import read_config
 from engine.wire.joints import NUM_JOINTS
 
 log = logging.getLogger(__name__)
@@ -53,15 +53,25 @@ class Predictor:
             raise ValueError(f"precision must be 'auto' or 'fp32', got {precision!r}")
         self.run_dir = Path(run_dir)
         backend_name, self.device = resolve_backend(backend, device)
-        self.generator, self.config = load_generator(self.run_dir, self.device)
+        self.config = read_config(self.run_dir)
         self.name = str(self.config.get("name") or self.run_dir.resolve().name)
         self.size = int(self.config["size"])
         self.stats = dict(self.config["stats"])
         self.stats_size = int(self.config["stats_size"])
         self.joints = list(self.config["joints"])
         self.max_batch = int(max_batch or (16 if self.device.type == "cuda" else 4))
-        self.backend = load_backend(backend_name, self.run_dir, self.generator, self.device,
+        self.backend = load_backend(backend_name, self.run_dir, self.config, self.device,
                                     amp="off" if precision == "fp32" else "auto", channels_last=channels_last)
+
+    @property
+    def generator(self):
+        """The torch module (with OpenVINO, loaded only when asked for)."""
+        return self.backend.generator
+
+    def warm_up(self) -> None:
+        """Run one frame and one batch now (OpenVINO compiles each path on first use, cuDNN tunes)."""
+        for n in sorted({1, min(2, self.max_batch)}):
+            self.generate(np.zeros((n, self.size, self.size, 3), np.uint8))
 
     def describe(self) -> dict:
         """What `info` tells clients about this model."""

@@ -425,6 +425,8 @@ def main(runs: list[Path] | None = None, bind: str = "tcp://127.0.0.1:5555", dev
     run_dirs = resolve_runs(runs)
     from engine.model.predictor import Predictor                          # torch from here on
     predictors = [Predictor(r, device, backend=backend, max_batch=max_batch) for r in run_dirs]
+    for p in predictors:
+        p.warm_up()                  # the first preview must not wait for a compilation
     names = [p.name for p in predictors]
     if len(set(names)) != len(names):
         raise UserError(f"two runs have the same model name ({names}); set \"name\" in one's config.json")
