@@ -36,6 +36,7 @@ from typing import Iterable, Iterator
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from engine.errors import UserError
 
@@ -104,6 +105,13 @@ def _upright(frame, image: np.ndarray) -> np.ndarray:
     """The image as it is displayed: the display matrix's rotation (degrees counter-clockwise) applied."""
     turns = round((frame.rotation or 0) / 90) % 4
     return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+
+def _converter(pixels: str):
+    """frame -> upright uint8 array in `pixels` ("bgr24", "rgb24"). One reformatter for a whole clip:
+    it keeps its swscale context (frame.to_ndarray builds one per frame, 9 times slower at 320 x 240)."""
+    reformatter = VideoReformatter()
+    return lambda frame: _upright(frame, reformatter.reformat(frame, format=pixels).to_ndarray())
 
 
 @dataclass
@@ -182,16 +190,28 @@ def frames(path: str | os.PathLike, fps: float | None = None) -> Iterator[Frame]
     See the module docstring: only the kept frames are converted, non-reference frames nobody needs
     are not decoded, and long gaps are crossed by seeking to the keyframe before the next kept frame.
     """
+    for index, t, bgr in _frames(path, fps, "bgr24"):
+        yield Frame(index, t, bgr)
+
+
+def sample(path: str | os.PathLike, fps: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
+    """(t seconds, RGB uint8 (H, W, 3)) for the frames nearest each multiple of 1 / fps."""
+    for _, t, rgb in _frames(path, fps, "rgb24"):
+        yield t, rgb
+
+
+def _frames(path: str | os.PathLike, fps: float | None, pixels: str) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(index, t, image converted to `pixels`) for the kept frames: frames() and sample() share it."""
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise UserError(f"sampling rate must be a positive number, got {fps}")
     container, stream = _open(path)
     try:
-        yield from _sample(container, stream, Path(path), fps)
+        yield from _sample(container, stream, Path(path), fps, pixels)
     finally:
         container.close()
 
 
-def _sample(container, stream, path: Path, fps: float | None) -> Iterator[Frame]:
+def _sample(container, stream, path: Path, fps: float | None, pixels: str):
     packets, broken = _packets(container, stream, path)
     if not packets:
         raise UserError(f"not a video (no frame can be decoded): {path}")
@@ -201,28 +221,27 @@ def _sample(container, stream, path: Path, fps: float | None) -> Iterator[Frame]
     if len(order) < len(packets):       # missing or repeated timestamps: the container lies
         log.debug("%s: unusable timestamps; frame times are index / fps", path)
         times = [i / nominal for i in range(len(packets))]
-        yield from _in_decode_order(container, stream, path, _choose(times, fps, nominal), times)
+        yield from _in_decode_order(container, stream, path, _choose(times, fps, nominal), times, pixels)
         return
     times = [float((pts - order[0]) * base) for pts in order]
     kept = _choose(times, fps, nominal)
     wanted = {order[i]: i for i in kept}                # pts -> index in presentation order
-    yield from _decode(container, stream, path, packets, wanted, times)
+    yield from _decode(container, stream, path, packets, wanted, times, pixels)
     _report(path, len(kept) - len(wanted), len(kept), times, broken, stream)
 
 
-def _decode(container, stream, path: Path, packets: list[_Packet], wanted: dict, times: list[float]):
+def _decode(container, stream, path: Path, packets: list[_Packet], wanted: dict, times: list[float], pixels: str):
     """Decode the frames whose pts are in `wanted` (popped as they come), seeking across long gaps.
 
     Goals are taken in decode order. When the keyframe a goal needs lies SEEK_GAP packets or more
     past the last packet sent, what the decoder holds is drained and the demuxer seeks to that
-    keyframe (by its pts); everything between is never read. Packets of frames nobody wants are sent with skip_frame NONREF: the
-    decoder drops them unless later frames refer to them.
+    keyframe (by its pts); everything between is never read. Packets of frames nobody wants are
+    sent with skip_frame NONREF: the decoder drops them unless later frames refer to them.
     """
     position = {p.dts: n for n, p in enumerate(packets) if p.dts is not None}
     keys = [n for n, p in enumerate(packets) if p.key]
     goals = sorted(n for n, p in enumerate(packets) if p.pts in wanted)
-    context = stream.codec_context
-
+    context, convert = stream.codec_context, _converter(pixels)
     decoded = seeks = 0
 
     def emit(frames):
@@ -231,7 +250,7 @@ def _decode(container, stream, path: Path, packets: list[_Packet], wanted: dict,
             decoded += 1
             i = wanted.pop(frame.pts, None)
             if i is not None:
-                yield Frame(i, times[i], _upright(frame, frame.to_ndarray(format="bgr24")))
+                yield i, times[i], convert(frame)
 
     container.seek(0, stream=stream)
     demux, sent, seekable = container.demux(stream), -1, True
@@ -295,16 +314,16 @@ def _keyframe_before(keys: list[int], packets: list[_Packet], goal: int) -> int:
     return keys[at]
 
 
-def _in_decode_order(container, stream, path: Path, kept: list[int], times: list[float]):
+def _in_decode_order(container, stream, path: Path, kept: list[int], times: list[float], pixels: str):
     """For files without usable timestamps: decode everything, number frames as they come."""
-    keep = set(kept)
+    keep, convert = set(kept), _converter(pixels)
     container.seek(0, stream=stream)
     count = done = 0
     try:
         for frame in container.decode(stream):
             if count in keep:
                 done += 1
-                yield Frame(count, times[count], _upright(frame, frame.to_ndarray(format="bgr24")))
+                yield count, times[count], convert(frame)
             count += 1
     except av.FFmpegError as e:
         log.debug("%s: decoding stopped: %s", path, _reason(e))
@@ -325,12 +344,6 @@ def _report(path: Path, done: int, expected: int, times: list[float], damaged: b
     if done < expected:
         problems.append(f"{expected - done} of {expected} frames would not decode")
     log.warning("%s is truncated or damaged: %s; using the %d frames that decode", path, ", ".join(problems), done)
-
-
-def sample(path: str | os.PathLike, fps: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
-    """(t seconds, RGB uint8 (H, W, 3)) for the frames nearest each multiple of 1 / fps."""
-    for f in frames(path, fps):
-        yield f.t, f.bgr[..., ::-1]
 
 
 # --- writing ------------------------------------------------------------------------------------
