@@ -35,8 +35,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from engine.atomic import atomic_dir, atomic_file
 from engine.errors import UserError
 
@@ -166,7 +164,7 @@ ASSET = DemoSettings(train_frames=480, test_frames=120, fps=24.0, render_size=25
                      steps=3000, batch=4, panel=256, val_every=500)
 ASSET_README = """# The demo model
 
-A pix2pix generator of the synthetic dancer (engine/synth.py), trained by pix2dance's own pipeline:
+A pix2pix generator of the synthetic dancer (engine/demo/synth.py), trained by pix2dance's own pipeline:
 `pix2dance serve` with no run directory serves it, so the Blender add-on works out of the box.
 
 - {size} x {size} px, ngf {ngf}, fp16 safetensors ({mb:.1f} MB); model name `demo`.
@@ -205,7 +203,7 @@ def build_demo_model(dest: str | Path, work: str | Path, device: str = "auto", q
         scores = run(work, device=device, quiet=quiet, settings=settings).scores
     generator, config = runs.load_generator(work / "run", "cpu")
     config = {k: v for k, v in config.items() if k != "dataset"}
-    config.update(name="demo", description="the synthetic dancer of engine/synth.py (pix2dance demo model)",
+    config.update(name="demo", description="the synthetic dancer of engine/demo/synth.py (pix2dance demo model)",
                   unseen={k: scores.get(k) for k in ("ssim", "psnr", "l1", "pose_error", "pose_error_true_render")})
     pe = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     device = resolve_device(device).type
