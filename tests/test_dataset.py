@@ -371,3 +371,25 @@ def test_two_videos_decoded_again_in_pass_two_make_one_dataset(tmp_path, pose_mo
     _, frames, _ = pairs.load_pairs(out, "train")
     expected = dataset.crop_image(rgb, crop, SIZE)
     assert np.abs(frames[z["index"][first]].astype(int) - expected).mean() < 1
+
+
+def test_prefetch_hands_on_items_then_the_error_and_stops_early():
+    import threading
+
+    from engine.data.prefetch import Prefetch
+
+    def items():
+        yield from range(3)
+        raise OSError("disk gone")
+
+    seen = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in Prefetch(items(), depth=1):
+            seen.append(item)
+    assert seen == [0, 1, 2]
+    before = threading.active_count()
+    ahead = Prefetch(iter(range(10**9)), depth=2, name="endless")
+    for item in ahead:
+        if item == 5:
+            break
+    assert not ahead._thread.is_alive() and threading.active_count() <= before
