@@ -3,7 +3,8 @@
     c = connection_for(scene)                      # Connection: address, timeout, CURVE keys
     job = ConnectionJob(scene.name, c)             # ping + info -> scene.pix2dance.status
     MODELS[c.address]                              # model names that engine served when last asked
-    pick_model(client.info(), "")                  # the model entry to render with
+    model = pick_model(client.info(), "")          # the model entry to render with
+    output_for(model)                              # Output: what to ask of it (placement, alpha)
 
 `Connection` holds plain values, so a worker thread may open it; `connection_for` reads the scene
 and the preferences on the main thread.
@@ -59,6 +60,26 @@ def pick_model(info: dict, wanted: str) -> dict:
         return protocol.pick_model({m.get("name"): m for m in info.get("models") or []}, wanted)
     except protocol.ProtocolError as e:
         raise AddonError(e.message[:1].upper() + e.message[1:]) from None
+
+
+@dataclass(frozen=True)
+class Output:
+    """How the dancer comes back (protocol v2): `placement` and `alpha`, and a one-line `warning`
+    when that is not the dancer over the camera view."""
+    placement: str = "source"
+    alpha: bool = True
+    warning: str = ""
+
+
+def output_for(model: dict) -> Output:
+    """What the add-on asks of `model`: the dancer where the rig stands in the camera frame, at the
+    render size, with her matte (placement "source", RGBA). A model trained before mattes (info
+    says "alpha": false; asked for that, the engine would answer "no_alpha") can give only the bare
+    crop: the add-on falls back to it, with a warning."""
+    if model.get("alpha"):
+        return Output()
+    return Output("crop", False, f"Model {model.get('name')!r} has no matte (trained before placements): "
+                                 f"showing its bare crop, not placed over the rig; retrain it for that")
 
 
 # Model names each engine address served when last asked (for the panel's model menu).

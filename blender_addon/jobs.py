@@ -5,7 +5,7 @@
     job.step()                     # main thread, often (a modal operator's timer, or jobs.tick)
     job.cancel()                   # from anywhere: Esc, a script, a test
     job.wait()                     # background mode: step until finished
-    job.finished, job.error, job.cancelled, job.status
+    job.finished, job.error, job.cancelled, job.status, job.warning
 
 A job's main-thread side is a generator (`main`): each `step` runs it up to its next `yield`, so
 Blender-side work (projecting poses, rendering the rig, making strips) comes in slices short
@@ -103,6 +103,7 @@ class Job:
         self.finished = False
         self.error: str | None = None
         self.status = ""
+        self.warning = ""                     # what it could not do as asked (one line; reported as WARNING)
         self.done, self.total = 0, 0          # progress in whatever unit the job counts
 
     # --- either thread

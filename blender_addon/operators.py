@@ -2,8 +2,8 @@
 
     bpy.ops.pix2dance.auto_map()                 # map the armature's bones to the canonical joints
     bpy.ops.pix2dance.test_connection()          # ping the engine, list its models
-    bpy.ops.pix2dance.preview_frame()            # the dancer in the current frame's pose
-    bpy.ops.pix2dance.render_to_sequencer()      # frame_start..frame_end -> PNGs -> one image strip
+    bpy.ops.pix2dance.preview_frame()            # the dancer in the current frame's pose, over the camera view
+    bpy.ops.pix2dance.render_to_sequencer()      # frame_start..frame_end -> RGBA PNGs -> an ALPHA_OVER strip
     bpy.ops.pix2dance.retarget_bvh(filepath=...) # a BVH's motion onto the armature
 
 Operators that wait on the engine run a `jobs.Job` (connection.ConnectionJob, preview.PreviewJob,
@@ -53,8 +53,9 @@ def plan_render(scene) -> RenderJob:
         raise AddonError(f"A render into {folder} is already running (Esc cancels it)")
     plan = RenderPlan(scene_name=scene.name, armature_name=arm.name, camera_name=cam.name, mapping=m,
                       frames=list(range(s.frame_start, s.frame_end + 1)), folder=folder,
-                      connection=connection_for(scene), model=s.model.strip(), chunk=s.chunk,
-                      rig_render=s.add_rig_render)
+                      connection=connection_for(scene), fps=scene.render.fps / scene.render.fps_base,
+                      model=s.model.strip(), chunk=s.chunk, scene_underneath=s.scene_underneath,
+                      show_rig_meshes=s.show_rig_meshes)
     return RenderJob(plan)
 
 
@@ -78,6 +79,8 @@ class JobOperator:
             return {"CANCELLED"}
         if job.status:
             self.report({"INFO"}, job.status)
+        if job.warning:
+            self.report({"WARNING"}, job.warning)
         return {"FINISHED"}
 
     def execute(self, context):
@@ -173,7 +176,7 @@ class PIX2DANCE_OT_test_connection(JobOperator, bpy.types.Operator):
 
 
 class PIX2DANCE_OT_preview_frame(JobOperator, bpy.types.Operator):
-    """Show the dancer in the current frame's pose (as an image and the camera's background)"""
+    """Show the dancer in the current frame's pose (as an image, and in front of the camera view)"""
     bl_idname = "pix2dance.preview_frame"
     bl_label = "Preview frame"
 
@@ -182,7 +185,7 @@ class PIX2DANCE_OT_preview_frame(JobOperator, bpy.types.Operator):
 
 
 class PIX2DANCE_OT_render_to_sequencer(JobOperator, bpy.types.Operator):
-    """Render frame_start..frame_end as the dancer into the output folder and show them as a sequencer strip"""
+    """Render frame_start..frame_end as the dancer over the camera view into the output folder, as a sequencer strip (and the scene underneath)"""
     bl_idname = "pix2dance.render_to_sequencer"
     bl_label = "Render to Sequencer"
 

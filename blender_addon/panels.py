@@ -35,6 +35,8 @@ class PIX2DANCE_PT_main(_Sidebar, bpy.types.Panel):
         icon = "CHECKMARK" if s.connected else "QUESTION"
         box.label(text=s.status or "Not connected yet", icon=icon)
         box.label(text=f"Model: {s.model or 'engine first'}")
+        if s.warning:
+            box.label(text=s.warning, icon="INFO")
         if s.last_error:
             row = box.row()
             row.alert = True
@@ -120,7 +122,11 @@ class PIX2DANCE_PT_render(_Sidebar, bpy.types.Panel):
         row.prop(s, "frame_start")
         row.prop(s, "frame_end")
         row.operator("pix2dance.use_scene_range", text="", icon="TIME")
-        layout.prop(s, "add_rig_render")
+        row = layout.row(align=True)
+        row.prop(s, "scene_underneath")
+        sub = row.row(align=True)
+        sub.active = s.scene_underneath
+        sub.prop(s, "show_rig_meshes")
         layout.prop(s, "chunk")
 
 

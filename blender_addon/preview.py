@@ -3,7 +3,14 @@
     request = current_pose_request(scene)      # main thread: the current frame's pose, checked
     PreviewJob(request).wait()                 # the Preview Frame operator's job
     live_preview().request(request)            # newest pose wins; replies shown by jobs.tick
-    show_preview(scene, png, camera)           # the image 'pix2dance preview' (+ camera background)
+    show_preview(scene, png, camera, front=True)   # the image 'pix2dance preview' (+ over the camera view)
+
+The engine is asked for what Render to Sequencer asks (connection.output_for): an RGBA frame at the
+render size with the dancer where the rig stands, shown in front of the camera view (the camera's
+background image, display depth FRONT, fitted to the camera frame): looking through the camera, the
+user sees her over the scene. A model without a matte gives its bare crop, shown behind, with a
+warning in the panel. Rendered frames are kept (FRAMES, keyed by engine, model, pose and output):
+a pose seen before is shown again without asking the engine to render it.
 
 The live preview reacts to two Blender events, both hooked in by operators.register:
 `on_frame_change` (frame_change_post) sends the new pose; `live_preview_switched` runs when
@@ -21,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+from collections import OrderedDict
 import tempfile
 import threading
 import time
@@ -34,7 +42,7 @@ from bpy.app.handlers import persistent
 from . import jobs, sequencer
 from ._engine import joints, projection
 from .checks import checked_mapping, core_in_view, rig_and_camera
-from .connection import Connection, connection_for, pick_model
+from .connection import Connection, Output, connection_for, output_for, pick_model
 from .jobs import AddonError
 from .properties import settings_of
 
@@ -46,8 +54,10 @@ log = logging.getLogger(__name__)
 PREVIEW_IMAGE = "pix2dance preview"
 
 
-def show_preview(scene, png: bytes, camera=None) -> "bpy.types.Image":
-    """Show PNG bytes as the Image datablock 'pix2dance preview' (and the camera's background)."""
+def show_preview(scene, png: bytes, camera=None, front: bool = True) -> "bpy.types.Image":
+    """Show PNG bytes as the Image datablock 'pix2dance preview', and as `camera`'s background image:
+    in front of the scene (`front`: an RGBA frame at the render size, transparent around the dancer)
+    or behind it (an opaque crop), fitted to the camera frame."""
     path = Path(tempfile.gettempdir()) / f"pix2dance-preview-{os.getpid()}.png"
     sequencer.write_atomic(path, png)
     image = bpy.data.images.get(PREVIEW_IMAGE)
@@ -63,7 +73,8 @@ def show_preview(scene, png: bytes, camera=None) -> "bpy.types.Image":
         if bg is None:
             bg = cam.background_images.new()
             bg.image = image
-            bg.alpha = 1.0
+        bg.alpha, bg.frame_method = 1.0, "FIT"
+        bg.display_depth = "FRONT" if front else "BACK"
         cam.show_background_images = True
     _show_in_editors(image)
     return image
@@ -108,13 +119,57 @@ def current_pose_request(scene) -> PreviewRequest:
     return PreviewRequest(scene.name, scene.frame_current, kp, (w, h), s.model.strip(), connection_for(scene), cam.name)
 
 
-def render_one(c, request: PreviewRequest) -> tuple[str, bytes]:
-    """Render one pose with mode "frame" (live preview); (model name, PNG bytes)."""
-    model = pick_model(c.info(), request.model)["name"]
+class FrameCache:
+    """PNGs of poses already rendered, the newest first to stay (any thread: locked)."""
+
+    def __init__(self, max_frames: int = 64, max_bytes: int = 64 << 20):
+        self.max_frames, self.max_bytes = max_frames, max_bytes
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key) -> bytes | None:
+        with self._lock:
+            png = self._items.get(key)
+            if png is not None:
+                self._items.move_to_end(key)
+            return png
+
+    def put(self, key, png: bytes) -> None:
+        with self._lock:
+            self._items[key] = png
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_frames or sum(map(len, self._items.values())) > self.max_bytes:
+                self._items.popitem(last=False)
+
+
+FRAMES = FrameCache()
+
+
+@dataclass
+class Rendered:
+    """One pose's frame: the model that drew it, PNG bytes, what was asked, whether it was kept from before."""
+    model: str
+    png: bytes
+    output: Output
+    reused: bool = False
+
+
+def render_one(c, request: PreviewRequest) -> Rendered:
+    """Render one pose with mode "frame" (each pose framed alone), or take it from FRAMES when this
+    engine's model has drawn this pose before (a model trained again has another key)."""
+    model = pick_model(c.info(), request.model)
+    output = output_for(model)
+    key = (request.connection.address, sequencer.model_key(model),
+           sequencer.pose_hash(request.keypoints, request.source_size), output.placement, output.alpha)
+    png = FRAMES.get(key)
+    if png is not None:
+        return Rendered(model["name"], png, output, reused=True)
     kp = np.ascontiguousarray(request.keypoints[None], dtype=np.float32)
-    frames = list(c.render(model, kp, source_size=request.source_size, mode="frame", frame_ids=[request.frame],
-                           fmt="png", chunk=1, in_flight=1, joints=list(joints.JOINTS)))
-    return model, frames[0].data
+    frames = list(c.render(model["name"], kp, source_size=request.source_size, mode="frame",
+                           frame_ids=[request.frame], fmt="png", chunk=1, in_flight=1, joints=list(joints.JOINTS),
+                           placement=output.placement, alpha=output.alpha))
+    FRAMES.put(key, frames[0].data)
+    return Rendered(model["name"], frames[0].data, output)
 
 
 class PreviewJob(jobs.Job):
@@ -129,20 +184,22 @@ class PreviewJob(jobs.Job):
     def work(self) -> None:
         c = self.request.connection.open()
         try:
-            model, png = render_one(c, self.request)
+            rendered = render_one(c, self.request)
         finally:
             c.close()
-        self.post("image", model, png)
+        self.post("image", rendered)
 
-    def on_image(self, model: str, png: bytes) -> None:
+    def on_image(self, rendered: Rendered) -> None:
         scene = bpy.data.scenes.get(self.request.scene_name)
         if scene is None:
             return
-        camera = bpy.data.objects.get(self.request.camera_name) if scene.pix2dance.preview_background else None
-        self.image = show_preview(scene, png, camera)
-        self.status = f"Preview of frame {self.request.frame} ({model})"
-        scene.pix2dance.last_error = ""
-        scene.pix2dance.status = self.status
+        s = scene.pix2dance
+        camera = bpy.data.objects.get(self.request.camera_name) if s.preview_background else None
+        self.image = show_preview(scene, rendered.png, camera, front=rendered.output.alpha)
+        self.status = f"Preview of frame {self.request.frame} ({rendered.model})"
+        self.warning = s.warning = rendered.output.warning
+        s.last_error = ""
+        s.status = self.status
 
     def cleanup(self) -> None:
         settings = settings_of(self.request.scene_name)
@@ -157,6 +214,7 @@ class LivePreview:
 
     The frame-change handler calls `request` (main thread, cheap); the worker renders one pose at a
     time; `step` (from jobs.tick) shows a reply only if the scene is still on that frame (stale replies dropped).
+    `sent` counts the poses the engine rendered, `reused` those FRAMES held already.
     """
 
     def __init__(self):
@@ -164,7 +222,7 @@ class LivePreview:
         self._pending: PreviewRequest | None = None
         self._stop = False
         self.results: queue.Queue = queue.Queue()
-        self.sent = self.shown = self.dropped = 0
+        self.sent = self.reused = self.shown = self.dropped = 0
         self._last_sent = 0.0          # request time of the reply shown last
         self._thread = threading.Thread(target=self._run, name="pix2dance-live-preview", daemon=True)
         self._thread.start()
@@ -215,9 +273,12 @@ class LivePreview:
                             c.close()
                         c = None
                         c, key = req.connection.open(), req.connection
-                    model, png = render_one(c, req)
-                    self.sent += 1
-                    self.results.put(("image", req, model, png))
+                    rendered = render_one(c, req)
+                    if rendered.reused:
+                        self.reused += 1
+                    else:
+                        self.sent += 1
+                    self.results.put(("image", req, rendered, None))
                 except Exception as e:
                     message = jobs.describe(e)
                     if message is None:  # a bug: log it, keep the worker alive for the next pose
@@ -254,10 +315,11 @@ class LivePreview:
                 continue
             self._last_sent = req.sent
             camera = bpy.data.objects.get(req.camera_name) if settings.preview_background else None
-            show_preview(scene, b, camera)
+            show_preview(scene, a.png, camera, front=a.output.alpha)
             self.shown += 1
-            settings.connected, settings.last_error = True, ""
-            settings.status = f"Live preview: frame {req.frame} ({a}, {(time.monotonic() - req.sent) * 1000:.0f} ms)"
+            settings.connected, settings.last_error, settings.warning = True, "", a.output.warning
+            settings.status = (f"Live preview: frame {req.frame} ({a.model}, "
+                               f"{'unchanged' if a.reused else f'{(time.monotonic() - req.sent) * 1000:.0f} ms'})")
 
 
 def _animation_playing() -> bool:

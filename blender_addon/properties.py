@@ -4,6 +4,7 @@
     s.armature, s.camera = bpy.data.objects["Armature"], bpy.data.objects["Camera"]
     s.engine_address = "tcp://127.0.0.1:5555"     # empty: the preferences' default address
     s.frame_start, s.frame_end = 1, 100            # alone decide what Render to Sequencer renders
+    s.scene_underneath, s.show_rig_meshes = True, False   # the set under the dancer, the rig's meshes left out
     bpy.ops.pix2dance.auto_map()                   # fills s.mapping (joint -> bone, at)
 
 Everything here is saved in the .blend (the mapping included), so a scene renders the same way
@@ -82,9 +83,13 @@ class PIX2DANCE_PG_settings(bpy.types.PropertyGroup):
     mapping_index: IntProperty(name="Active joint", default=0)
     mapping_preset: StringProperty(name="Preset", default="",
                                    description="The preset auto-mapping chose (informative)")
-    add_rig_render: BoolProperty(
-        name="Add rig render", default=False,
-        description="Also render the rig itself (Workbench) over the same range, as a strip beside the dancer")
+    scene_underneath: BoolProperty(
+        name="Scene underneath", default=False,
+        description="Also render the scene itself (the set, with its own render engine) over the same range, "
+                    "as a strip in the channel below the dancer")
+    show_rig_meshes: BoolProperty(
+        name="Rig meshes", default=False,
+        description="Keep the rig's own meshes in the scene render underneath (off: the dancer stands in for them)")
     live_preview: BoolProperty(name="Live preview", default=False, update=_live_preview_changed,
                                description="Send the pose to the engine whenever the frame changes")
     preview_background: BoolProperty(name="Show in camera", default=True,
@@ -93,6 +98,8 @@ class PIX2DANCE_PG_settings(bpy.types.PropertyGroup):
                        description="Frames per request to the engine")
     status: StringProperty(name="Status", default="")
     last_error: StringProperty(name="Last error", default="")
+    warning: StringProperty(name="Warning", default="",
+                            description="What the last render or preview could not do as asked (one line)")
     connected: BoolProperty(name="Connected", default=False)
 
 

@@ -1,20 +1,21 @@
 """Render to Sequencer: the render job, from a checked plan to PNGs on disk and strips in the sequencer.
 
     plan = RenderPlan(scene_name=..., armature_name=..., camera_name=..., mapping=..., frames=[...],
-                      folder=Path(...), connection=Connection(...))     # operators.plan_render builds it
+                      folder=Path(...), connection=Connection(...), fps=24.0)  # operators.plan_render builds it
     job = RenderJob(plan).wait()      # or stepped by the operator's modal timer
-    job.rendered, job.reused, job.strip, job.out_of_view, job.timings
+    job.rendered, job.reused, job.strip, job.scene_strip, job.output, job.out_of_view, job.timings
 
+The engine is asked for placement "source" with alpha (connection.output_for): each PNG is an RGBA
+frame at the scene's render size, the dancer standing where the rig stands in the camera frame, and
+the strip lays her ALPHA_OVER whatever lies below (with `scene_underneath`, the scene's own render).
 Each PNG is recorded in the folder's manifest (sequencer.Manifest) with what it depends on: the
-model (`model_key`), the bone mapping (`mapping_hash`) and the pose (`pose_hash`), so a rerun
-renders only frames that changed.
+model (`model_key`), the bone mapping (`mapping_hash`), the pose (`pose_hash`), the placement and
+alpha, so a rerun renders only frames that changed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,34 +27,11 @@ from . import jobs, sequencer
 from ._engine import client as engine_client
 from ._engine import joints, projection
 from .checks import core_in_view
-from .connection import Connection, pick_model
+from .connection import Connection, Output, output_for, pick_model
 from .jobs import AddonError
 from .properties import settings_of
 
 PROJECT_BATCH = 25      # poses projected per main-thread step in the UI (each costs a frame_set)
-
-
-# --- what a rendered frame depends on ----------------------------------------------------------------
-
-def model_key(model: dict) -> str:
-    """A hash of what the engine says about a model (name, size, stats, and whatever else `info` adds,
-    such as a weights digest): a model trained again on other data renders again. Where it runs
-    (device, precision) does not count: the frames are the same dancer."""
-    text = json.dumps({k: v for k, v in model.items() if k not in ("device", "precision")}, sort_keys=True,
-                      default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-def pose_hash(kp: np.ndarray, source_size: tuple[int, int]) -> str:
-    """A hash of one pose (J, 3) in source pixels; rounded to 1/100 px so float noise does not count."""
-    data = np.round(np.asarray(kp, np.float64), 2).astype("<f4").tobytes()
-    return hashlib.sha1(data + f"{source_size[0]}x{source_size[1]}".encode()).hexdigest()[:16]
-
-
-def mapping_hash(mapping: dict) -> str:
-    """A short stable hash of a mapping's joints (what a rendered frame depends on)."""
-    text = json.dumps(mapping.get("joints", {}), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 # --- the render job ----------------------------------------------------------------------------
@@ -78,10 +56,12 @@ class RenderPlan:
     frames: list[int]                 # consecutive scene frames, frame_start..frame_end
     folder: Path                      # absolute output folder
     connection: Connection
+    fps: float = 24.0                 # the scene's frame rate: the engine smooths its framing over it
     model: str = ""                   # empty: the engine's first
     chunk: int = 8
     in_flight: int = 2
-    rig_render: bool = False
+    scene_underneath: bool = False    # the scene's own render in the channel below the dancer
+    show_rig_meshes: bool = False     # ... with the rig's meshes in it
 
 
 class RenderJob(jobs.Job):
@@ -90,7 +70,7 @@ class RenderJob(jobs.Job):
     Phases: project every frame of the range in slices (frame_set per pose), measure the clip's
     body statistics (joints.body_stats, sent with mode "clip"), hash each pose; the worker asks the
     engine for the frames whose PNG is missing or stale in the manifest and writes each PNG as it
-    arrives; then (optionally) the rig's Workbench render, and the strip(s). A cancel or an engine
+    arrives; then (optionally) the scene's own render, and the strip(s). A cancel or an engine
     failure keeps every PNG written so far, and the manifest that vouches for them.
     """
     name = "render"
@@ -104,8 +84,9 @@ class RenderJob(jobs.Job):
         self.model = ""
         self.rendered: list[int] = []               # frames the engine rendered this time
         self.reused = 0                             # frames the manifest vouched for
-        self.strip = None
-        self.rig_strip = None
+        self.output: Output | None = None           # what the engine was asked for
+        self.strip = None                           # the dancer's strip
+        self.scene_strip = None                     # the scene underneath (scene_underneath)
         self.out_of_view: list[int] = []            # frames where the rig is partly out of view
         self.timings: dict[str, float] = {}
         self._claimed = False                       # holds its folder in RENDERING
@@ -163,11 +144,12 @@ class RenderJob(jobs.Job):
         self.timings["engine"] = time.perf_counter() - t0
         if self.error or self.cancelled:
             return
-        if plan.rig_render:
+        if plan.scene_underneath:
             t0 = time.perf_counter()
-            self.status, self.done = "Rendering the rig (Workbench)", 0
             scene, arm, cam = self._objects()
-            frames = sequencer.render_rig_frames(scene, cam, plan.frames, plan.folder / sequencer.RIG_FOLDER)
+            self.status, self.done = f"Rendering the scene ({scene.render.engine})", 0
+            hide = [] if plan.show_rig_meshes else sequencer.rig_meshes(arm)
+            frames = sequencer.render_scene_frames(scene, cam, plan.frames, plan.folder / sequencer.SCENE_FOLDER, hide)
             try:
                 while True:
                     with jobs.no_live_preview():
@@ -180,7 +162,7 @@ class RenderJob(jobs.Job):
             finally:
                 with jobs.no_live_preview():
                     frames.close()      # restores the render settings and the frame
-            self.timings["rig"] = time.perf_counter() - t0
+            self.timings["scene"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self._make_strips()
         self.timings["strips"] = time.perf_counter() - t0
@@ -195,18 +177,18 @@ class RenderJob(jobs.Job):
         self.out_of_view = [f for f, ok in zip(self.plan.frames, inside.all(axis=1)) if not ok]
 
     def _make_strips(self) -> None:
+        """The scene's render (when asked) and the dancer above it; a scene strip left from an earlier
+        render goes when the option is off."""
         scene, _, _ = self._objects()
         plan = self.plan
-        self.strip = sequencer.replace_image_strip(scene, "dancer", f"pix2dance {self.model}", plan.folder, plan.frames)
-        if plan.rig_render:
-            self.rig_strip = sequencer.replace_image_strip(scene, "rig", "pix2dance rig", plan.folder / sequencer.RIG_FOLDER,
-                                                           plan.frames, avoid=(self.strip.channel,))
-            sequencer.side_by_side(scene, self.strip, self.rig_strip)
-        else:
-            sequencer.remove_tagged(scene, "rig")
+        layers = [("dancer", f"pix2dance {self.model}", plan.folder)]
+        if plan.scene_underneath:
+            layers.insert(0, ("scene", "pix2dance scene", plan.folder / sequencer.SCENE_FOLDER))
+        *under, self.strip = sequencer.replace_strips(scene, layers, plan.frames, tags=("scene",))
+        self.scene_strip = under[0] if under else None
 
-    def on_model(self, model: str, todo: int, reused: int) -> None:
-        self.model, self.reused = model, reused
+    def on_model(self, model: str, todo: int, reused: int, output: Output) -> None:
+        self.model, self.reused, self.output, self.warning = model, reused, output, output.warning
         self.total = todo
         self.status = f"Rendering {todo} frames with {model} ({reused} unchanged)"
 
@@ -223,6 +205,8 @@ class RenderJob(jobs.Job):
         settings = settings_of(self.plan.scene_name)
         if settings is None:
             return
+        if self.output is not None:
+            settings.warning = self.warning
         if self.error:
             settings.last_error = self.error
             settings.status = f"Render stopped: {len(self.rendered)} new frames kept"
@@ -245,9 +229,10 @@ class RenderJob(jobs.Job):
         manifest = sequencer.Manifest.load(plan.folder)
         try:
             model = pick_model(c.info(), plan.model)
-            entry_of = self._entries(model)
+            output = output_for(model)
+            entry_of = self._entries(model, output)
             todo = [i for i, f in enumerate(plan.frames) if not manifest.is_fresh(f, entry_of(i))]
-            self.post("model", model["name"], len(todo), len(plan.frames) - len(todo))
+            self.post("model", model["name"], len(todo), len(plan.frames) - len(todo), output)
             if not todo or self.cancelled:
                 return
             plan.folder.mkdir(parents=True, exist_ok=True)
@@ -257,12 +242,15 @@ class RenderJob(jobs.Job):
                 stream = c.render(model["name"], np.ascontiguousarray(self.keypoints[pending]),
                                   source_size=self.source_size, mode="clip", source_stats=self.stats,
                                   frame_ids=[plan.frames[i] for i in pending], fmt="png", chunk=plan.chunk,
-                                  in_flight=plan.in_flight, joints=list(joints.JOINTS))
+                                  in_flight=plan.in_flight, joints=list(joints.JOINTS),
+                                  placement=output.placement, alpha=output.alpha, fps=plan.fps)
                 got: set[int] = set()
                 try:
                     for frame in stream:
                         sequencer.write_atomic(plan.folder / sequencer.frame_name(frame.id), frame.data)
-                        manifest.record(frame.id, entry_of(index[frame.id]))
+                        # The affine from the model's crop to this frame's pixels: where the dancer was put.
+                        affine = list(frame.placement) if frame.placement else None
+                        manifest.record(frame.id, {**entry_of(index[frame.id]), "affine": affine})
                         got.add(frame.id)
                         written += 1
                         if written % plan.chunk == 0:
@@ -289,12 +277,13 @@ class RenderJob(jobs.Job):
             finally:
                 c.close()
 
-    def _entries(self, model: dict):
+    def _entries(self, model: dict, output: Output):
         """frame index -> the manifest entry its PNG depends on."""
-        mhash = mapping_hash(self.plan.mapping)
-        key = model_key(model)
+        mhash = sequencer.mapping_hash(self.plan.mapping)
+        key = sequencer.model_key(model)
 
         def entry(i: int) -> dict:
             return {"model": model["name"], "model_key": key, "mapping": mhash,
-                    "pose": pose_hash(self.keypoints[i], self.source_size)}
+                    "pose": sequencer.pose_hash(self.keypoints[i], self.source_size),
+                    "placement": output.placement, "alpha": output.alpha}
         return entry

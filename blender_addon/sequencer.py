@@ -1,28 +1,34 @@
 """Rendered frames on disk and in the Video Sequencer: file names, the render manifest, strips.
 
     folder/000012.png ...        one PNG per scene frame, written atomically as frames arrive
-    folder/manifest.json         per frame: model, mapping hash, pose hash (what the PNG depends on)
-    folder/rig/000012.png ...    the rig's own Workbench render (optional)
+    folder/manifest.json         per frame: what the PNG depends on (model, mapping, pose, placement, alpha)
+                                 and where the engine put the dancer ("affine": crop px -> frame px)
+    folder/scene/000012.png ...  the scene's own render, the set under the dancer (optional)
 
 The manifest makes reruns incremental: a frame is rendered again only when its PNG is missing or
-its model, mapping or pose changed. File and manifest helpers are plain Python (the render worker
-thread calls them); the strip and rig-render helpers touch Blender data and run on the main thread.
+anything it depends on changed (`model_key`, `mapping_hash`, `pose_hash`, the placement and alpha).
+File, hash and manifest helpers are plain Python (worker threads call them); the strip and scene-render
+helpers touch Blender data and run on the main thread.
 
 Strips: `sequence_editor.strips` in Blender 5.x, `sequences` before. Each strip this add-on makes is
-tagged with a custom property (`strip["pix2dance"] = "dancer" | "rig"`), so rendering again
-replaces it, on the same channel when that channel is still free.
+tagged with a custom property (`strip["pix2dance"] = "dancer" | "scene"`), so rendering again
+replaces it, on the same channel when that channel is still free and in order: the dancer, an RGBA
+image at the scene's render size blended ALPHA_OVER, always lies above the scene under her.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ._engine import atomic
 
 MANIFEST = "manifest.json"
-RIG_FOLDER = "rig"
+SCENE_FOLDER = "scene"
 TAG = "pix2dance"
 MAX_CHANNEL = 128  # Blender's sequencer channels are 1..128
 
@@ -40,8 +46,34 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+# --- what a rendered frame depends on (any thread) -------------------------------------------------
+
+def model_key(model: dict) -> str:
+    """A hash of what the engine says about a model (name, size, stats, alpha, and whatever else `info`
+    adds, such as a weights digest): a model trained again on other data renders again. Where it runs
+    (device, precision) does not count: the frames are the same dancer."""
+    text = json.dumps({k: v for k, v in model.items() if k not in ("device", "precision")}, sort_keys=True,
+                      default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def pose_hash(kp: np.ndarray, source_size: tuple[int, int]) -> str:
+    """A hash of one pose (J, 3) in source pixels; rounded to 1/100 px so float noise does not count."""
+    data = np.round(np.asarray(kp, np.float64), 2).astype("<f4").tobytes()
+    return hashlib.sha1(data + f"{source_size[0]}x{source_size[1]}".encode()).hexdigest()[:16]
+
+
+def mapping_hash(mapping: dict) -> str:
+    """A short stable hash of a mapping's joints (what a rendered frame depends on)."""
+    text = json.dumps(mapping.get("joints", {}), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
 class Manifest:
-    """What each PNG in a folder was rendered from: {frame: {"model", "mapping", "pose", "file"}}."""
+    """What each PNG in a folder was rendered from: {frame: {"model", "mapping", "pose", ..., "file"}}.
+
+    An entry from before placements (no "placement" key) never matches a new one: those RGB crops
+    are rendered again as RGBA frames in place."""
 
     def __init__(self, folder: Path, frames: dict | None = None):
         self.folder = Path(folder)
@@ -93,89 +125,92 @@ def channel_is_free(sed, channel: int, start: int, end: int) -> bool:
                    for s in strips_of(sed))
 
 
-def free_channel(sed, start: int, end: int, prefer: int | None = None, avoid: tuple[int, ...] = ()) -> int:
-    """`prefer` when it is free over [start, end], else the lowest free channel (not in `avoid`)."""
-    if prefer and prefer not in avoid and channel_is_free(sed, prefer, start, end):
+def free_channel(sed, start: int, end: int, prefer: int | None = None, above: int = 0) -> int:
+    """`prefer` when it is above `above` and free over [start, end], else the lowest such free channel."""
+    if prefer and prefer > above and channel_is_free(sed, prefer, start, end):
         return prefer
-    for channel in range(1, MAX_CHANNEL + 1):
-        if channel not in avoid and channel_is_free(sed, channel, start, end):
+    for channel in range(above + 1, MAX_CHANNEL + 1):
+        if channel_is_free(sed, channel, start, end):
             return channel
-    raise RuntimeError(f"no free sequencer channel over frames {start}-{end}")
+    raise RuntimeError(f"no free sequencer channel above {above} over frames {start}-{end}")
 
 
-def replace_image_strip(scene, tag: str, name: str, folder: Path, frames: list[int], *,
-                        avoid: tuple[int, ...] = ()):
-    """One image strip showing folder/<frame>.png for consecutive `frames`, starting at frames[0].
+def replace_strips(scene, layers: list[tuple[str, str, Path]], frames: list[int], tags: tuple[str, ...] = ()):
+    """Image strips for `layers` [(tag, name, folder), ...], bottom to top, each on a channel above the
+    one before, showing folder/<frame>.png for consecutive `frames` from frames[0]; the strips, in order.
 
-    An earlier strip with the same tag is removed first and its channel reused when still free.
-    The fit method is FIT: square frames fit the scene's frame whatever its aspect.
+    Earlier strips with any of these tags (or of `tags`: layers switched off) are removed first;
+    each layer goes back on its old channel when that is still free and in order. FIT: a frame at the
+    scene's render size (at any resolution_percentage) fills the frame exactly; a square crop (a model
+    without a matte) is fitted in the middle. Blended ALPHA_OVER, straight alpha: what is transparent
+    in a layer shows the layers below.
     """
     import bpy
     sed = scene.sequence_editor or scene.sequence_editor_create()
-    old = find_tagged(scene, tag)
-    prefer = None
-    if old is not None:
-        prefer = old.channel
-        strips_of(sed).remove(old)
+    old = {}
+    for tag in dict.fromkeys([t for t, _, _ in layers] + list(tags)):
+        strip = find_tagged(scene, tag)
+        if strip is not None:
+            old[tag] = strip.channel
+            strips_of(sed).remove(strip)
     start, end = frames[0], frames[-1]
-    channel = free_channel(sed, start, end, prefer, avoid)
-    first = str(Path(folder) / frame_name(frames[0]))
-    strip = strips_of(sed).new_image(name=name, filepath=first, channel=channel, frame_start=start,
-                                     fit_method="FIT")
-    for frame in frames[1:]:
-        strip.elements.append(frame_name(frame))
-    strip[TAG] = tag
-    if bpy.data.filepath:
-        try:  # a saved .blend keeps its frames relative, so the project folder can move
-            strip.directory = bpy.path.relpath(strip.directory)
-        except ValueError:  # another drive (Windows)
-            pass
-    return strip
+    made, below = [], 0
+    for tag, name, folder in layers:
+        channel = free_channel(sed, start, end, old.get(tag), above=below)
+        strip = strips_of(sed).new_image(name=name, filepath=str(Path(folder) / frame_name(start)), channel=channel,
+                                         frame_start=start, fit_method="FIT")
+        for frame in frames[1:]:
+            strip.elements.append(frame_name(frame))
+        strip.blend_type, strip.alpha_mode = "ALPHA_OVER", "STRAIGHT"
+        strip[TAG] = tag
+        if bpy.data.filepath:
+            try:  # a saved .blend keeps its frames relative, so the project folder can move
+                strip.directory = bpy.path.relpath(strip.directory)
+            except ValueError:  # another drive (Windows)
+                pass
+        made.append(strip)
+        below = channel
+    return made
 
 
-def side_by_side(scene, dancer, rig) -> None:
-    """Composite the two strips: the rig's render on the left half, the dancer on the right half.
+# --- the scene's own render, the set under the dancer (main thread) ---------------------------------
 
-    Both strips come fitted (FIT sets their transform's scale): the square dancer is then min(w, h)
-    wide and the rig's render fills the frame; these scales are multiplied down to half a frame.
-    """
-    r = scene.render
-    width = r.resolution_x * r.resolution_percentage / 100
-    height = r.resolution_y * r.resolution_percentage / 100
-    shrink = min(width / 2, height) / min(width, height)
-    for strip, factor, offset in ((dancer, shrink, width / 4), (rig, 0.5, -width / 4)):
-        strip.transform.scale_x *= factor
-        strip.transform.scale_y *= factor
-        strip.transform.offset_x = offset
-    dancer.blend_type = "ALPHA_OVER"
+def rig_meshes(armature) -> list:
+    """The meshes that are the rig's body: deformed by the armature, or parented to it (at any depth)."""
+    import bpy
 
-
-def remove_tagged(scene, tag: str) -> None:
-    old = find_tagged(scene, tag)
-    if old is not None:
-        strips_of(scene.sequence_editor).remove(old)
+    def on_rig(o) -> bool:
+        while o.parent is not None:
+            if o.parent == armature:
+                return True
+            o = o.parent
+        return False
+    return [o for o in bpy.data.objects if o.type == "MESH"
+            and (on_rig(o) or any(m.type == "ARMATURE" and m.object == armature for m in o.modifiers))]
 
 
-# --- the rig's own render (main thread) ----------------------------------------------------------
-
-def render_rig_frames(scene, camera, frames: list[int], folder: Path):
-    """Render the scene through `camera` with Workbench, one PNG per frame into `folder`.
+def render_scene_frames(scene, camera, frames: list[int], folder: Path, hide: list = ()):
+    """Render the scene through `camera` with its own render engine, one PNG per frame into `folder`,
+    with the objects in `hide` left out (hide_render).
 
     A generator: it renders one frame per step (yielding the frame number), so a modal operator
-    stays responsive; render settings are restored however it ends. Workbench works in background
-    mode, where bpy.ops.render.opengl does not.
+    stays responsive; render settings and hidden objects are restored however it ends. The
+    sequencer is off meanwhile: with it on, Blender would render the strips (an earlier dancer)
+    instead of the scene.
     """
     import bpy
     r = scene.render
-    saved = (r.engine, r.filepath, r.image_settings.file_format, r.use_file_extension, scene.camera,
-             scene.frame_current)
+    saved = (r.filepath, r.image_settings.file_format, r.image_settings.color_mode, r.use_file_extension,
+             r.use_sequencer, scene.camera, scene.frame_current)
+    hidden = [o for o in hide if not o.hide_render]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        r.engine = "BLENDER_WORKBENCH"
         r.image_settings.file_format = "PNG"
-        r.use_file_extension = True
-        scene.camera = camera
+        r.image_settings.color_mode = "RGBA"      # a transparent film stays transparent in the set's PNG
+        r.use_file_extension, r.use_sequencer, scene.camera = True, False, camera
+        for o in hidden:
+            o.hide_render = True
         for frame in frames:
             scene.frame_set(frame)
             final = folder / frame_name(frame)
@@ -186,5 +221,8 @@ def render_rig_frames(scene, camera, frames: list[int], folder: Path):
             os.replace(str(tmp) + ".png", final)
             yield frame
     finally:
-        r.engine, r.filepath, r.image_settings.file_format, r.use_file_extension, scene.camera, frame = saved
+        for o in hidden:
+            o.hide_render = False
+        (r.filepath, r.image_settings.file_format, r.image_settings.color_mode, r.use_file_extension,
+         r.use_sequencer, scene.camera, frame) = saved
         scene.frame_set(frame)
