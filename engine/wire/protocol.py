@@ -23,6 +23,7 @@ Kinds (a reply has the kind of its request, or "error")
                       running): an engine restarted behind the address, so the client sends them again
     info     request  {}                                   -> reply {"protocol": 2, "server": "pix2dance X.Y",
                       "models": [{"name", "size", "joints": [...], "stats", "stats_size", "device",
+                                  "backend": "torch" | "openvino", "precision": "fp32" | "bf16" | "fp16",
                                   "alpha": bool (the model draws a matte), "stage": null | {"width", "height"}}],
                       "limits": {"max_frames", "max_size", "max_message"}}
     render   request  {"model": name,
