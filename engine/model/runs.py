@@ -30,6 +30,7 @@ from engine.wire.joints import JOINTS
 from engine.model.networks import Generator
 
 CONFIG, GENERATOR, STATE = "config.json", "generator.safetensors", "state.json"
+STAGE_PLATE = "stage.png"        # the dancer's clean plate (her room without her), where her camera stood still
 CHECKPOINTS, LOSSES, METRICS, SAMPLES, PLOT = "checkpoints", "losses.jsonl", "metrics.jsonl", "samples", "losses.png"
 REQUIRED = ("size", "ngf", "joints", "stats", "stats_size")
 
