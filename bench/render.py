@@ -5,8 +5,9 @@
     .venv/bin/python bench/render.py --device cuda --size 256 --ngf 64 --frames 240
 
 1. From a BVH (CMU, resampled to 30 fps): frames/s of the whole `render` (BVH import, projection,
-   normalization, drawing, generator, mp4 encoding) against the Predictor alone on the same
-   keypoints (`Predictor.predict`, already projected, nothing written). Target: ratio >= 0.9.
+   normalization, drawing, generator, H.264 mp4 encoding) against the Predictor alone on the same
+   keypoints (`Predictor.predict`, already projected, nothing written), both on the default
+   backend (auto: OpenVINO on a CPU). Target: ratio >= 0.9.
 2. From a video (motion transfer): frames/s of `render` against MediaPipe (the same estimator,
    the same frames) plus the Predictor, each run bare, one after the other.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -31,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine import motion as motion_mod  # noqa: E402
-from engine import render
+from engine import render  # noqa: E402
 from engine.model.predictor import Predictor  # noqa: E402
 from tests.conftest import MODELS, SAMPLES, make_tiny_run  # noqa: E402
 
@@ -97,7 +99,9 @@ def main() -> None:
         tmp = Path(tmp)
         run = make_tiny_run(tmp / "run", size=size, ngf=ngf)
         predictor = Predictor(run, device=a.device)
-        print(f"generator {size} px, ngf {ngf}, device {predictor.device}, batch {predictor.max_batch}")
+        print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
+        print(f"generator {size} px, ngf {ngf}, {predictor.backend.name} on {predictor.device}, "
+              f"batch {predictor.max_batch}")
 
         # Warm-up: imports (bpy, mediapipe, cv2 encoders) and the model's first call, on both sides.
         timed_render(run, BVH, tmp / "warm.mp4", 30, 4, a.device)
@@ -128,6 +132,7 @@ def main() -> None:
         print(f"  MediaPipe + predictor, bare  {n_vid / (mp + pb):7.2f} frames/s  (MediaPipe {mp:.2f} s + predictor {pb:.2f} s)")
         print(f"  ratio render / bare: {(mp + pb) / full:.3f} whole command; "
               f"{(mp + pb) / (full - res.model_seconds):.3f} without the model load")
+        print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":
