@@ -50,10 +50,10 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def model_key(model: dict) -> str:
     """A hash of what the engine says about a model (name, size, stats, alpha, and whatever else `info`
-    adds, such as a weights digest): a model trained again on other data renders again. Where it runs
-    (device, precision) does not count: the frames are the same dancer."""
-    text = json.dumps({k: v for k, v in model.items() if k not in ("device", "precision")}, sort_keys=True,
-                      default=str)
+    adds, such as a weights digest): a model trained again on other data renders again. Where and how
+    it runs (device, backend, precision) does not count: the frames are the same dancer."""
+    text = json.dumps({k: v for k, v in model.items() if k not in ("device", "backend", "precision")},
+                      sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
