@@ -147,7 +147,7 @@ class RenderJob(jobs.Job):
         if plan.scene_underneath:
             t0 = time.perf_counter()
             scene, arm, cam = self._objects()
-            self.status, self.done = f"Rendering the scene ({scene.render.engine})", 0
+            self.status, self.done, self.total = f"Rendering the scene ({scene.render.engine})", 0, len(plan.frames)
             hide = [] if plan.show_rig_meshes else sequencer.rig_meshes(arm)
             frames = sequencer.render_scene_frames(scene, cam, plan.frames, plan.folder / sequencer.SCENE_FOLDER, hide)
             try:

@@ -222,7 +222,10 @@ def render_scene_frames(scene, camera, frames: list[int], folder: Path, hide: li
             yield frame
     finally:
         for o in hidden:
-            o.hide_render = False
+            try:
+                o.hide_render = False
+            except ReferenceError:      # deleted meanwhile (the UI stays usable during a render)
+                pass
         (r.filepath, r.image_settings.file_format, r.image_settings.color_mode, r.use_file_extension,
          r.use_sequencer, scene.camera, frame) = saved
         scene.frame_set(frame)
