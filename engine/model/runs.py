@@ -87,7 +87,7 @@ def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> t
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable safetensors file ({e})") from None
-    generator = Generator(size=int(config["size"]), ngf=int(config["ngf"]))
+    generator = Generator(size=int(config["size"]), ngf=int(config["ngf"]), out_channels=int(config.get("channels", 3)))
     try:
         generator.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as e:
