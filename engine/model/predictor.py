@@ -1,28 +1,38 @@
-"""A trained dancer, ready to serve: keypoints from any source image in, generated frames out.
+"""A trained dancer, ready to serve: keypoints from any source image in, the dancer placed in a frame out.
 
     p = Predictor("runs/anna")                       # device and backend "auto": torch on cuda, else OpenVINO
-    frames = p.predict(kp, source_size=(1920, 1080), mode="clip", source_stats=stats)   # (N, S, S, 3) uint8
-    skel = p.skeletons(kp, source_size=(1920, 1080))  # the drawn inputs, for side-by-side output
-    frames = p.generate(skel)                        # the generator alone, batched
+    out = p.render(kp, source_size=(1920, 1080), placement="source", alpha=True, fps=24)
+    out.frames, out.placements                       # (N, H, W, 4) uint8 straight alpha; (N, 2, 3) crop -> frame
+    frames = p.predict(kp, source_size=(1920, 1080)) # the same path, frames only (placement "crop")
 
-The path is the one training used: normalize.to_dancer moves the pose into the dancer's space
-(the only place normalization happens), skeleton.draw draws it, and the generator turns the
-drawing into a frame. Inference runs in batches of at most `max_batch` on a backend (backends.py):
-torch (on a GPU with mixed precision, bf16 where supported, else fp16, and channels_last) or
-OpenVINO on a CPU; backend "auto" picks torch on CUDA and OpenVINO on a CPU. The server batches
-frames from several requests through `generate`.
+The path is the one training used, in three steps the server runs apart (it batches `generate`
+across requests):
+1. `frame`: the pose goes into the canvas: the source image itself ("crop", "source"), or the
+   dancer's own video frame, moved there by global pose normalization ("dancer": normalize.to_dancer,
+   the only place normalization happens). A person-centred crop (engine.data.framing) follows the
+   body, smoothed over the sequence when its fps is known; the skeleton is drawn in it.
+2. `generate`: the generator turns the drawings into RGBA crops, max_batch at a time, on a backend
+   (backends.py: torch, or OpenVINO on a CPU).
+3. `place`: each crop goes where its pose was (engine.model.compose): the bare crop, or placed into
+   the canvas, composited over a background (the dancer's plate, an image, black) or kept RGBA.
+Runs from before mattes (3 output channels, one fixed room crop) still serve the bare crop, normalized
+into the dancer's square as they were trained; they cannot place or give alpha.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from engine.data import normalize, skeleton
+from engine.data import framing, normalize, skeleton
+from engine.data.pairs import read_rgb
+from engine.errors import UserError
+from engine.model import compose
 from engine.model.backends import load_backend, resolve_backend
-from engine.model.runs import read_config
+from engine.model.runs import STAGE_PLATE, read_config
 from engine.wire.joints import NUM_JOINTS
 
 log = logging.getLogger(__name__)
@@ -37,6 +47,28 @@ def sanitize(keypoints: np.ndarray) -> np.ndarray:
     bad = ~np.isfinite(kp).all(axis=-1) | (np.abs(np.nan_to_num(kp[..., :2])) > FAR).any(axis=-1)
     kp[bad] = 0.0
     return kp
+
+
+PLACEMENTS = ("crop", "dancer", "source")
+
+
+@dataclass
+class Framed:
+    """Step 1's result: the generator's inputs, and where each output goes.
+
+    crops: (N, 3) person-centred crops (cx, cy, side) in canvas pixels; None for a run without mattes.
+    canvas: (width, height) of the output frame; None for the bare crop.
+    """
+    skeletons: np.ndarray
+    crops: np.ndarray | None
+    canvas: tuple[int, int] | None
+
+
+@dataclass
+class Rendered:
+    """Frames and, for each, its placement: the (2, 3) affine from crop pixels to frame pixels (None: unknown)."""
+    frames: np.ndarray
+    placements: np.ndarray | None
 
 
 class Predictor:
@@ -60,6 +92,10 @@ class Predictor:
         self.stats_size = int(self.config["stats_size"])
         self.joints = list(self.config["joints"])
         self.max_batch = int(max_batch or (16 if self.device.type == "cuda" else 4))
+        self.alpha = int(self.config.get("channels", 3)) == 4          # a matte: every placement works
+        self.stage = self.config.get("stage")                          # the dancer's own frame: width, height, stats
+        plate = self.run_dir / STAGE_PLATE
+        self.plate = read_rgb(plate) if self.alpha and plate.is_file() else None
         self.backend = load_backend(backend_name, self.run_dir, self.config, self.device,
                                     amp="off" if precision == "fp32" else "auto", channels_last=channels_last)
 
@@ -77,25 +113,52 @@ class Predictor:
         """What `info` tells clients about this model."""
         return {"name": self.name, "size": self.size, "joints": self.joints, "stats": self.stats,
                 "stats_size": self.stats_size, "device": str(self.device), "backend": self.backend.name,
-                "precision": self.backend.precision}
+                "precision": self.backend.precision, "alpha": self.alpha,
+                "stage": {"width": self.stage["width"], "height": self.stage["height"]} if self.stage else None}
 
     def normalize(self, keypoints, source_size: tuple[int, int], mode: str = "frame",
                   source_stats: dict | None = None) -> np.ndarray:
-        """(N, J, 3) source pixels -> (N, J, 3) pixels of the dancer's size x size image."""
-        kp = sanitize(keypoints)
-        if kp.ndim != 3 or kp.shape[1:] != (NUM_JOINTS, 3):
-            raise ValueError(f"keypoints must have shape (N, {NUM_JOINTS}, 3), got {kp.shape}")
+        """A run without mattes: (N, J, 3) source pixels -> (N, J, 3) pixels of the dancer's size x size image."""
+        kp = self._checked(keypoints)
         out = normalize.to_dancer(kp, mode, tuple(source_size), self.stats, self.stats_size, self.size, source_stats)
         return sanitize(out)
 
+    def frame(self, keypoints, source_size: tuple[int, int], mode: str = "frame", source_stats: dict | None = None,
+              *, placement: str = "crop", fps: float | None = None) -> Framed:
+        """Step 1: (N, J, 3) keypoints in source pixels -> the drawn skeletons and where each frame goes."""
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+        if not self.alpha:
+            if placement != "crop":
+                raise UserError(f"{self.run_dir} was trained before mattes: it gives only the bare crop "
+                                f"(--placement crop), or retrain it")
+            return Framed(skeleton.draw_batch(self.normalize(keypoints, source_size, mode, source_stats), self.size),
+                          None, None)
+        kp = self._checked(keypoints)
+        canvas = tuple(int(v) for v in source_size)
+        if placement == "dancer":            # into her own frame: her statistics are in its pixels
+            side = max(self.stage["width"], self.stage["height"])
+            kp = sanitize(normalize.to_dancer(kp, mode, canvas, self.stage["stats"], side, side, source_stats))
+            canvas = (int(self.stage["width"]), int(self.stage["height"]))
+        if not len(kp):
+            return Framed(np.zeros((0, self.size, self.size, 3), np.uint8), np.zeros((0, 3), np.float32),
+                          None if placement == "crop" else canvas)
+        try:
+            crops = framing.person_crops(kp, fps)
+        except ValueError:                   # no body anywhere: frame the canvas itself, nothing is drawn
+            crops = np.tile(np.float32([canvas[0] / 2, canvas[1] / 2, max(canvas)]), (len(kp), 1))
+        drawn = skeleton.draw_batch(framing.to_crop(kp, crops, self.size), self.size)
+        return Framed(drawn, crops, None if placement == "crop" else canvas)
+
     def skeletons(self, keypoints, source_size: tuple[int, int], mode: str = "frame",
-                  source_stats: dict | None = None) -> np.ndarray:
-        """The generator's inputs: (N, S, S, 3) uint8 skeleton images, normalized and drawn as in training."""
-        kp = self.normalize(keypoints, source_size, mode, source_stats)
-        return skeleton.draw_batch(kp, self.size)
+                  source_stats: dict | None = None, *, placement: str = "crop", fps: float | None = None) -> np.ndarray:
+        """The generator's inputs: (N, S, S, 3) uint8 skeleton images, framed and drawn as in training."""
+        return self.frame(keypoints, source_size, mode, source_stats, placement=placement, fps=fps).skeletons
 
     def generate(self, skeletons: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 skeleton images -> (N, S, S, 3) uint8 RGB frames, max_batch at a time."""
+        """Step 2: (N, S, S, 3) uint8 skeleton images -> (N, S, S, C) uint8 crops, max_batch at a time.
+
+        C is 4 (RGB + straight alpha) for a run with mattes, 3 for one without."""
         skeletons = np.ascontiguousarray(skeletons, dtype=np.uint8)
         if skeletons.ndim != 4 or skeletons.shape[1:] != (self.size, self.size, 3):
             raise ValueError(f"skeletons must have shape (N, {self.size}, {self.size}, 3), got {skeletons.shape}")
@@ -104,7 +167,48 @@ class Predictor:
         return np.concatenate([self.backend.run(skeletons[start:start + self.max_batch])
                                for start in range(0, len(skeletons), self.max_batch)])
 
+    def place(self, images: np.ndarray, framed: Framed, *, alpha: bool = False,
+              background: np.ndarray | None = None) -> Rendered:
+        """Step 3: generated crops -> frames where the poses were.
+
+        alpha: RGBA frames (straight alpha, the dancer's matte); else RGB composited over `background`
+        ((H, W, 3) of the canvas, or None: black). A run without mattes returns its crops as they are.
+        """
+        if framed.crops is None:
+            if alpha:
+                raise UserError(f"{self.run_dir} was trained before mattes: it cannot give alpha")
+            return Rendered(images, None)
+        size = self.size
+        if framed.canvas is None:            # the bare crop; its placement says where it was in the source
+            frames = images if alpha else np.stack([compose.over(rgba, None) for rgba in images]) if len(images) \
+                else np.zeros((0, size, size, 3), np.uint8)
+        else:
+            layers = [compose.place(rgba, framing.placement(crop, size), framed.canvas)
+                      for rgba, crop in zip(images, framed.crops)]
+            w, h = framed.canvas
+            if not layers:
+                frames = np.zeros((0, h, w, 4 if alpha else 3), np.uint8)
+            else:
+                frames = np.stack(layers if alpha else [compose.over(layer, background) for layer in layers])
+        placements = np.stack([framing.placement(crop, size) for crop in framed.crops]) if len(framed.crops) \
+            else np.zeros((0, 2, 3))
+        return Rendered(frames, placements)
+
+    def render(self, keypoints, source_size: tuple[int, int], mode: str = "frame", source_stats: dict | None = None,
+               *, placement: str = "crop", alpha: bool = False, fps: float | None = None,
+               background: np.ndarray | None = None) -> Rendered:
+        """Steps 1-3: keypoints (N, J, 3) float32 in source pixels -> the dancer, placed, and each placement."""
+        framed = self.frame(keypoints, source_size, mode, source_stats, placement=placement, fps=fps)
+        return self.place(self.generate(framed.skeletons), framed, alpha=alpha, background=background)
+
     def predict(self, keypoints, source_size: tuple[int, int], mode: str = "frame",
                 source_stats: dict | None = None) -> np.ndarray:
-        """Keypoints (N, J, 3) float32 in source pixels -> (N, S, S, 3) uint8 RGB frames of the dancer."""
-        return self.generate(self.skeletons(keypoints, source_size, mode, source_stats))
+        """Keypoints (N, J, 3) in source pixels -> (N, S, S, 3) uint8 frames of the bare crop."""
+        return self.render(keypoints, source_size, mode, source_stats).frames
+
+    def _checked(self, keypoints) -> np.ndarray:
+        kp = sanitize(keypoints)
+        if kp.ndim != 3 or kp.shape[1:] != (NUM_JOINTS, 3):
+            raise ValueError(f"keypoints must have shape (N, {NUM_JOINTS}, 3), got {kp.shape}")
+        return kp
+
