@@ -98,3 +98,22 @@ def test_a_run_without_mattes_gives_only_the_bare_crop(tiny_run):
         p.render(rig_poses(1), (640, 360), placement="source")
     with pytest.raises(UserError, match="alpha"):
         p.render(rig_poses(1), (640, 360), alpha=True)
+
+
+def test_the_engine_serves_placed_rgba_frames_with_their_placements(matte):
+    from engine.demo.serving import engine_server
+    from engine.wire.client import Client
+    p, _ = matte
+    kp = rig_poses(5)
+    expected = p.render(kp, (640, 360), placement="source", alpha=True, fps=24)
+    with engine_server(p.run_dir, "cpu") as address, Client(address, timeout=60) as c:
+        assert c.info()["models"][0]["alpha"] is True
+        frames = list(c.render("anna", kp, source_size=(640, 360), fmt="raw", chunk=5, placement="source",
+                               alpha=True, fps=24))
+        pngs = list(c.render("anna", kp[:2], source_size=(640, 360), placement="dancer", fps=24))
+    assert [(f.width, f.height, f.channels) for f in frames] == [(640, 360, 4)] * 5
+    got = np.stack([np.frombuffer(f.data, np.uint8).reshape(360, 640, 4) for f in frames])
+    assert np.abs(got.astype(int) - expected.frames).max() <= 1      # the same path as in process (OpenVINO there)
+    assert np.allclose([f.placement for f in frames], expected.placements.reshape(5, 6), atol=1e-3)
+    dancer = cv2.imdecode(np.frombuffer(pngs[0].data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert dancer.shape == (STAGE[1], STAGE[0], 3) and (pngs[0].width, pngs[0].height) == STAGE

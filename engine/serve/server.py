@@ -67,8 +67,9 @@ class Job:
     request: protocol.RenderRequest
     predictor: object
     keypoints: object                       # (N, J, 3) float32 in canonical joint order
-    skeletons: object = None                # (N, S, S, 3) uint8, drawn on first use
+    framed: object = None                   # predictor.Framed: skeletons and crops, framed on first use
     frames: list = field(default_factory=list)
+    placements: list = field(default_factory=list)
     next: int = 0
     done: int = 0
     seconds: float = 0.0                    # predictor time spent on it (drawing + its share of batches)
@@ -238,13 +239,13 @@ class Server:
                                             "max_message": self.max_message, "max_pending": self.max_pending})]
         request = protocol.parse_render(head, binary)
         predictor = protocol.pick_model(self.models, request.model, rid)
-        if (request.alpha or request.placement != "crop") and not predictor.describe().get("alpha"):
+        if (request.alpha or request.placement != "crop") and not predictor.alpha:
             raise protocol.ProtocolError("no_alpha", f"model {predictor.name!r} was trained without a matte: it can "
                                          f"give only the bare crop, without alpha (retrain it)", rid)
-        side = max(request.size or predictor.size, predictor.size)
-        if request_count(request) * side * side * 3 > MAX_REQUEST_PIXELS * 3:
-            raise protocol.ProtocolError("too_large", f"{request_count(request)} frames of {side} x {side} px in one "
-                                         f"request; send fewer frames per request", rid)
+        width, height = frame_size(request, predictor)
+        if request_count(request) * width * height > MAX_REQUEST_PIXELS:
+            raise protocol.ProtocolError("too_large", f"{request_count(request)} frames of {width} x {height} px in "
+                                         f"one request; send fewer frames per request", rid)
         keypoints = self._canonical(request, predictor.joints)
         with self.cond:
             if self.queued + request_count(request) > self.max_pending:
@@ -311,11 +312,12 @@ class Server:
         for job, start, stop in batch:
             if job.failed:                   # failed earlier: its error reply is on the way
                 continue
-            if job.skeletons is None:        # normalize over the whole request ("clip" stats), draw once
+            if job.framed is None:           # normalize and frame over the whole request, draw once
                 r = job.request
                 start_time = time.perf_counter()
                 try:
-                    job.skeletons = predictor.skeletons(job.keypoints, r.source_size, r.mode, r.stats)
+                    job.framed = predictor.frame(job.keypoints, r.source_size, r.mode, r.stats,
+                                                 placement=r.placement, fps=r.fps)
                     job.seconds += time.perf_counter() - start_time
                 except ValueError as e:
                     self._fail(job, protocol.error(r.id, "bad_request", str(e)[:200]))
@@ -324,13 +326,13 @@ class Server:
         if not ready:
             return
         start_time = time.perf_counter()
-        images = predictor.generate(np.concatenate([job.skeletons[a:b] for job, a, b in ready]))
+        images = predictor.generate(np.concatenate([job.framed.skeletons[a:b] for job, a, b in ready]))
         per_frame = (time.perf_counter() - start_time) / len(images)
         at = 0
         for job, start, stop in ready:
             job.seconds += per_frame * (stop - start)      # its share of the batch
-            # encoding (PNG: milliseconds a frame) overlaps the next batch's inference
-            self.encode_queue.put(("frames", job, images[at:at + stop - start]))
+            # placing and encoding (PNG: milliseconds a frame) overlap the next batch's inference
+            self.encode_queue.put(("frames", job, (start, images[at:at + stop - start])))
             at += stop - start
 
     def _fail(self, job: Job, reply: list[bytes]) -> None:
@@ -353,18 +355,38 @@ class Server:
                 if what == "error":
                     self._finish(job, payload)
                 elif not job.failed:
-                    job.frames.extend(encode(img, job.request) for img in payload)
-                    job.done += len(payload)
+                    self._place_and_encode(job, *payload)
                     if job.done == job.count:
-                        r = job.request
-                        side = r.size or job.predictor.size
-                        reply = protocol.RenderReply(r.id, r.model, r.frames, r.format, side, side, job.seconds)
-                        self._finish(job, reply.encode(job.frames))
+                        self._finish(job, self._reply(job).encode(job.frames))
             except Exception as e:
                 log.exception("encoding failed")
                 job.failed = True
                 self._finish(job, protocol.error(job.request.id, "internal", f"encoding failed: "
                                                  f"{type(e).__name__}: {str(e)[:200]}"))
+
+    @staticmethod
+    def _place_and_encode(job: Job, start: int, images) -> None:
+        """Frames [start, start + len(images)) of a job: placed where their poses are, then encoded."""
+        from engine.model.predictor import Framed
+        r, predictor, framed = job.request, job.predictor, job.framed
+        crops = None if framed.crops is None else framed.crops[start:start + len(images)]
+        placed = predictor.place(images, Framed(None, crops, framed.canvas), alpha=r.alpha,
+                                 background=predictor.plate if r.placement == "dancer" else None)
+        job.frames.extend(encode(img, r) for img in placed.frames)
+        if placed.placements is not None:
+            job.placements.extend(p.reshape(6).round(4).tolist() for p in placed.placements)
+        job.done += len(images)
+
+    @staticmethod
+    def _reply(job: Job) -> protocol.RenderReply:
+        r, framed = job.request, job.framed
+        width, height = framed.canvas or (r.size or job.predictor.size,) * 2
+        placements = job.placements or None
+        if placements and framed.canvas is None and r.size:       # the crop was resized: so is its placement
+            placements = [[v * job.predictor.size / r.size if i in (0, 1, 3, 4) else v for i, v in enumerate(p)]
+                          for p in placements]
+        return protocol.RenderReply(r.id, r.model, r.frames, r.format, width, height, job.seconds,
+                                    channels=4 if r.alpha else 3, placements=placements)
 
     def _finish(self, job: Job, reply: list[bytes]) -> None:
         """Encoder side: send a job's one reply (through the main thread), free its place in the queue."""
@@ -375,7 +397,7 @@ class Server:
             if job in self.pending:
                 self.pending.remove(job)
             self.queued -= job.count
-            job.frames = []                  # (the worker may still hold job.skeletons: left to the GC)
+            job.frames = []                  # (the worker may still hold job.framed: left to the GC)
         self._worker_out.send_multipart([job.request.id.encode(), job.identity, *job.envelope, *reply], copy=False)
 
 
@@ -383,16 +405,26 @@ def request_count(request: protocol.RenderRequest) -> int:
     return len(request.frames)
 
 
+def frame_size(request: protocol.RenderRequest, predictor) -> tuple[int, int]:
+    """(width, height) of the frames a request gets back (at least the model's square, which is held too)."""
+    if request.placement == "source":
+        return max(request.source_size[0], predictor.size), max(request.source_size[1], predictor.size)
+    if request.placement == "dancer":
+        return predictor.stage["width"], predictor.stage["height"]
+    side = max(request.size or predictor.size, predictor.size)
+    return side, side
+
+
 def encode(image, request: protocol.RenderRequest) -> bytes:
-    """One (S, S, 3) uint8 RGB frame -> the requested size and format."""
+    """One (H, W, 3 | 4) uint8 RGB(A) frame -> the requested format (and size, for the bare crop)."""
     import cv2
-    if request.size and request.size != image.shape[0]:
+    if request.placement == "crop" and request.size and request.size != image.shape[0]:
         shrink = request.size < image.shape[0]
         image = cv2.resize(image, (request.size, request.size),
                            interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
     if request.format == "raw":
         return image.tobytes()
-    bgr = image[..., ::-1]
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[-1] == 4 else cv2.COLOR_RGB2BGR)
     if request.format == "png":
         # fast settings (about 5 ms at 256 px, a third of the default): live preview waits on this
         ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1,
