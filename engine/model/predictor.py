@@ -54,14 +54,29 @@ PLACEMENTS = ("crop", "dancer", "source")
 
 @dataclass
 class Framed:
-    """Step 1's result: the generator's inputs, and where each output goes.
+    """Step 1's result: the poses in the generator's square, and where each output goes.
 
+    keypoints: (N, J, 3) in pixels of the size x size square the generator draws in.
     crops: (N, 3) person-centred crops (cx, cy, side) in canvas pixels; None for a run without mattes.
     canvas: (width, height) of the output frame; None for the bare crop.
+    Skeletons are drawn a slice at a time (`skeletons(a, b)`), so a long sequence framed as a whole
+    (its crop smoothed over all of it) never holds all its drawings at once.
     """
-    skeletons: np.ndarray
+    keypoints: np.ndarray
     crops: np.ndarray | None
     canvas: tuple[int, int] | None
+    size: int
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+    def skeletons(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """(n, S, S, 3) uint8: frames [start, stop) drawn as in training."""
+        return skeleton.draw_batch(self.keypoints[start:stop], self.size)
+
+    def part(self, start: int, stop: int) -> "Framed":
+        return Framed(self.keypoints[start:stop], None if self.crops is None else self.crops[start:stop],
+                      self.canvas, self.size)
 
 
 @dataclass
@@ -132,28 +147,23 @@ class Predictor:
             if placement != "crop":
                 raise UserError(f"{self.run_dir} was trained before mattes: it gives only the bare crop "
                                 f"(--placement crop), or retrain it")
-            return Framed(skeleton.draw_batch(self.normalize(keypoints, source_size, mode, source_stats), self.size),
-                          None, None)
+            return Framed(self.normalize(keypoints, source_size, mode, source_stats), None, None, self.size)
         kp = self._checked(keypoints)
         canvas = tuple(int(v) for v in source_size)
         if placement == "dancer":            # into her own frame: her statistics are in its pixels
             side = max(self.stage["width"], self.stage["height"])
             kp = sanitize(normalize.to_dancer(kp, mode, canvas, self.stage["stats"], side, side, source_stats))
             canvas = (int(self.stage["width"]), int(self.stage["height"]))
-        if not len(kp):
-            return Framed(np.zeros((0, self.size, self.size, 3), np.uint8), np.zeros((0, 3), np.float32),
-                          None if placement == "crop" else canvas)
         try:
-            crops = framing.person_crops(kp, fps)
+            crops = framing.person_crops(kp, fps) if len(kp) else np.zeros((0, 3), np.float32)
         except ValueError:                   # no body anywhere: frame the canvas itself, nothing is drawn
             crops = np.tile(np.float32([canvas[0] / 2, canvas[1] / 2, max(canvas)]), (len(kp), 1))
-        drawn = skeleton.draw_batch(framing.to_crop(kp, crops, self.size), self.size)
-        return Framed(drawn, crops, None if placement == "crop" else canvas)
+        return Framed(framing.to_crop(kp, crops, self.size), crops, None if placement == "crop" else canvas, self.size)
 
     def skeletons(self, keypoints, source_size: tuple[int, int], mode: str = "frame",
                   source_stats: dict | None = None, *, placement: str = "crop", fps: float | None = None) -> np.ndarray:
         """The generator's inputs: (N, S, S, 3) uint8 skeleton images, framed and drawn as in training."""
-        return self.frame(keypoints, source_size, mode, source_stats, placement=placement, fps=fps).skeletons
+        return self.frame(keypoints, source_size, mode, source_stats, placement=placement, fps=fps).skeletons()
 
     def generate(self, skeletons: np.ndarray) -> np.ndarray:
         """Step 2: (N, S, S, 3) uint8 skeleton images -> (N, S, S, C) uint8 crops, max_batch at a time.
@@ -199,7 +209,7 @@ class Predictor:
                background: np.ndarray | None = None) -> Rendered:
         """Steps 1-3: keypoints (N, J, 3) float32 in source pixels -> the dancer, placed, and each placement."""
         framed = self.frame(keypoints, source_size, mode, source_stats, placement=placement, fps=fps)
-        return self.place(self.generate(framed.skeletons), framed, alpha=alpha, background=background)
+        return self.place(self.generate(framed.skeletons()), framed, alpha=alpha, background=background)
 
     def predict(self, keypoints, source_size: tuple[int, int], mode: str = "frame",
                 source_stats: dict | None = None) -> np.ndarray:

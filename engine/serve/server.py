@@ -326,7 +326,7 @@ class Server:
         if not ready:
             return
         start_time = time.perf_counter()
-        images = predictor.generate(np.concatenate([job.framed.skeletons[a:b] for job, a, b in ready]))
+        images = predictor.generate(np.concatenate([job.framed.skeletons(a, b) for job, a, b in ready]))
         per_frame = (time.perf_counter() - start_time) / len(images)
         at = 0
         for job, start, stop in ready:
@@ -367,10 +367,8 @@ class Server:
     @staticmethod
     def _place_and_encode(job: Job, start: int, images) -> None:
         """Frames [start, start + len(images)) of a job: placed where their poses are, then encoded."""
-        from engine.model.predictor import Framed
-        r, predictor, framed = job.request, job.predictor, job.framed
-        crops = None if framed.crops is None else framed.crops[start:start + len(images)]
-        placed = predictor.place(images, Framed(None, crops, framed.canvas), alpha=r.alpha,
+        r, predictor = job.request, job.predictor
+        placed = predictor.place(images, job.framed.part(start, start + len(images)), alpha=r.alpha,
                                  background=predictor.plate if r.placement == "dancer" else None)
         job.frames.extend(encode(img, r) for img in placed.frames)
         if placed.placements is not None:
