@@ -1,6 +1,7 @@
 """`pix2dance dataset` on real video with the real MediaPipe lite model: counts, the time split,
-crop geometry, drawn skeletons on their landmarks, the upside-down breakdance clip, known
-keypoints, the reader, and every bad input rejected with exit 2, one line, nothing written."""
+person-centred crops, masks and plates, drawn skeletons on their landmarks, the upside-down
+breakdance clip, known keypoints and masks, the reader, and every bad input rejected with exit 2,
+one line, nothing written."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.data import dataset, pairs, video
-from engine.data.dataset import Crop, Sample
+from engine.data import dataset, framing, pairs, selection, video
+from engine.data.dataset import Sample
 from engine.wire.joints import CORE, INDEX, JOINT_COLOURS, NUM_JOINTS, VISIBLE
 from tests.conftest import PYTHON, ROOT, sample, standing_pose
 
@@ -51,12 +52,17 @@ def test_counts_are_duration_times_fps_minus_drops(room):
     for split in ("train", "val"):
         n = meta["counts"][split]
         assert len(os.listdir(room / split / "skeleton")) == len(os.listdir(room / split / "frame")) == n
+        assert len(os.listdir(room / split / "mask")) == n
         assert (z["split"] == (split == "val")).sum() == n
         assert sorted(z["index"][z["split"] == (split == "val")]) == list(range(n))
-    assert set(meta["drops"]) == {"no_person", "low_visibility", "two_people", "outside_crop"}
+    assert set(meta["drops"]) == {"no_person", "low_visibility", "two_people", "mask_mismatch", "outside_crop"}
     assert meta["fps"] == FPS and meta["size"] == SIZE and len(meta["joints"]) == NUM_JOINTS
-    assert meta["format"] == 1 and meta["pose_model"] == "pose_landmarker_lite.task" and meta["seconds"] > 0
+    assert meta["format"] == 2 and meta["pose_model"] == "pose_landmarker_lite.task" and meta["seconds"] > 0
     assert z["keypoints"].shape == (40 - sum(src["drops"].values()) - src["gap"], NUM_JOINTS, 3)
+    n = len(z["keypoints"])
+    assert z["crops"].shape == (n, 3) and z["source_keypoints"].shape == (n, NUM_JOINTS, 3)
+    # frame_index: the frame's 0-based number in the decoded video (30 fps sampled at 10: every third)
+    assert z["frame_index"].dtype == np.int64 and np.array_equal(z["frame_index"], np.round(z["time"] * 30).astype(int))
     assert int(z["size"]) == SIZE and float(z["fps"]) == FPS
     assert not [p for p in room.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
@@ -73,16 +79,48 @@ def test_val_comes_strictly_after_train_with_a_gap(room):
         assert np.all(np.diff(t) > 0)
 
 
-def test_keypoints_lie_inside_the_crop(room):
-    kp = _npz(room)["keypoints"]
+def test_keypoints_lie_inside_their_person_centred_crop(room):
+    z = _npz(room)
+    kp = z["keypoints"]
     seen = kp[..., 2] >= VISIBLE
     assert seen[:, CORE_IDX].all()  # every kept frame shows its limbs
     xy = kp[..., :2][seen]
     assert (xy >= 0).all() and (xy <= SIZE).all()
-    # the crop is square, holds the dancer with a margin, and fits the 576 x 576 frame
-    crop = _meta(room)["sources"][0]["crop"]
-    assert 0 <= crop["x"] and 0 <= crop["y"] and crop["x"] + crop["side"] <= 576 and crop["y"] + crop["side"] <= 576
-    assert xy.min() > 1 and xy.max() < SIZE - 1
+    # the stored crops map the source keypoints to the written ones, and are sized by the body
+    np.testing.assert_allclose(framing.to_crop(z["source_keypoints"], z["crops"], SIZE)[..., :2][seen], xy, atol=1e-3)
+    meta = _meta(room)
+    assert meta["framing"] == {"side": framing.SIDE, "centre_up": framing.CENTRE_UP}
+    heights = np.array([selection.body_measure(k) for k in z["source_keypoints"]])
+    assert np.median(np.abs(z["crops"][:, 2] / (framing.SIDE * heights) - 1)) < 0.1
+    # the dancer fills the square: her skeleton spans most of it
+    spans = [np.ptp(k[k[:, 2] >= VISIBLE, 1]) for k in kp]
+    assert np.median(spans) > 0.6 * SIZE
+
+
+def test_masks_and_plate(room):
+    """Each mask covers its dancer in the crop; the still camera gets a plate without her."""
+    meta, z = _meta(room), _npz(room)
+    masks = pairs.load_masks(room, "train")
+    kp = pairs.load_keypoints(room, "train")
+    assert masks.shape == (meta["counts"]["train"], SIZE, SIZE) and masks.dtype == np.uint8
+    for mask, points in zip(masks, kp):
+        person = mask > 127
+        assert 0.05 < person.mean() < 0.6
+        hip = points[INDEX["mid_hip"], :2].round().astype(int)
+        assert person[hip[1], hip[0]]                      # her hips are inside her mask
+    src = meta["sources"][0]
+    assert src["plate"] == "plates/000.png" and src["plate_note"] == ""
+    plate = pairs.read_rgb(room / src["plate"])
+    assert plate.shape == (576, 576, 3)
+    plates, has = pairs.load_plates(room, "train")
+    assert has.all() and plates.shape == (meta["counts"]["train"], SIZE, SIZE, 3)
+    _, frames, _ = pairs.load_pairs(room, "train")
+    # around the dancer the plate crop is her room: close to the frame where she is not
+    outside = masks < 10
+    assert np.abs(plates.astype(int) - frames)[outside].mean() < 12
+    stage = meta["stage"]
+    assert stage["source"] == 0 and (stage["width"], stage["height"]) == (576, 576)
+    assert stage["stats"]["height"] == pytest.approx(np.median(z["crops"][:, 2]) / framing.SIDE, rel=0.15)
 
 
 def test_drawn_wrists_and_ankles_lie_on_their_landmarks(room):
@@ -113,15 +151,16 @@ def test_drawn_wrists_and_ankles_lie_on_their_landmarks(room):
 
 def test_frames_are_the_cropped_video(room):
     """The first written frame is the crop of the video frame at its time, resized."""
-    z, meta = _npz(room), _meta(room)
+    z = _npz(room)
     first = np.argmin(np.where(z["split"] == 0, z["time"], np.inf))
     t = z["time"][first]
     rgb = next(f for tt, f in video.sample(sample(ROOM), FPS) if abs(tt - t) < 1e-6)
-    c = meta["sources"][0]["crop"]
-    expected = cv2.resize(rgb[c["y"]:c["y"] + c["side"], c["x"]:c["x"] + c["side"]], (SIZE, SIZE),
+    cx, cy, side = z["crops"][first]
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    expected = cv2.resize(rgb[y0:y0 + int(round(side)), x0:x0 + int(round(side))], (SIZE, SIZE),
                           interpolation=cv2.INTER_AREA)
     _, frames, _ = pairs.load_pairs(room, "train")
-    assert np.abs(frames[z["index"][first]].astype(int) - expected).mean() < 2
+    assert np.abs(frames[z["index"][first]].astype(int) - expected).mean() < 4
 
 
 def test_metadata_stats_and_contact_sheet(room):
@@ -130,7 +169,7 @@ def test_metadata_stats_and_contact_sheet(room):
     assert 0.3 * SIZE < stats["height"] < SIZE  # neck to ankle, in crop pixels
     assert stats["ankle_far"] <= stats["ankle_y"] <= stats["ankle_near"] <= SIZE
     sheet = cv2.imread(str(room / "contact_sheet.png"))
-    assert sheet is not None and sheet.shape[0] > SIZE and sheet.shape[1] > 4 * SIZE
+    assert sheet is not None and sheet.shape[0] > SIZE and sheet.shape[1] > 4 * 3 * SIZE   # frame | skeleton | mask
 
 
 class PairDataset:
@@ -164,6 +203,10 @@ def test_load_pairs_and_torch_dataset(room):
     n = _meta(room)["counts"]["val"]
     assert skeletons.shape == frames.shape == (n, SIZE, SIZE, 3) and skeletons.dtype == np.uint8
     assert kp.shape == (n, NUM_JOINTS, 3) and kp.dtype == np.float32
+    assert pairs.load_masks(room, "val").shape == (n, SIZE, SIZE)
+    rows = pairs.load_rows(room, "val")
+    assert set(rows) >= {"keypoints", "crops", "source_keypoints", "frame_index", "source", "time"}
+    assert np.array_equal(rows["keypoints"], kp)
     data = PairDataset(room, "train")
     assert len(data) == _meta(room)["counts"]["train"]
     skeleton, frame = data[0]
@@ -197,11 +240,23 @@ def test_breakdance_upside_down_completes_and_reports_drops(tmp_path, pose_model
     for reason, n in meta["drops"].items():
         assert f"{reason} {n}" in summary
     assert f"kept {meta['counts']['train'] + meta['counts']['val']}" in summary
-    # the crop is taller than the 360 px frame: padded black, not stretched
-    assert src["crop"]["side"] > 360 or src["crop"]["y"] >= 0
+    # upside down, the crop still follows her body: the mid-hip is near the crop's centre
+    z = _npz(out)
+    hip = z["keypoints"][:, INDEX["mid_hip"], :2]
+    assert np.median(np.abs(hip - SIZE / 2)) < 0.25 * SIZE
+    assert "plate" in src and (src["plate"] is not None or src["plate_note"])
 
 
 # --- known keypoints (the demo's synthetic dancer) ----------------------------------------------
+
+def _rect_masks(kp: np.ndarray, shape: tuple[int, int], shift: float = 0.0) -> np.ndarray:
+    """(N, H, W) uint8 masks: each pose's joint box, moved right by `shift` pixels (a mask that disagrees)."""
+    masks = np.zeros((len(kp), *shape), np.uint8)
+    for m, k in zip(masks, kp):
+        x0, y0, x1, y1 = selection.person_box(k) if (k[:, 2] >= VISIBLE).any() else (0, 0, -1, -1)
+        m[int(y0):int(y1) + 1, int(x0 + shift):int(x1 + shift) + 1] = 255
+    return masks
+
 
 def test_known_keypoints_skip_mediapipe_and_count_missing_people(tmp_path, monkeypatch):
     monkeypatch.setenv("PIX2DANCE_POSE_MODEL", str(tmp_path / "no-model-needed.task"))
@@ -210,55 +265,67 @@ def test_known_keypoints_skip_mediapipe_and_count_missing_people(tmp_path, monke
     kp[:, :, 0] += np.linspace(0, 100, info.frames)[:, None]  # walks right
     kp[90:, :, 2] = 0.0  # nobody in the last second
     kp[30:33, INDEX["left_hip"], 2] = 0.2  # a hidden hip
-    meta = dataset.build([sample(ROOM)], tmp_path / "given", fps=FPS, size=SIZE, keypoints=[kp], quiet=True)
+    masks = _rect_masks(kp, (576, 576))
+    masks[60:63] = _rect_masks(kp[60:63], (576, 576), shift=300)   # a shadow, not her: mask_mismatch
+    meta = dataset.build([sample(ROOM)], tmp_path / "given", fps=FPS, size=SIZE, keypoints=[kp], masks=[masks],
+                         quiet=True)
     src = meta["sources"][0]
     assert src["keypoints_from"] == "given" and meta["pose_model"] is None
     assert src["drops"]["no_person"] == 10 and src["drops"]["low_visibility"] == 1
+    assert src["drops"]["mask_mismatch"] == 1
     written = _npz(tmp_path / "given")
     first = np.argmin(written["time"])
-    # keypoints in crop pixels are the given ones mapped through the crop
-    expected = Crop(**src["crop"]).to_crop_pixels(kp[0], SIZE)
+    # keypoints in crop pixels are the given ones mapped through the frame's crop
+    expected = framing.to_crop(kp[0][None], written["crops"][first][None], SIZE)[0]
     np.testing.assert_allclose(written["keypoints"][first], expected, atol=1e-4)
+    np.testing.assert_allclose(written["source_keypoints"][first], kp[0], atol=1e-4)
+    # the given mask, cut with the same crop
+    mask = pairs.load_masks(tmp_path / "given", "train")[written["index"][first]]
+    np.testing.assert_array_equal(mask, framing.crop_image(masks[0], written["crops"][first], SIZE))
+    with pytest.raises(ValueError, match="need their masks"):
+        dataset.build([sample(ROOM)], tmp_path / "nomask", fps=FPS, size=SIZE, keypoints=[kp], quiet=True)
+
+
+def test_a_moving_camera_gets_no_plate_and_says_so(tmp_path, pose_model, caplog):
+    """A pan across the room: the background moves, so the clip has no plate and one line says why.
+
+    The room is mostly plain wall and floor, which look alike wherever the camera points: stripes
+    painted on it (fixed to the room, so they pan with it) make the motion visible."""
+    frames = [rgb for _, rgb in video.sample(sample(ROOM), fps=10)]
+    stripes = (40 * np.sign(np.sin(np.arange(576) / 3.0)))[None, :, None]
+    pan = tmp_path / "pan.mp4"
+    offsets = (96 + 40 * np.sin(np.arange(len(frames)) / 2)).astype(int)
+    video.write_video(pan, (np.clip(f + stripes, 0, 255).astype(np.uint8)[:, x:x + 384]
+                            for f, x in zip(frames, offsets)), fps=10)
+    import logging
+    with caplog.at_level(logging.INFO, logger="engine.data.dataset"):
+        meta = dataset.build([pan], tmp_path / "pan", fps=10, size=SIZE, pose_model=pose_model, quiet=True)
+    src = meta["sources"][0]
+    assert src["plate"] is None and "moves" in src["plate_note"] and not (tmp_path / "pan" / "plates").exists()
+    assert sum("moves" in r.getMessage() for r in caplog.records) == 1
+    plates, has = pairs.load_plates(tmp_path / "pan", "train")
+    assert not has.any() and plates.max() == 0
 
 
 # --- small units --------------------------------------------------------------------------------
 
-def _box_pose(x0, y0, x1, y1):
-    kp = np.zeros((NUM_JOINTS, 3), np.float32)
-    kp[:, 2] = 1
-    kp[:, 0] = np.linspace(x0, x1, NUM_JOINTS)
-    kp[:, 1] = np.linspace(y0, y1, NUM_JOINTS)
-    return kp
-
-
-def test_crop_ignores_a_few_ghosts_and_fits_the_frame():
-    rng = np.random.default_rng(0)
-    poses = [_box_pose(100 + d, 50 + d, 140 + d, 150 + d) for d in rng.uniform(-5, 5, 100)]
-    ghosts = [_box_pose(0, 0, 320, 240)] * 2  # as in dancer_long: a stray detection now and then
-    clean = dataset.clip_crop(np.stack(poses), 320, 240)
-    haunted = dataset.clip_crop(np.stack(poses + ghosts), 320, 240)
-    assert max(abs(haunted.x - clean.x), abs(haunted.y - clean.y), abs(haunted.side - clean.side)) <= 3
-    assert 100 * 1.2 < clean.side < 115 * 1.4
-    assert 0 <= clean.x and 0 <= clean.y and clean.x + clean.side <= 320 and clean.y + clean.side <= 240
-    # a dancer at the frame's edge: the square moves inside rather than padding
-    edge = dataset.clip_crop(np.stack([_box_pose(0, 60, 40, 160)]), 320, 240)
-    assert edge.x == 0
-    # wider than the frame is tall: it covers the whole height and reaches out evenly
-    wide = dataset.clip_crop(np.stack([_box_pose(10, 20, 310, 220)]), 320, 240)
-    assert wide.side > 240 and wide.y < 0 and wide.y + wide.side > 240
-
-
-def test_crop_image_pads_black_and_never_stretches():
-    image = np.full((100, 200, 3), 200, np.uint8)
-    image[50, 150] = (0, 0, 255)
-    crop = Crop(100, -50, 200)  # reaches 50 px above, 50 below and 100 right of the frame
-    out = dataset.crop_image(image, crop, 100)
-    assert out.shape == (100, 100, 3)
-    assert out[:24].max() == 0 and out[77:].max() == 0 and out[:, 52:].max() == 0  # black padding
-    assert (out[27:73, :48].min(axis=2) >= 150).mean() > 0.99  # the picture, at half scale: not stretched
-    p = crop.to_crop_pixels(np.array([[150.5, 50.5, 1]], np.float32), 100)[0]
-    y, x = np.unravel_index(np.argmax(out[..., 2].astype(int) - out[..., 1]), out.shape[:2])
-    assert abs(x - p[0]) <= 1 and abs(y - p[1]) <= 1
+def test_mask_mismatch_and_boxed_masks():
+    person = standing_pose(256)
+    good = _rect_masks(person[None], (256, 256))[0]
+    assert not selection.mask_mismatch(person, selection.BoxedMask.of(good))
+    shadow = _rect_masks(person[None], (256, 256), shift=120)[0]          # beside her, not on her
+    assert selection.mask_mismatch(person, selection.BoxedMask.of(shadow))
+    torn = np.zeros((256, 256), np.uint8)
+    torn[100:104, 120:124] = 255                                          # a few pixels: a missed mask
+    assert selection.mask_mismatch(person, selection.BoxedMask.of(torn))
+    both = np.maximum(good, shadow)                                       # she and a second person
+    assert selection.mask_mismatch(person, selection.BoxedMask.of(both))
+    boxed = selection.BoxedMask.of(good)
+    assert boxed.tile.size < good.size / 2
+    np.testing.assert_array_equal(boxed.full(), good)
+    np.testing.assert_array_equal(boxed.crop((128, 128, 200), 64), framing.crop_image(good, (128, 128, 200), 64))
+    empty = selection.BoxedMask.of(np.zeros((20, 30), np.uint8))
+    assert empty.full().shape == (20, 30) and empty.full().max() == 0
 
 
 def test_classify_reasons():
@@ -271,12 +338,12 @@ def test_classify_reasons():
     turning[[INDEX["left_elbow"], INDEX["left_wrist"]], 2] = 0.1    # an arm behind the body
     hidden = turning.copy()
     hidden[INDEX["right_ankle"], 2] = 0.1
-    assert dataset.classify([]) == (None, "no_person")
-    assert dataset.classify([person, person + 50])[1] == "two_people"
-    assert dataset.classify([person, ghost])[1] is None  # a faint ghost does not count
-    assert dataset.classify([low])[1] == "low_visibility"
-    assert dataset.classify([turning])[1] is None
-    assert dataset.classify([hidden])[1] == "low_visibility"
+    assert selection.classify([]) == (None, "no_person")
+    assert selection.classify([person, person + 50])[1] == "two_people"
+    assert selection.classify([person, ghost])[1] is None  # a faint ghost does not count
+    assert selection.classify([low])[1] == "low_visibility"
+    assert selection.classify([turning])[1] is None
+    assert selection.classify([hidden])[1] == "low_visibility"
 
 
 def test_split_by_time_with_a_gap():
@@ -349,7 +416,7 @@ def test_force_replaces_an_existing_dataset(tmp_path, pose_model):
 
 
 def test_two_videos_decoded_again_in_pass_two_make_one_dataset(tmp_path, pose_model, monkeypatch):
-    """Several clips of one dancer: one crop and one time split per clip; with no memory budget
+    """Several clips of one dancer: crops and one time split per clip; with no memory budget
     pass 2 decodes the videos again and must land on the very same frames."""
     short = tmp_path / "short.mp4"
     video.write_video(short, (cv2.resize(rgb, (240, 240)) for _, rgb in video.sample(sample(ROOM), fps=10)), fps=10)
@@ -357,19 +424,22 @@ def test_two_videos_decoded_again_in_pass_two_make_one_dataset(tmp_path, pose_mo
     out = tmp_path / "two"
     meta = dataset.build([sample(ROOM), short], out, fps=5, size=SIZE, pose_model=pose_model, quiet=True)
     a, b = meta["sources"]
-    assert (a["width"], b["width"]) == (576, 240) and a["crop"] != b["crop"]
+    assert (a["width"], b["width"]) == (576, 240)
     assert a["sampled"] == 20 and b["sampled"] == 20  # 4 s at 5 fps, each
     z = _npz(out)
     for source in (0, 1):
         mine = z["source"] == source
         assert z["time"][mine & (z["split"] == 0)].max() < z["time"][mine & (z["split"] == 1)].min()
+    # crops are in each clip's own pixels: the small clip's are smaller
+    assert np.median(z["crops"][z["source"] == 1, 2]) < 0.6 * np.median(z["crops"][z["source"] == 0, 2])
     assert meta["counts"]["train"] + meta["counts"]["val"] == a["kept"] + b["kept"] == len(z["time"])
+    assert [s["plate"] for s in meta["sources"]] == ["plates/000.png", "plates/001.png"]
+    assert meta["stage"]["source"] in (0, 1)
     # the re-decoded frame is the one whose keypoints were found: compare with a fresh crop
     first = int(np.flatnonzero((z["source"] == 0) & (z["split"] == 0))[0])
     rgb = next(f for t, f in video.sample(sample(ROOM), 5) if abs(t - z["time"][first]) < 1e-6)
-    crop = Crop(**a["crop"])
     _, frames, _ = pairs.load_pairs(out, "train")
-    expected = dataset.crop_image(rgb, crop, SIZE)
+    expected = framing.crop_image(rgb, z["crops"][first], SIZE)
     assert np.abs(frames[z["index"][first]].astype(int) - expected).mean() < 1
 
 
@@ -393,3 +463,20 @@ def test_prefetch_hands_on_items_then_the_error_and_stops_early():
         if item == 5:
             break
     assert not ahead._thread.is_alive() and threading.active_count() <= before
+
+
+def test_pose_estimator_gives_each_person_her_mask(pose_model):
+    from engine.data.pose import PoseEstimator
+    frames = [rgb for _, rgb in video.sample(sample(ROOM), fps=5)][:4]
+    with PoseEstimator(pose_model, masks=True) as est:
+        people = [est.people(rgb, i * 200.0) for i, rgb in enumerate(frames)]
+    with PoseEstimator(pose_model) as est:
+        bare = est.people(frames[0], 0.0)
+    assert bare and bare[0].mask is None
+    for found in people:
+        assert len(found) >= 1
+        kp, mask = found[0].keypoints, found[0].mask
+        assert mask.shape == (576, 576) and mask.dtype == np.uint8 and mask.max() > 200
+        hip = kp[INDEX["mid_hip"], :2].round().astype(int)
+        assert mask[hip[1], hip[0]] > 127
+        assert not selection.mask_mismatch(kp, selection.BoxedMask.of(mask))

@@ -4,6 +4,8 @@
     with PoseEstimator(model, num_poses=2) as est:  # VIDEO mode: one estimator per clip
         for t, rgb in video.sample(path, fps=10):
             people = est.detect(rgb, t * 1000)      # list of (J, 3) float32 keypoints in image pixels
+    with PoseEstimator(model, masks=True) as est:   # each person's segmentation mask too
+        for person in est.people(rgb, t * 1000):    # Person(keypoints (J, 3), mask (H, W) uint8 0-255)
 
 The estimator is always closed (an unclosed landmarker prints a traceback at interpreter exit), and
 its timestamps are forced to be strictly increasing integers, as VIDEO mode requires. MediaPipe's
@@ -16,6 +18,7 @@ import logging
 import os
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 # Before mediapipe is imported: its glog and TFLite logs otherwise fill the terminal.
@@ -113,17 +116,27 @@ def core_visibility(kp: np.ndarray) -> float:
     return float(np.mean(kp[_CORE, 2]))
 
 
+@dataclass
+class Person:
+    """One person found in an image: (J, 3) float32 keypoints in its pixels, and (H, W) uint8 mask or None."""
+    keypoints: np.ndarray
+    mask: np.ndarray | None = None
+
+
 class PoseEstimator:
     """MediaPipe PoseLandmarker in VIDEO mode as a context manager; one per clip (it tracks).
 
     detect(rgb, t_ms) returns every person found as (J, 3) float32 keypoints in pixels of `rgb`,
-    the most confident first (by core_visibility).
+    the most confident first (by core_visibility); people(rgb, t_ms) the same as Person records,
+    each with its segmentation mask (0-255, the image's size) when made with masks=True.
     """
 
-    def __init__(self, model: str | os.PathLike, num_poses: int = 2, min_confidence: float = 0.5):
+    def __init__(self, model: str | os.PathLike, num_poses: int = 2, min_confidence: float = 0.5,
+                 masks: bool = False):
         self.model = Path(model)
         self.num_poses = num_poses
         self.min_confidence = min_confidence
+        self.masks = masks
         self._landmarker = None
         self._last_ms = -1
 
@@ -140,7 +153,8 @@ class PoseEstimator:
                 num_poses=self.num_poses,
                 min_pose_detection_confidence=self.min_confidence,
                 min_pose_presence_confidence=self.min_confidence,
-                min_tracking_confidence=self.min_confidence)
+                min_tracking_confidence=self.min_confidence,
+                output_segmentation_masks=self.masks)
             try:
                 self._landmarker = PoseLandmarker.create_from_options(options)
             except (RuntimeError, ValueError) as e:
@@ -176,6 +190,10 @@ class PoseEstimator:
 
     def detect(self, rgb: np.ndarray, t_ms: float) -> list[np.ndarray]:
         """People in an RGB uint8 (H, W, 3) image at time t_ms: a list of (J, 3) float32 keypoints."""
+        return [p.keypoints for p in self.people(rgb, t_ms)]
+
+    def people(self, rgb: np.ndarray, t_ms: float) -> list[Person]:
+        """People in an RGB uint8 (H, W, 3) image at time t_ms, most confident first, masks with their poses."""
         if self._landmarker is None:
             raise RuntimeError("PoseEstimator used outside its `with` block")
         import mediapipe as mp
@@ -185,6 +203,14 @@ class PoseEstimator:
         with quiet_fds(what="MediaPipe"):  # C++ warnings (tensor alignment, ROI) come on first use of each path
             result = self._landmarker.detect_for_video(image, ms)
         height, width = rgb.shape[:2]
-        people = [from_mediapipe(lms, width, height) for lms in result.pose_landmarks]
-        people.sort(key=core_visibility, reverse=True)
+        masks = list(result.segmentation_masks or []) if self.masks else []
+        people = []
+        for i, lms in enumerate(result.pose_landmarks):
+            # The i-th mask belongs to the i-th pose; converted before sorting so each stays with its person.
+            mask = None
+            if i < len(masks):
+                view = masks[i].numpy_view().reshape(height, width)
+                mask = (view * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+            people.append(Person(from_mediapipe(lms, width, height), mask))
+        people.sort(key=lambda p: core_visibility(p.keypoints), reverse=True)
         return people
