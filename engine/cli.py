@@ -82,7 +82,7 @@ def cmd_render(a: argparse.Namespace) -> None:
     render.run(a.run, a.motion, a.out, fps=a.fps, frames=a.frames, armature=a.armature, camera=a.camera,
                mapping=a.mapping, engine=a.engine, side_by_side=a.side_by_side, png=a.png,
                device=a.device, backend=a.backend, pose_model=a.pose_model, verbose=a.verbose, quiet=a.quiet,
-               engine_timeout=a.timeout)
+               engine_timeout=a.timeout, placement=a.placement, background=a.background, report=a.report)
 
 
 def cmd_map(a: argparse.Namespace) -> None:
@@ -205,7 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a silent engine is waited for before giving up (--engine; default 10)")
     p.add_argument("--side-by-side", action="store_true",
                    help="the source beside the dancer: the source video frame, or the skeleton the dancer was given")
-    p.add_argument("--png", action="store_true", help="with a video OUT, also write PNG frames to OUT_frames/")
+    p.add_argument("--png", action="store_true", help="with a video OUT, also write PNG frames to OUT_frames/ "
+                   "(RGBA: the dancer with her matte as straight alpha)")
+    p.add_argument("--placement", choices=["crop", "dancer", "source"],
+                   help="where the dancer goes: dancer (default for video, .bvh, .npz: normalized into her own video "
+                        "frame, over her plate), source (default for .blend: where the pose is in the source image, "
+                        "at its size, with alpha), crop (the bare person-centred square)")
+    p.add_argument("--background", default="plate", metavar="plate|none|FILE",
+                   help="behind the dancer in the video: plate (her room without her; default), none (transparent "
+                        "in .mov and PNG, black in .mp4), or an image or video FILE scaled to the frame (a video "
+                        "holds its last frame when it runs out)")
+    p.add_argument("--report", type=Path, metavar="FILE.json",
+                   help="write one row per rendered frame: frame, source_frame, novelty, placement (crop -> frame)")
     p.add_argument("--pose-model", type=Path, help="MediaPipe pose landmarker .task file (video sources)")
     _device_arg(p)
     _backend_arg(p)

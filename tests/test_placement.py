@@ -10,33 +10,23 @@ import pytest
 from engine.data import framing
 from engine.errors import UserError
 from engine.model.predictor import Predictor
-from engine.model.runs import STAGE_PLATE, save_generator
-from engine.wire.joints import JOINTS, body_stats
-from tests.conftest import standing_pose
+from engine.model.runs import STAGE_PLATE
+from engine.wire.joints import JOINTS
+from tests.conftest import STAGE_SIZE, make_tiny_run, standing_pose
 
-STAGE = (160, 120)          # the dancer's own video frame
-
-
-def make_matte_run(run_dir, size: int = 64, ngf: int = 8, seed: int = 0):
-    """An untrained RGBA generator with a stage (her frame's size and statistics) and a plate."""
-    import torch
-    from engine.model.networks import Generator
-    torch.manual_seed(seed)
-    her = standing_pose(256) * np.float32([0.4, 0.4, 1])          # ~80 px tall in her 160 x 120 frame
-    her[:, 0] += 30
-    stats = body_stats([standing_pose(size)])
-    config = {"size": size, "ngf": ngf, "joints": list(JOINTS), "stats": stats, "stats_size": size, "channels": 4,
-              "stage": {"width": STAGE[0], "height": STAGE[1], "stats": body_stats([her])}}
-    save_generator(run_dir, Generator(size=size, ngf=ngf, out_channels=4), config)
-    plate = np.random.default_rng(seed).integers(0, 255, (STAGE[1], STAGE[0], 3), dtype=np.uint8)
-    cv2.imwrite(str(run_dir / STAGE_PLATE), cv2.cvtColor(plate, cv2.COLOR_RGB2BGR))
-    return run_dir, plate
+STAGE = STAGE_SIZE          # the dancer's own video frame
 
 
 @pytest.fixture(scope="module")
 def matte(tmp_path_factory):
-    run, plate = make_matte_run(tmp_path_factory.mktemp("matte") / "anna")
-    return Predictor(run, "cpu", backend="torch"), plate
+    from engine.data.pairs import read_rgb
+    run = make_tiny_run(tmp_path_factory.mktemp("matte") / "anna")
+    return Predictor(run, "cpu", backend="torch"), read_rgb(run / STAGE_PLATE)
+
+
+@pytest.fixture(scope="module")
+def old_run(tmp_path_factory):
+    return make_tiny_run(tmp_path_factory.mktemp("old") / "old", channels=3)
 
 
 def rig_poses(n: int = 3) -> np.ndarray:
@@ -80,7 +70,7 @@ def test_dancer_placement_is_her_frame_over_her_plate(matte):
 
 def test_crop_placement_and_what_the_run_tells_clients(matte):
     p, _ = matte
-    assert p.describe()["alpha"] is True and p.describe()["stage"] == {"width": 160, "height": 120}
+    assert p.describe()["alpha"] is True and p.describe()["stage"] == {"width": STAGE[0], "height": STAGE[1]}
     rgba = p.render(rig_poses(2), (640, 360), alpha=True).frames
     assert rgba.shape == (2, 64, 64, 4)
     rgb = p.predict(rig_poses(2), (640, 360))
@@ -90,8 +80,8 @@ def test_crop_placement_and_what_the_run_tells_clients(matte):
         == (0, 360, 640, 3)
 
 
-def test_a_run_without_mattes_gives_only_the_bare_crop(tiny_run):
-    p = Predictor(tiny_run, "cpu", backend="torch")
+def test_a_run_without_mattes_gives_only_the_bare_crop(old_run):
+    p = Predictor(old_run, "cpu", backend="torch")
     assert p.describe()["alpha"] is False
     assert p.render(rig_poses(1), (640, 360)).frames.shape == (1, 64, 64, 3)
     with pytest.raises(UserError, match="before mattes"):
@@ -117,3 +107,67 @@ def test_the_engine_serves_placed_rgba_frames_with_their_placements(matte):
     assert np.allclose([f.placement for f in frames], expected.placements.reshape(5, 6), atol=1e-3)
     dancer = cv2.imdecode(np.frombuffer(pngs[0].data, np.uint8), cv2.IMREAD_UNCHANGED)
     assert dancer.shape == (STAGE[1], STAGE[0], 3) and (pngs[0].width, pngs[0].height) == STAGE
+
+
+# --- pix2dance render: placement, background, RGBA PNGs, the report --------------------------------
+
+@pytest.fixture(scope="module")
+def dance(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dance") / "keypoints.npz"
+    kp = np.stack([standing_pose(256) for _ in range(12)]) * np.float32([0.5, 0.5, 1])   # ~75 px tall
+    kp[:, :, 0] += 60 + (np.sin(np.arange(12) / 3) * 20)[:, None]
+    kp[:, :, 1] += 60
+    np.savez(path, keypoints=kp, size=256, fps=10.0)
+    return path
+
+
+def test_render_puts_her_in_her_frame_over_her_plate_with_rgba_pngs_and_a_report(matte, dance, tmp_path):
+    import json
+    from engine import render
+    p, plate = matte
+    out = tmp_path / "dance.mp4"
+    result = render.run(p.run_dir, dance, out, png=True, device="cpu", backend="torch", quiet=True,
+                        report=tmp_path / "report.json")
+    assert (result.width, result.height, result.codec) == (*STAGE, "h264")        # "dancer": her frame
+    pngs = sorted((tmp_path / "dance_frames").glob("*.png"))
+    assert len(pngs) == 12 and pngs[0].name == "000001.png"
+    rgba = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
+    assert rgba.shape == (STAGE[1], STAGE[0], 4) and rgba[..., 3].min() == 0 and rgba[..., 3].max() > 0
+    rows = json.loads((tmp_path / "report.json").read_text())
+    assert rows["threshold"] is None and [r["frame"] for r in rows["frames"]] == list(range(1, 13))
+    assert np.array(rows["frames"][0]["placement"]).shape == (2, 3)
+    import av
+    with av.open(str(out)) as container:
+        first = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    outside = rgba[..., 3] == 0
+    assert np.abs(first[outside].astype(int) - plate[outside]).mean() < 6          # the plate behind her (H.264)
+
+
+def test_render_background_none_keeps_alpha_in_a_mov_and_a_file_backdrop_fills_the_frame(matte, dance, tmp_path):
+    import av
+    from engine import render
+    p, _ = matte
+    render.run(p.run_dir, dance, tmp_path / "alpha.mov", placement="source", background="none", device="cpu",
+               backend="torch", quiet=True)
+    with av.open(str(tmp_path / "alpha.mov")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "prores" and "a" in stream.codec_context.pix_fmt   # yuva444p10le
+        frame = next(container.decode(video=0)).to_ndarray(format="rgba")
+    assert frame.shape == (256, 256, 4) and frame[..., 3].min() == 0                 # "source": the npz's 256 px
+    wall = np.zeros((30, 40, 3), np.uint8)
+    wall[:] = (0, 200, 0)
+    cv2.imwrite(str(tmp_path / "wall.png"), cv2.cvtColor(wall, cv2.COLOR_RGB2BGR))
+    render.run(p.run_dir, dance, tmp_path / "frames", placement="source", background=str(tmp_path / "wall.png"),
+               device="cpu", backend="torch", quiet=True)
+    corner = cv2.imread(str(tmp_path / "frames" / "000001.png"), cv2.IMREAD_UNCHANGED)
+    assert corner.shape[-1] == 4 and corner[0, 0, 3] == 0                            # PNGs: her layer alone
+
+
+def test_render_refuses_a_placement_an_old_run_cannot_give(old_run, dance, tmp_path):
+    import subprocess
+    from tests.conftest import PYTHON, ROOT
+    r = subprocess.run([PYTHON, "-m", "engine.cli", "render", str(old_run), "--motion", str(dance), "--out",
+                        str(tmp_path / "x.mp4"), "--placement", "source", "--device", "cpu"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "before mattes" in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.mp4").exists()

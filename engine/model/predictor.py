@@ -34,6 +34,7 @@ from engine.model import compose
 from engine.model.backends import load_backend, resolve_backend
 from engine.model.runs import STAGE_PLATE, read_config
 from engine.wire.joints import NUM_JOINTS
+from engine.wire.protocol import PLACEMENTS
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,6 @@ def sanitize(keypoints: np.ndarray) -> np.ndarray:
     bad = ~np.isfinite(kp).all(axis=-1) | (np.abs(np.nan_to_num(kp[..., :2])) > FAR).any(axis=-1)
     kp[bad] = 0.0
     return kp
-
-
-PLACEMENTS = ("crop", "dancer", "source")
 
 
 @dataclass

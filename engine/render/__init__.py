@@ -1,0 +1,316 @@
+"""`pix2dance render`: a motion (.blend, .bvh, .npz, video) danced by a trained dancer, to video or PNGs.
+
+    result = run("runs/anna", "dance.bvh", "out.mp4", fps=30, frames=(1, 40), side_by_side=True)
+    result.frames, result.codec, result.seconds
+
+The pipeline, in three overlapping stages so the generator is never kept waiting:
+1. `engine.motion.load` turns the source into keypoints in its own image's pixels (all frames up
+   front: rigs are projected in one pass, a video is analysed by MediaPipe and smoothed, which
+   needs the whole track anyway), with the source's body statistics for "clip" normalization.
+2. Inference in chunks. In-process (default): the Predictor frames the whole sequence once (its one
+   normalization and framing path: the person-centred crop is smoothed over all of it), a drawing
+   thread draws skeleton chunks ahead, the main thread runs the generator and places each frame.
+   With `engine="tcp://..."`: the same keypoints go to a running engine through
+   `engine.wire.client.Client` (the add-on's client), which normalizes and places on its side.
+3. A writer thread (`output.Writer`) encodes the video (`engine.data.video.VideoWriter`: H.264
+   for .mp4, ProRes 4444 with alpha for .mov) and the PNG frames.
+
+Placement (`--placement`): "dancer" (the default for video, BVH and .npz: the pose normalized into
+the dancer's own frame, over her plate), "source" (the default for a .blend: where the pose is in the
+source image, at its size, with alpha), "crop" (the bare person-centred square). The background
+(`--background plate|none|FILE`) goes behind her in the video; PNG frames are her RGBA layer
+(straight alpha, her matte). A run trained before mattes renders the bare crop, with a warning.
+
+Output: OUT with a video suffix (.mp4, .mov, .m4v, .avi) is a video, and with `png` the frames also
+go to the folder OUT_frames/ beside it; any other OUT is a folder of PNG frames only. PNGs are
+named by their 1-based frame number in the resampled source (000001.png, ...). `report` writes one
+row per frame (its placement, and its novelty where the run can measure it). Nothing half-written
+is ever left under a final name: the video is written to a temporary file and the folder to a
+temporary folder, both renamed when everything succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from engine.atomic import atomic_dir
+from engine.errors import UserError
+from engine.model import compose
+from engine.render import output
+from engine.wire import protocol
+from engine.wire.protocol import PLACEMENTS
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RenderResult:
+    """What a render wrote."""
+    out: Path
+    frames: int
+    width: int
+    height: int
+    fps: float
+    codec: str | None               # None when only PNG frames were written
+    png_dir: Path | None
+    seconds: float                  # wall time of the whole command
+    motion_seconds: float           # of which: loading the motion (bpy, MediaPipe)
+    source: str                     # motion kind: blend, bvh, npz, video
+    model_seconds: float = 0.0      # of which: loading the generator (or asking the engine)
+
+
+# --- inference back ends: each yields (frames (n, H, W, 3|4), placements (n, 2, 3) | None, panels | None) ---
+
+@dataclasses.dataclass(frozen=True)
+class Look:
+    """How the frames come out: where the dancer goes, and whether she comes as an RGBA layer."""
+    placement: str                  # "crop", "dancer" or "source"
+    alpha: bool                     # the run has a matte: layers are RGBA, composited over the backdrop here
+
+
+def _local_chunks(predictor, motion, look: Look, chunk: int, side_by_side: bool) -> Iterator:
+    """In-process: the sequence framed once (its crop smoothed over all of it), drawn one chunk ahead."""
+    from engine.data.prefetch import Prefetch
+    framed = predictor.frame(motion.keypoints, motion.source_size, motion.mode, motion.source_stats,
+                             placement=look.placement, fps=motion.fps)
+
+    def draw():
+        for start in range(0, len(framed), chunk):
+            yield start, framed.skeletons(start, start + chunk)
+
+    with Prefetch(draw(), depth=2, name="pix2dance-draw") as ahead:
+        for start, skel in ahead:
+            placed = predictor.place(predictor.generate(skel), framed.part(start, start + len(skel)), alpha=look.alpha)
+            panels = None
+            if side_by_side:
+                panels = motion.images[start:start + len(skel)] if motion.images is not None else skel
+            yield placed.frames, placed.placements, panels
+
+
+def _engine_chunks(address: str, entry: dict, motion, look: Look, chunk: int, side_by_side: bool,
+                   timeout: float) -> Iterator:
+    """Through a running engine (normalization and placement happen there, once); raw frames back."""
+    with _engine_errors(address):
+        client = _connect(address, timeout)
+    try:
+        yield from _engine_frames(client, address, entry, motion, look, chunk, side_by_side)
+    finally:
+        client.close()
+
+
+def _engine_frames(client, address: str, entry: dict, motion, look: Look, chunk: int, side_by_side: bool):
+    with _engine_errors(address):
+        panels_all = None
+        if side_by_side:
+            panels_all = motion.images if motion.images is not None else _engine_skeletons(entry, motion)
+        ids = np.arange(len(motion)) + motion.first
+        frames = client.render(entry["name"], motion.keypoints, source_size=tuple(motion.source_size), mode=motion.mode,
+                               source_stats=motion.source_stats, frame_ids=ids.tolist(), fmt="raw", chunk=chunk,
+                               placement=look.placement, alpha=look.alpha, fps=motion.fps)
+        batch, places = [], []
+        done = 0
+        for frame in frames:
+            batch.append(np.frombuffer(frame.data, np.uint8).reshape(frame.height, frame.width, frame.channels))
+            places.append(None if frame.placement is None else np.reshape(frame.placement, (2, 3)))
+            if len(batch) == chunk:
+                yield _engine_chunk(batch, places, panels_all, done)
+                done += len(batch)
+                batch, places = [], []
+        if batch:
+            yield _engine_chunk(batch, places, panels_all, done)
+
+
+def _engine_chunk(batch, places, panels_all, done: int):
+    placements = None if places[0] is None else np.stack(places)
+    return np.stack(batch), placements, None if panels_all is None else panels_all[done:done + len(batch)]
+
+
+@contextlib.contextmanager
+def _engine_errors(address: str):
+    """The client's errors (engine gone, error reply, other protocol) as one-line UserErrors."""
+    from engine.wire.client import ClientError, EngineError
+    try:
+        yield
+    except EngineError as e:
+        raise UserError(f"the engine at {address} refused the render: {e.message}") from None
+    except ClientError as e:
+        raise UserError(str(e).splitlines()[0]) from None
+
+
+def _connect(address: str, timeout: float):
+    from engine.wire.client import Client
+    try:
+        return Client(address, timeout=timeout)
+    except ValueError as e:
+        raise UserError(f"--engine {address}: {e}") from None
+
+
+def _engine_skeletons(entry: dict, motion) -> np.ndarray:
+    """The skeletons to show beside an engine's frames, framed here as the model frames them (for display
+    only; what the generator sees is normalized, framed and drawn by the engine, once)."""
+    from engine.data import framing, normalize, skeleton
+    size = int(entry["size"])
+    if entry.get("alpha"):
+        crops = framing.person_crops(motion.keypoints, motion.fps)
+        return skeleton.draw_batch(framing.to_crop(motion.keypoints, crops, size), size)
+    kp = normalize.to_dancer(motion.keypoints, motion.mode, tuple(motion.source_size), entry["stats"],
+                             int(entry["stats_size"]), size, motion.source_stats)
+    return skeleton.draw_batch(kp, size)
+
+
+def _model_name(run: Path) -> str:
+    """The name an engine serves RUN under: a local run's config "name", else its folder's name
+    (as `serve` names it); RUN that is no local folder is taken as the model's name itself."""
+    from engine.model.runs import read_config
+    if (run / "config.json").is_file():
+        return str(read_config(run).get("name") or run.resolve().name)
+    return run.name or str(run)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: float | None = None,
+        frames: tuple[int, int] | None = None, armature: str | None = None, camera: str | None = None,
+        mapping: str | Path | None = None, engine: str | None = None, side_by_side: bool = False,
+        png: bool = False, device: str = "auto", backend: str = "auto", pose_model: str | Path | None = None,
+        verbose: bool = False, quiet: bool = False, chunk: int | None = None, engine_timeout: float = 10.0,
+        placement: str | None = None, background: str = "plate", report: str | Path | None = None) -> RenderResult:
+    """Render `motion_path` as the dancer of `run_dir` into `out`; see the module docstring.
+
+    placement None: "source" for a .blend, "dancer" otherwise. background: "plate", "none" or a FILE.
+    """
+    from tqdm import tqdm
+
+    from engine import motion as motion_mod
+    t_start = time.perf_counter()
+    run_dir, out = Path(run_dir), Path(out)
+    motion_mod.precheck(motion_path, fps, mapping, frames)   # a bad motion file fails before the model loads
+    video_path, png_dir = output.output_paths(out, png)
+    if video_path is not None:
+        from engine.data.video import choose_codec
+        choose_codec(video_path)                      # an unwritable suffix fails before any work
+
+    # The model first: a bad run fails before minutes of motion analysis. (Not in a thread beside
+    # bpy: importing bpy while another thread loads torch weights deadlocks at times.)
+    predictor, size, entry = None, None, None
+    t0 = time.perf_counter()
+    if engine is None:
+        from engine.model.predictor import Predictor
+        predictor = Predictor(run_dir, device=device, backend=backend)
+        size, matte, plate = predictor.size, predictor.alpha, predictor.plate
+    else:
+        entry = _engine_model(engine, _model_name(run_dir), engine_timeout)
+        size, matte, plate = int(entry["size"]), bool(entry.get("alpha")), _local_plate(run_dir)
+    model_seconds = time.perf_counter() - t0
+    look = Look(_placement(placement, Path(motion_path), matte, run_dir), matte)
+
+    t0 = time.perf_counter()
+    motion = motion_mod.load(motion_path, fps=fps, frames=frames, armature=armature, camera=camera,
+                             mapping=mapping, pose_model=pose_model, verbose=verbose, quiet=quiet,
+                             panel=size if side_by_side else None)
+    motion_seconds = time.perf_counter() - t0
+    n = len(motion)
+    log.info("%s: %d frames at %g fps from %s (%dx%d source%s)", Path(motion_path).name, n, motion.fps,
+             motion.kind, motion.source_size[0], motion.source_size[1], ", smoothed" if motion.smoothed else "")
+
+    if predictor is not None:
+        chunk = chunk or max(predictor.max_batch, 8)
+        chunks = _local_chunks(predictor, motion, look, chunk, side_by_side)
+    else:
+        chunk = chunk or 16
+        chunks = _engine_chunks(engine, entry, motion, look, chunk, side_by_side, engine_timeout)
+
+    bar = tqdm(total=n, desc="render", unit="frame", disable=quiet)
+    rows: list[dict] = []
+    with atomic_dir(png_dir) if png_dir is not None else contextlib.nullcontext() as tmp_dir:
+        writer = output.Writer(video_path, tmp_dir, motion.fps, motion.first)
+        backdrop = None
+        try:
+            for layers, placements, panels in chunks:
+                if backdrop is None:
+                    canvas = (layers.shape[2], layers.shape[1])
+                    backdrop = output.Backdrop.open(background if look.placement != "crop" or background != "plate"
+                                                    else "none", canvas, plate)
+                frames = layers
+                if look.alpha and background != "none":       # the video: the dancer over her backdrop
+                    frames = np.stack([compose.over(layer, backdrop.at(len(rows) + i)) for i, layer in enumerate(layers)])
+                writer.put(output.side_by_side(frames, panels),
+                           output.side_by_side(layers, panels) if frames is not layers else None)
+                rows += _report_rows(motion, len(rows), placements, len(layers))
+                bar.update(len(layers))
+            codec = writer.finish(n)
+        except BaseException:
+            writer.discard()
+            raise
+        finally:
+            bar.close()
+            if hasattr(chunks, "close"):
+                chunks.close()
+    width, height = writer.size
+    seconds = time.perf_counter() - t_start
+    result = RenderResult(out=out, frames=n, width=width, height=height, fps=motion.fps, codec=codec,
+                          png_dir=png_dir, seconds=seconds, motion_seconds=motion_seconds, source=motion.kind,
+                          model_seconds=model_seconds)
+    if report is not None:
+        output.write_report(Path(report), rows, threshold=None)
+    where = f"{video_path} ({codec})" if video_path is not None else f"{png_dir}/"
+    if video_path is not None and png_dir is not None:
+        where += f" and {png_dir}/"
+    log.info("wrote %d frames %dx%d at %g fps to %s in %.1f s (%.1f frames/s), placement %s%s", n, width, height,
+             motion.fps, where, seconds, n / max(seconds, 1e-9), look.placement,
+             f", background {background}" if look.alpha and look.placement != "crop" else "")
+    if codec is not None:
+        from engine.data.video import plays_in
+        log.info("  %s", plays_in(codec))
+    return result
+
+
+def _placement(asked: str | None, motion_path: Path, matte: bool, run_dir: Path) -> str:
+    """The placement to render: the one asked for, else the source's default; a run without mattes: the crop."""
+    if asked is not None and asked not in PLACEMENTS:
+        raise UserError(f"--placement must be one of {', '.join(PLACEMENTS)}, got {asked!r}")
+    if not matte:
+        if asked not in (None, "crop"):
+            raise UserError(f"{run_dir} was trained before mattes: it can render only --placement crop (retrain it "
+                            f"on a dataset built by this pix2dance for dancer and source placement)")
+        if asked is None:
+            log.warning("%s was trained before mattes: rendering the bare crop", run_dir)
+        return "crop"
+    return asked or ("source" if motion_path.suffix.lower() == ".blend" else "dancer")
+
+
+def _local_plate(run_dir: Path) -> np.ndarray | None:
+    """The plate of a run folder on this machine (--engine renders composite here), if it has one."""
+    from engine.model.runs import STAGE_PLATE
+    path = Path(run_dir) / STAGE_PLATE
+    if not path.is_file():
+        return None
+    from engine.data.pairs import read_rgb
+    return read_rgb(path)
+
+
+def _report_rows(motion, done: int, placements: np.ndarray | None, n: int) -> list[dict]:
+    """--report rows for frames [done, done + n): frame number, source frame, novelty, placement."""
+    return [{"frame": motion.first + done + i, "source_frame": motion.first + done + i, "novelty": None,
+             "placement": None if placements is None else np.round(placements[i], 4).tolist()} for i in range(n)]
+
+
+def _engine_model(address: str, model: str, timeout: float) -> dict:
+    """The engine's description of `model` (name, size, stats, ...): checked before any work."""
+    with _engine_errors(address):
+        client = _connect(address, timeout)
+        try:
+            info = client.info()
+        finally:
+            client.close()
+    try:
+        return protocol.pick_model({m.get("name"): m for m in info.get("models", [])}, model)
+    except protocol.ProtocolError as e:
+        raise UserError(f"--engine {address}: {e.message}") from None
