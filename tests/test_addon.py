@@ -27,6 +27,7 @@ from blender_addon import (connection, jobs, operators, preferences, preview,  #
 from engine.rig.mapping import saved_mapping  # noqa: E402
 from engine.wire import protocol  # noqa: E402
 from engine.wire.client import Client, ClientError  # noqa: E402
+from tests.conftest import make_tiny_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,12 +102,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_engine(run_dir: Path, keys: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """`python -m engine.cli serve RUN --bind tcp://127.0.0.1:<free port>`, pinged until it answers."""
+def start_engine(run_dir: Path, keys: Path | None = None, more: tuple[Path, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """`python -m engine.cli serve RUN [MORE ...] --bind tcp://127.0.0.1:<free port>`, pinged until it answers."""
     address = f"tcp://127.0.0.1:{free_port()}"
     curve = ["--curve-secret", str(keys / "server.key_secret"), "--curve-clients", str(keys / "clients")] if keys else []
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", str(run_dir), "--bind", address,
-                             "--device", "cpu", "--quiet", *curve], cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", str(run_dir), *map(str, more),
+                             "--bind", address, "--device", "cpu", "--quiet", *curve], cwd=ROOT)
     deadline = time.monotonic() + 90
     while True:
         if proc.poll() is not None:
@@ -130,8 +131,15 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_run):
-    proc, address = start_engine(tiny_run)
+def old_run(tmp_path_factory) -> Path:
+    """A run from before mattes (3 channels): it can give only the bare crop."""
+    return make_tiny_run(tmp_path_factory.mktemp("run") / "old", channels=3)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_run, old_run):
+    """One engine serving the tiny run (with a matte; the engine's first model) and the old run."""
+    proc, address = start_engine(tiny_run, more=(old_run,))
     yield address
     stop(proc)
 
@@ -166,10 +174,11 @@ def image_pixels(path: Path):
 
 
 def render_sequencer(scene, frame: int, path: Path):
-    """What the sequencer shows at `frame`, rendered to path.png and read back."""
+    """What the sequencer shows at `frame`, rendered to path.png (RGB: over black) and read back."""
     scene.frame_set(frame)
     scene.render.use_sequencer = True
     scene.render.image_settings.file_format = "PNG"
+    scene.render.image_settings.color_mode = "RGB"
     scene.render.filepath = str(path)
     bpy.ops.render.render(write_still=True)
     return image_pixels(path.with_suffix(".png"))
@@ -198,7 +207,7 @@ def test_register_unregister_twice(monkeypatch):
         ours = [h for h in bpy.app.handlers.frame_change_post if h.__name__ == "on_frame_change"]
         assert len(ours) == 1
         s = bpy.context.scene.pix2dance
-        assert s.output_dir == "//pix2dance/" and s.add_rig_render is False
+        assert s.output_dir == "//pix2dance/" and s.scene_underneath is False
         assert preferences.get_prefs().address == preferences.DEFAULT_ADDRESS  # no prefs entry: defaults
         blender_addon.unregister()
         assert not hasattr(bpy.types.Scene, "pix2dance")
@@ -315,12 +324,15 @@ def test_other_protocol_version_is_a_report(addon):
 
 class FakeEngine:
     """A ZeroMQ ROUTER on loopback speaking the wire protocol with a scripted render behaviour: for
-    protocol corner cases a real engine will not produce on demand (a full queue: "busy")."""
+    protocol corner cases a real engine will not produce on demand (a full queue: "busy"), and for a
+    matte known exactly (`matte`: a model with alpha whose "source" frame is a red disc of radius
+    DISC x the height, centred on the pose's mid-hip, and transparent elsewhere)."""
+    DISC = 0.1
 
-    def __init__(self, busy_first: int = 0):
+    def __init__(self, busy_first: int = 0, matte: bool = False):
         import threading
         import zmq
-        self.busy_left, self.renders = busy_first, []
+        self.busy_left, self.renders, self.matte, self.outputs = busy_first, [], matte, []
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -338,11 +350,15 @@ class FakeEngine:
             h = json.loads(head)
             rid, kind = h["id"], h["kind"]
             if kind == "info":
-                model = {"name": "fake", "size": 64, "joints": list(joints.JOINTS)}
-                reply = [protocol.header(rid, "info", protocol=1, server="fake", models=[model])]
+                model = {"name": "fake", "size": 64, "joints": list(joints.JOINTS), "alpha": self.matte}
+                reply = [protocol.header(rid, "info", protocol=2, server="fake", models=[model])]
             elif kind == "render" and self.busy_left > 0:
                 self.busy_left -= 1
                 reply = protocol.error(rid, "busy", "queue full: try again later")
+            elif kind == "render" and self.matte:
+                self.renders.append(list(h["frames"]))
+                self.outputs.append({**h["output"], "fps": h.get("fps")})
+                reply = self._discs(rid, h, binary[0])
             elif kind == "render":
                 self.renders.append(list(h["frames"]))
                 reply = [protocol.header(rid, "render", model="fake", frames=h["frames"], format="png",
@@ -351,6 +367,23 @@ class FakeEngine:
             else:
                 reply = [protocol.header(rid, kind, time=0.0)]
             self.router.send_multipart([ident, *reply])
+
+    def _discs(self, rid, h, data) -> list:
+        import cv2
+        import numpy as np
+        from engine.wire import protocol
+        w, h_px = h["source_size"]
+        kp = np.frombuffer(data, "<f4").reshape(len(h["frames"]), len(h["joints"]), 3)
+        hips = [h["joints"].index("left_hip"), h["joints"].index("right_hip")]
+        images, placements = [], []
+        for pose in kp:
+            x, y = pose[hips, :2].mean(axis=0)
+            rgba = np.zeros((h_px, w, 4), np.uint8)
+            cv2.circle(rgba, (round(x), round(y)), round(self.DISC * h_px), (255, 0, 0, 255), -1)
+            images.append(cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))[1].tobytes())
+            placements.append([1.0, 0.0, float(x) - 32, 0.0, 1.0, float(y) - 32])
+        return [protocol.header(rid, "render", model="fake", frames=h["frames"], format="png", width=w,
+                                height=h_px, channels=4, placements=placements), *images]
 
     def close(self):
         self._stop.set()
@@ -375,6 +408,68 @@ def test_busy_engine_is_asked_again(addon, tmp_path, monkeypatch):
         s.frame_end = 14
         with pytest.raises(RuntimeError, match=r"Engine error \(busy\)"):
             bpy.ops.pix2dance.render_to_sequencer()
+    finally:
+        fake.close()
+
+
+def add_set(scene, arm):
+    """A set for the scene underneath, in flat Workbench colours shown as they are (Standard view): a blue
+    wall behind the rig filling the view, and a yellow block parented to the rig's hips (its body)."""
+    shading = scene.display.shading
+    shading.light, shading.color_type = "FLAT", "OBJECT"
+    scene.render.engine = "BLENDER_WORKBENCH"
+    scene.view_settings.view_transform = "Standard"
+    scene.render.dither_intensity = 0.0       # exact colours
+    made = []
+    for name, size, location, colour in (("Wall", (20, 0.1, 20), (0, 3, 1), (0, 0, 1, 1)),
+                                         ("Body", (0.3, 0.2, 0.4), (0, 0, 1.2), (1, 1, 0, 1))):
+        mesh = bpy.data.meshes.new(name)
+        sx, sy, sz = (v / 2 for v in size)
+        mesh.from_pydata([(x * sx, y * sy, z * sz) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], [],
+                         [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)])
+        obj = bpy.data.objects.new(name, mesh)
+        obj.location, obj.color = location, colour
+        scene.collection.objects.link(obj)
+        made.append(obj)
+    made[1].parent = arm
+    return made
+
+
+def read_rgba(path: Path):
+    """(H, W, 4) uint8 RGBA of a PNG as stored (top row first), and its channel count on disk."""
+    import cv2
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert raw is not None and raw.ndim == 3, path
+    return cv2.cvtColor(raw, cv2.COLOR_BGRA2RGBA if raw.shape[2] == 4 else cv2.COLOR_BGR2RGB), raw.shape[2]
+
+
+def test_the_dancer_stands_over_the_rig(addon, tmp_path):
+    """A matte known exactly (FakeEngine(matte=True): a red disc on the pose's mid-hip): what the add-on
+    asks for, and where the sequencer shows her, at 50 % of a 320 x 240 render: on the rig's mid-hip."""
+    import numpy as np
+    from engine.rig import projection
+    from engine.wire.joints import INDEX
+    fake = FakeEngine(matte=True)
+    try:
+        scene, arm, cam = build_scene()
+        s = scene.pix2dance
+        s.armature, s.camera, s.engine_address = arm, cam, fake.address
+        s.output_dir, s.frame_start, s.frame_end = str(tmp_path / "out") + "/", 2, 4
+        scene.render.resolution_percentage = 50
+        scene.render.fps, scene.render.fps_base = 30, 1.001
+        scene.view_settings.view_transform = "Standard"
+        assert bpy.ops.pix2dance.render_to_sequencer() == {"FINISHED"}
+        assert {o["placement"] for o in fake.outputs} == {"source"} and all(o["alpha"] for o in fake.outputs)
+        assert fake.outputs[0]["fps"] == pytest.approx(30 / 1.001)
+        rgba, channels = read_rgba(Path(s.output_dir) / "000003.png")
+        assert channels == 4 and rgba.shape == (120, 160, 4)
+        scene.frame_set(3)
+        kp = projection.project(scene, arm, cam, saved_mapping(s))
+        hip = kp[[INDEX["left_hip"], INDEX["right_hip"]], :2].mean(axis=0)
+        vse = render_sequencer(scene, 3, tmp_path / "vse")
+        assert vse.shape == (120, 160, 3)
+        ys, xs = np.nonzero((vse[..., 0] > 0.9) & (vse[..., 1:].max(axis=-1) < 0.1))
+        assert len(xs) > 50 and np.hypot(xs.mean() - hip[0], ys.mean() - hip[1]) < 1.0
     finally:
         fake.close()
 
@@ -527,40 +622,85 @@ def test_auto_map_operator(rig):
 # --- Render to Sequencer ---------------------------------------------------------------------------
 
 def test_render_to_sequencer_12_frames(rig, tiny_run):
-    scene, _, _ = rig
+    import numpy as np
+    from engine.rig import projection
+    from engine.wire.joints import CORE, INDEX
+    scene, arm, cam = rig
     s = scene.pix2dance
     out = Path(s.output_dir)
+    scene.view_settings.view_transform = "Standard"     # the sequencer shows the PNGs' own values
     assert bpy.ops.pix2dance.render_to_sequencer() == {"FINISHED"}
     assert pngs(out) == [sequencer.frame_name(f) for f in range(1, 13)]
-    assert (out / "000001.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rgba, channels = read_rgba(out / "000005.png")
+    assert channels == 4 and rgba.shape == (240, 320, 4)             # RGBA at the render size
     manifest = json.loads((out / "manifest.json").read_text())
-    assert sorted(map(int, manifest["frames"])) == list(range(1, 13))
-    assert {e["model"] for e in manifest["frames"].values()} == {tiny_run.name}
+    entries = manifest["frames"]
+    assert sorted(map(int, entries)) == list(range(1, 13))
+    assert {(e["model"], e["placement"], e["alpha"]) for e in entries.values()} == {(tiny_run.name, "source", True)}
+    assert s.warning == ""
+    # Where the engine put her: the crop's centre on the rig's projected skeleton, her matte inside the crop.
+    scene.frame_set(5)
+    kp = projection.project(scene, arm, cam, saved_mapping(s))[[INDEX[n] for n in CORE], :2]
+    affine = np.array(entries["5"]["affine"], np.float64).reshape(2, 3)
+    side = json.loads((tiny_run / "config.json").read_text())["size"]
+    corners = np.array([[0, 0, 1], [side, 0, 1], [0, side, 1], [side, side, 1]], np.float64) @ affine.T
+    centre = corners.mean(axis=0)
+    low, high = kp.min(axis=0), kp.max(axis=0)
+    assert (low - 0.1 * (high - low) <= centre).all() and (centre <= high + 0.1 * (high - low)).all(), (centre, low, high)
+    ys, xs = np.nonzero(rgba[..., 3])
+    m = np.abs(affine[:, :2]).sum(axis=1).max() + 1      # a crop pixel's reach (bilinear) in frame pixels
+    assert len(xs) and corners[:, 0].min() - m <= xs.min() and xs.max() <= corners[:, 0].max() + m
+    assert corners[:, 1].min() - m <= ys.min() and ys.max() <= corners[:, 1].max() + m
     strips = our_strips(scene)
     assert len(strips) == 1
     strip = strips[0]
-    assert strip.type == "IMAGE" and len(strip.elements) == 12
+    assert strip.type == "IMAGE" and len(strip.elements) == 12 and strip.blend_type == "ALPHA_OVER"
     assert (strip.frame_final_start, strip.frame_final_end) == (1, 13)
     assert Path(bpy.path.abspath(strip.directory)).resolve() == out.resolve()
     assert [e.filename for e in strip.elements] == pngs(out)
-    # FIT: the 64 px square fills the 240 px height of the 320 x 240 frame. Rendered through the
-    # sequencer, frame 5 shows it there, and black bars beside it.
-    assert strip.transform.scale_x == pytest.approx(240 / 64) == strip.transform.scale_y
-    vse = render_sequencer(scene, 5, out / "vse")
-    dancer = image_pixels(out / "000005.png")
-    assert vse.shape == (240, 320, 3) and vse[:, :35].max() < 0.02 and vse[:, 285:].max() < 0.02
-    assert abs(vse[10:230, 50:270].mean() - dancer.mean()) < 0.05
+    assert strip.transform.scale_x == pytest.approx(1.0) == strip.transform.scale_y   # the frame, unscaled
+    # Through the sequencer, frame 5 is her RGBA over black (nothing underneath), pixel for pixel.
+    vse = np.round(render_sequencer(scene, 5, out.parent / "vse") * 255)
+    a = rgba[..., 3:] / 255.0
+    assert vse.shape == (240, 320, 3) and np.abs(vse - a * rgba[..., :3]).max() <= 3
     # A rerun renders nothing new and replaces the strip (same channel, still one).
     channel = strip.channel
     job = operators.plan_render(scene).wait()
     assert job.error is None and job.rendered == [] and job.reused == 12
     strips = our_strips(scene)
     assert len(strips) == 1 and strips[0].channel == channel
+    # Frames rendered before placements (RGB crops; no placement in the manifest) are rendered again.
+    for f in ("2", "3"):
+        entries[f].pop("placement")
+    sequencer.write_atomic(out / "manifest.json", json.dumps(manifest).encode())
+    job = operators.plan_render(scene).wait()
+    assert job.error is None and sorted(job.rendered) == [2, 3] and job.reused == 10
     # A later range starts its strip at its own first frame.
     s.frame_start, s.frame_end = 5, 8
     assert bpy.ops.pix2dance.render_to_sequencer() == {"FINISHED"}
     (strip,) = our_strips(scene)
     assert (strip.frame_final_start, strip.frame_final_end, len(strip.elements)) == (5, 9, 4)
+
+
+def test_a_model_without_a_matte_gives_its_bare_crop_with_one_warning(rig, old_run):
+    """A run from before mattes: Render to Sequencer and the preview fall back to its square crop,
+    fitted in the middle of the frame (the old look), and say so in one line."""
+    scene, _, cam = rig
+    s = scene.pix2dance
+    s.model, s.frame_start, s.frame_end = old_run.name, 1, 2
+    out = Path(s.output_dir)
+    assert bpy.ops.pix2dance.render_to_sequencer() == {"FINISHED"}
+    rgb, channels = read_rgba(out / "000001.png")
+    assert channels == 3 and rgb.shape == (64, 64, 3)
+    assert json.loads((out / "manifest.json").read_text())["frames"]["1"]["placement"] == "crop"
+    (strip,) = our_strips(scene)
+    assert strip.transform.scale_x == pytest.approx(240 / 64)       # FIT: the square fills the height
+    assert "no matte" in s.warning and "\n" not in s.warning and s.last_error == ""
+    s.warning = ""
+    assert bpy.ops.pix2dance.preview_frame() == {"FINISHED"}
+    image = bpy.data.images[preview.PREVIEW_IMAGE]
+    bg = next(bg for bg in cam.data.background_images if bg.image == image)
+    assert tuple(image.size) == (64, 64) and bg.display_depth == "BACK" and "no matte" in s.warning
 
 
 def test_cancel_keeps_frames_and_rerun_fills_the_rest(rig, monkeypatch):
@@ -623,26 +763,42 @@ def test_engine_killed_mid_render_reports_and_keeps_files(addon, tiny_run, tmp_p
         stop(proc)
 
 
-def test_rig_render_adds_a_second_strip(rig):
-    scene, _, _ = rig
+def test_scene_underneath(rig):
+    """The set under the dancer: the scene's own render (Workbench here) in the channel below hers, and
+    through the sequencer her alpha over it: the set where alpha is 0. The rig's meshes hidden, then shown."""
+    import numpy as np
+    scene, arm, _ = rig
+    wall, body = add_set(scene, arm)
     s = scene.pix2dance
-    s.frame_start, s.frame_end, s.add_rig_render = 2, 4, True
+    s.frame_start, s.frame_end, s.scene_underneath = 2, 4, True
     scene.render.resolution_x, scene.render.resolution_y = 160, 120
-    engine_before = scene.render.engine
     assert bpy.ops.pix2dance.render_to_sequencer() == {"FINISHED"}
     out = Path(s.output_dir)
-    assert pngs(out / sequencer.RIG_FOLDER) == [sequencer.frame_name(f) for f in (2, 3, 4)]
-    dancer, rig_strip = sequencer.find_tagged(scene, "dancer"), sequencer.find_tagged(scene, "rig")
-    assert dancer is not None and rig_strip is not None and dancer.channel != rig_strip.channel
-    assert rig_strip.frame_final_start == dancer.frame_final_start == 2
-    assert dancer.transform.offset_x == 40 and rig_strip.transform.offset_x == -40  # side by side
-    assert dancer.transform.scale_x == pytest.approx(80 / 64)        # the square fills the right half
-    assert rig_strip.transform.scale_x == pytest.approx(0.5)         # the 160 x 120 rig render: the left half
-    assert scene.render.engine == engine_before and scene.frame_current == 1  # settings restored
-    # Switching the option off removes the rig strip on the next render.
-    s.add_rig_render = False
+    assert pngs(out / sequencer.SCENE_FOLDER) == [sequencer.frame_name(f) for f in (2, 3, 4)]
+    dancer, under = sequencer.find_tagged(scene, "dancer"), sequencer.find_tagged(scene, "scene")
+    assert dancer.blend_type == "ALPHA_OVER" and under.channel < dancer.channel
+    assert under.frame_final_start == dancer.frame_final_start == 2
+    assert scene.render.engine == "BLENDER_WORKBENCH" and scene.frame_current == 1 and not body.hide_render
+    rgba, channels = read_rgba(out / "000003.png")
+    assert channels == 4 and rgba.shape == (120, 160, 4)
+    set_px, _ = read_rgba(out / sequencer.SCENE_FOLDER / "000003.png")
+    assert (set_px[..., :3] == (0, 0, 255)).all(axis=-1).mean() > 0.9     # the blue wall, and no yellow body
+    assert not (set_px[..., :3] == (255, 255, 0)).all(axis=-1).any()
+    vse = np.round(render_sequencer(scene, 3, out.parent / "vse") * 255)
+    clear = rgba[..., 3] == 0
+    assert clear.mean() > 0.3 and np.abs(vse[clear] - set_px[..., :3][clear]).max() <= 1
+    a = rgba[..., 3:] / 255.0
+    assert np.abs(vse - (a * rgba[..., :3] + (1 - a) * set_px[..., :3])).max() <= 3     # straight alpha, over
+    # The rig's meshes shown: the set is rendered again with the body in it; the dancer's frames are kept.
+    s.show_rig_meshes = True
+    job = operators.plan_render(scene).wait()
+    assert job.error is None and job.rendered == [] and job.reused == 3
+    set_px, _ = read_rgba(out / sequencer.SCENE_FOLDER / "000003.png")
+    assert (set_px[..., :3] == (255, 255, 0)).all(axis=-1).sum() > 50
+    # Switched off, the scene's strip goes on the next render.
+    s.scene_underneath = False
     assert bpy.ops.pix2dance.render_to_sequencer() == {"FINISHED"}
-    assert sequencer.find_tagged(scene, "rig") is None and len(our_strips(scene)) == 1
+    assert sequencer.find_tagged(scene, "scene") is None and len(our_strips(scene)) == 1
 
 
 def test_modal_path_reports_progress_and_esc_cancels(rig, monkeypatch):
@@ -709,9 +865,11 @@ def test_preview_frame_shows_an_image(rig):
     scene.frame_set(8)
     assert bpy.ops.pix2dance.preview_frame() == {"FINISHED"}
     image = bpy.data.images[preview.PREVIEW_IMAGE]
-    assert tuple(image.size) == (64, 64)
-    assert any(bg.image == image for bg in cam.data.background_images)
-    assert "frame 8" in scene.pix2dance.status
+    assert tuple(image.size) == (320, 240) and image.channels == 4   # the RGBA frame at the render size
+    bg = next(bg for bg in cam.data.background_images if bg.image == image)
+    # In front of the camera view, fitted to the camera frame: through the camera, she stands on the rig.
+    assert (bg.display_depth, bg.frame_method, bg.alpha) == ("FRONT", "FIT", 1.0) and cam.data.show_background_images
+    assert "frame 8" in scene.pix2dance.status and scene.pix2dance.warning == ""
     at_8 = list(image.pixels[:])
     # Without "Show in camera" the image still updates (another pose, other pixels), the camera is left alone.
     cam.data.background_images.clear()
@@ -722,7 +880,8 @@ def test_preview_frame_shows_an_image(rig):
     assert bpy.data.images[preview.PREVIEW_IMAGE] == image and list(image.pixels[:]) != at_8
 
 
-def test_live_preview_shows_the_current_frame_and_drops_stale_replies(rig):
+def test_live_preview_shows_the_current_frame_and_drops_stale_replies(rig, monkeypatch):
+    monkeypatch.setattr(preview, "FRAMES", preview.FrameCache())    # no poses kept from earlier tests
     scene, _, _ = rig
     s = scene.pix2dance
 
@@ -747,6 +906,14 @@ def test_live_preview_shows_the_current_frame_and_drops_stale_replies(rig):
         time.sleep(0.3)
         jobs.tick()
         assert (lp.shown, lp.dropped) == (1, 2) and lp._pending is None
+        # Only poses not seen before are rendered: frame 5 again, and 13, which holds 12's pose.
+        for frame in (12, 13, 5):
+            sent, shown = lp.sent, lp.shown
+            scene.frame_set(frame)
+            settle(lp, lp.shown + lp.dropped + 1)
+            assert lp.shown == shown + 1 and f"frame {frame}" in s.status
+            assert lp.sent == sent + (frame == 12) and ("unchanged" in s.status) == (frame != 12)
+        assert lp.reused == 2
     finally:
         s.live_preview = False
     assert preview._live["preview"] is None
