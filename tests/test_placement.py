@@ -171,3 +171,24 @@ def test_render_refuses_a_placement_an_old_run_cannot_give(old_run, dance, tmp_p
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "before mattes" in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_the_report_scores_each_frame_against_the_dancers_repertoire(dance, tmp_path, caplog):
+    import json
+    from engine import render
+    from engine.model.novelty import Repertoire
+    run = make_tiny_run(tmp_path / "anna")
+    moves = np.load(dance)["keypoints"]
+    Repertoire.from_crops(framing.to_crop(moves, framing.person_crops(moves), 64), 64).save(run)
+    upside_down = moves.copy()
+    upside_down[:, :, :2] = 256 - upside_down[:, :, :2]
+    mixed = tmp_path / "mixed.npz"
+    np.savez(mixed, keypoints=np.concatenate([moves, upside_down]), size=256, fps=10.0)
+    with caplog.at_level("WARNING"):
+        render.run(run, mixed, tmp_path / "frames", placement="source", device="cpu", backend="torch", quiet=True,
+                   report=tmp_path / "report.json")
+    report = json.loads((tmp_path / "report.json").read_text())
+    scores = np.array([r["novelty"] for r in report["frames"]])
+    assert (scores[:12] < report["threshold"]).all() and (scores[12:] > report["threshold"]).all()
+    assert np.median(scores[:12]) < 0.05           # her own moves: near zero (the turn at frame 12 blurs the crop)
+    assert "12 of 24 frames have poses outside the dancer's repertoire" in caplog.text

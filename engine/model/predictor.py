@@ -32,6 +32,7 @@ from engine.data.pairs import read_rgb
 from engine.errors import UserError
 from engine.model import compose
 from engine.model.backends import load_backend, resolve_backend
+from engine.model.novelty import Repertoire
 from engine.model.runs import STAGE_PLATE, read_config
 from engine.wire.joints import NUM_JOINTS
 from engine.wire.protocol import PLACEMENTS
@@ -79,9 +80,11 @@ class Framed:
 
 @dataclass
 class Rendered:
-    """Frames and, for each, its placement: the (2, 3) affine from crop pixels to frame pixels (None: unknown)."""
+    """Frames and, for each, its placement (the (2, 3) affine from crop pixels to frame pixels) and its
+    novelty (body heights from the dancer's repertoire, engine.model.novelty); None where unknown."""
     frames: np.ndarray
     placements: np.ndarray | None
+    novelty: np.ndarray | None = None
 
 
 class Predictor:
@@ -109,6 +112,7 @@ class Predictor:
         self.stage = self.config.get("stage")                          # the dancer's own frame: width, height, stats
         plate = self.run_dir / STAGE_PLATE
         self.plate = read_rgb(plate) if self.alpha and plate.is_file() else None
+        self.repertoire = Repertoire.load(self.run_dir) if self.alpha else None       # out-of-repertoire scores
         self.backend = load_backend(backend_name, self.run_dir, self.config, self.device,
                                     amp="off" if precision == "fp32" else "auto", channels_last=channels_last)
 
@@ -127,7 +131,8 @@ class Predictor:
         return {"name": self.name, "size": self.size, "joints": self.joints, "stats": self.stats,
                 "stats_size": self.stats_size, "device": str(self.device), "backend": self.backend.name,
                 "precision": self.backend.precision, "alpha": self.alpha,
-                "stage": {"width": self.stage["width"], "height": self.stage["height"]} if self.stage else None}
+                "stage": {"width": self.stage["width"], "height": self.stage["height"]} if self.stage else None,
+                "novelty_threshold": self.repertoire.threshold if self.repertoire else None}
 
     def normalize(self, keypoints, source_size: tuple[int, int], mode: str = "frame",
                   source_stats: dict | None = None) -> np.ndarray:
@@ -200,7 +205,8 @@ class Predictor:
                 frames = np.stack(layers if alpha else [compose.over(layer, background) for layer in layers])
         placements = np.stack([framing.placement(crop, size) for crop in framed.crops]) if len(framed.crops) \
             else np.zeros((0, 2, 3))
-        return Rendered(frames, placements)
+        novelty = self.repertoire.novelty(framed.keypoints, size) if self.repertoire else None
+        return Rendered(frames, placements, novelty)
 
     def render(self, keypoints, source_size: tuple[int, int], mode: str = "frame", source_stats: dict | None = None,
                *, placement: str = "crop", alpha: bool = False, fps: float | None = None,

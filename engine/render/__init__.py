@@ -66,7 +66,8 @@ class RenderResult:
     model_seconds: float = 0.0      # of which: loading the generator (or asking the engine)
 
 
-# --- inference back ends: each yields (frames (n, H, W, 3|4), placements (n, 2, 3) | None, panels | None) ---
+# --- inference back ends: each yields (frames (n, H, W, 3|4), placements (n, 2, 3), novelty (n,), panels),
+#     the middle two None where unknown ------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class Look:
@@ -91,7 +92,7 @@ def _local_chunks(predictor, motion, look: Look, chunk: int, side_by_side: bool)
             panels = None
             if side_by_side:
                 panels = motion.images[start:start + len(skel)] if motion.images is not None else skel
-            yield placed.frames, placed.placements, panels
+            yield placed.frames, placed.placements, placed.novelty, panels
 
 
 def _engine_chunks(address: str, entry: dict, motion, look: Look, chunk: int, side_by_side: bool,
@@ -114,22 +115,24 @@ def _engine_frames(client, address: str, entry: dict, motion, look: Look, chunk:
         frames = client.render(entry["name"], motion.keypoints, source_size=tuple(motion.source_size), mode=motion.mode,
                                source_stats=motion.source_stats, frame_ids=ids.tolist(), fmt="raw", chunk=chunk,
                                placement=look.placement, alpha=look.alpha, fps=motion.fps)
-        batch, places = [], []
+        batch: list = []
         done = 0
         for frame in frames:
-            batch.append(np.frombuffer(frame.data, np.uint8).reshape(frame.height, frame.width, frame.channels))
-            places.append(None if frame.placement is None else np.reshape(frame.placement, (2, 3)))
+            batch.append(frame)
             if len(batch) == chunk:
-                yield _engine_chunk(batch, places, panels_all, done)
+                yield _engine_chunk(batch, panels_all, done)
                 done += len(batch)
-                batch, places = [], []
+                batch = []
         if batch:
-            yield _engine_chunk(batch, places, panels_all, done)
+            yield _engine_chunk(batch, panels_all, done)
 
 
-def _engine_chunk(batch, places, panels_all, done: int):
-    placements = None if places[0] is None else np.stack(places)
-    return np.stack(batch), placements, None if panels_all is None else panels_all[done:done + len(batch)]
+def _engine_chunk(batch: list, panels_all, done: int):
+    """Frames from the client -> (frames, placements, novelty, panels) as the in-process path gives them."""
+    images = np.stack([np.frombuffer(f.data, np.uint8).reshape(f.height, f.width, f.channels) for f in batch])
+    placements = None if batch[0].placement is None else np.stack([np.reshape(f.placement, (2, 3)) for f in batch])
+    novelty = None if batch[0].novelty is None else np.array([f.novelty for f in batch], np.float32)
+    return images, placements, novelty, None if panels_all is None else panels_all[done:done + len(batch)]
 
 
 @contextlib.contextmanager
@@ -205,9 +208,11 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
         from engine.model.predictor import Predictor
         predictor = Predictor(run_dir, device=device, backend=backend)
         size, matte, plate = predictor.size, predictor.alpha, predictor.plate
+        threshold = predictor.repertoire.threshold if predictor.repertoire else None
     else:
         entry = _engine_model(engine, _model_name(run_dir), engine_timeout)
         size, matte, plate = int(entry["size"]), bool(entry.get("alpha")), _local_plate(run_dir)
+        threshold = entry.get("novelty_threshold")
     model_seconds = time.perf_counter() - t0
     look = Look(_placement(placement, Path(motion_path), matte, run_dir), matte)
 
@@ -233,7 +238,7 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
         writer = output.Writer(video_path, tmp_dir, motion.fps, motion.first)
         backdrop = None
         try:
-            for layers, placements, panels in chunks:
+            for layers, placements, novelty, panels in chunks:
                 if backdrop is None:
                     canvas = (layers.shape[2], layers.shape[1])
                     backdrop = output.Backdrop.open(background if look.placement != "crop" or background != "plate"
@@ -243,7 +248,7 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
                     frames = np.stack([compose.over(layer, backdrop.at(len(rows) + i)) for i, layer in enumerate(layers)])
                 writer.put(output.side_by_side(frames, panels),
                            output.side_by_side(layers, panels) if frames is not layers else None)
-                rows += _report_rows(motion, len(rows), placements, len(layers))
+                rows += _report_rows(motion, len(rows), placements, novelty, len(layers))
                 bar.update(len(layers))
             codec = writer.finish(n)
         except BaseException:
@@ -259,7 +264,8 @@ def run(run_dir: str | Path, motion_path: str | Path, out: str | Path, *, fps: f
                           png_dir=png_dir, seconds=seconds, motion_seconds=motion_seconds, source=motion.kind,
                           model_seconds=model_seconds)
     if report is not None:
-        output.write_report(Path(report), rows, threshold=None)
+        output.write_report(Path(report), rows, threshold)
+    _warn_novel(rows, threshold)
     where = f"{video_path} ({codec})" if video_path is not None else f"{png_dir}/"
     if video_path is not None and png_dir is not None:
         where += f" and {png_dir}/"
@@ -296,10 +302,27 @@ def _local_plate(run_dir: Path) -> np.ndarray | None:
     return read_rgb(path)
 
 
-def _report_rows(motion, done: int, placements: np.ndarray | None, n: int) -> list[dict]:
-    """--report rows for frames [done, done + n): frame number, source frame, novelty, placement."""
-    return [{"frame": motion.first + done + i, "source_frame": motion.first + done + i, "novelty": None,
+def _report_rows(motion, done: int, placements: np.ndarray | None, novelty: np.ndarray | None,
+                 n: int) -> list[dict]:
+    """--report rows for frames [done, done + n): frame number, source frame, novelty, placement.
+
+    frame: the output's 1-based number (its PNG's name); source_frame: the same frame's number in the
+    source as resampled (they differ only in name today: the render starts where --frames does)."""
+    def score(i):
+        return None if novelty is None or not np.isfinite(novelty[i]) else round(float(novelty[i]), 4)
+    return [{"frame": motion.first + done + i, "source_frame": motion.first + done + i, "novelty": score(i),
              "placement": None if placements is None else np.round(placements[i], 4).tolist()} for i in range(n)]
+
+
+def _warn_novel(rows: list[dict], threshold: float | None) -> None:
+    """One line naming the frames whose pose is outside the dancer's repertoire (they are guesses)."""
+    if threshold is None:
+        return
+    novel = [r["frame"] for r in rows if r["novelty"] is not None and r["novelty"] > threshold]
+    if novel:
+        shown = ", ".join(map(str, novel[:12])) + (f" and {len(novel) - 12} more" if len(novel) > 12 else "")
+        log.warning("%d of %d frames have poses outside the dancer's repertoire (novelty above %.2f body heights): "
+                    "%s", len(novel), len(rows), threshold, shown)
 
 
 def _engine_model(address: str, model: str, timeout: float) -> dict:

@@ -69,6 +69,7 @@ class Frame:
     """One rendered frame: `data` is PNG or JPEG bytes, or raw RGB(A) (height x width x channels).
 
     placement: the (a, b, c, d, e, f) affine from the model's crop pixels to this frame's pixels.
+    novelty: how far the pose is from the dancer's repertoire, in body heights (None: unknown).
     """
     id: int
     width: int
@@ -77,6 +78,7 @@ class Frame:
     data: bytes
     channels: int = 3
     placement: tuple[float, ...] | None = None
+    novelty: float | None = None
 
 
 @dataclass(eq=False)
@@ -378,9 +380,10 @@ class Client:
                 except protocol.ProtocolError as e:
                     raise ClientError(e.message) from None
                 places = reply.placements or [None] * len(images)
-                for fid, data, place in zip(reply.frames, images, places):
+                novelty = reply.novelty or [None] * len(images)
+                for fid, data, place, score in zip(reply.frames, images, places, novelty):
                     yield Frame(fid, reply.width, reply.height, reply.format, data, reply.channels,
-                                None if place is None else tuple(place))
+                                None if place is None else tuple(place), score)
                 for e in engines:                    # time spent in the consumer is not engine silence
                     e.last_heard = max(e.last_heard, time.monotonic())
         finally:

@@ -24,7 +24,8 @@ Kinds (a reply has the kind of its request, or "error")
     info     request  {}                                   -> reply {"protocol": 2, "server": "pix2dance X.Y",
                       "models": [{"name", "size", "joints": [...], "stats", "stats_size", "device",
                                   "backend": "torch" | "openvino", "precision": "fp32" | "bf16" | "fp16",
-                                  "alpha": bool (the model draws a matte), "stage": null | {"width", "height"}}],
+                                  "alpha": bool (the model draws a matte), "stage": null | {"width", "height"},
+                                  "novelty_threshold": null | number}],
                       "limits": {"max_frames", "max_size", "max_message"}}
     render   request  {"model": name,
                        "frames": [int, ...]            N frame ids (e.g. Blender frame numbers), echoed back
@@ -52,6 +53,9 @@ Kinds (a reply has the kind of its request, or "error")
                       -> reply {"model", "frames": [ids], "format", "width", "height", "channels": 3 | 4,
                                 "placements": [[a, b, c, d, e, f], ...] one per frame: the affine from crop
                                   pixels to output pixels, x' = a x + b y + c, y' = d x + e y + f,
+                                "novelty": [number | null, ...] one per frame: how far the pose is from the
+                                  dancer's training poses, in body heights (info's novelty_threshold: above
+                                  it, the frame is a guess); null where the model cannot say,
                                 "predict_s": seconds the predictor spent on it (normalize, draw, generate)}
                          frames 1..N: one image each, in request order: PNG or JPEG bytes, or raw RGB(A)
                          (height x width x channels uint8, row-major)
@@ -151,11 +155,13 @@ class RenderReply:
     predict_s: float
     channels: int = 3
     placements: list[list[float]] | None = None     # per frame: crop pixels -> output pixels, (a, b, c, d, e, f)
+    novelty: list[float | None] | None = None       # per frame: body heights from the dancer's repertoire
 
     def encode(self, images: list[bytes]) -> list[bytes]:
         return [header(self.id, "render", model=self.model, frames=list(self.frames), format=self.format,
                        width=self.width, height=self.height, channels=self.channels,
-                       placements=self.placements, predict_s=round(self.predict_s, 6)), *images]
+                       placements=self.placements, novelty=self.novelty, predict_s=round(self.predict_s, 6)),
+                *images]
 
     @classmethod
     def parse(cls, head: dict, images: list) -> "RenderReply":
@@ -164,16 +170,19 @@ class RenderReply:
         if not isinstance(frames, list) or len(frames) != len(images):
             raise ProtocolError("bad_message", f"malformed render reply: {len(images)} images for frames "
                                 f"{str(frames)[:60]}", head.get("id"))
-        placements = head.get("placements")
-        if placements is not None and (not isinstance(placements, list) or len(placements) != len(images)):
-            raise ProtocolError("bad_message", "malformed render reply: placements do not match the frames",
-                                head.get("id"))
+        placements, novelty = head.get("placements"), head.get("novelty")
+        for name, values in (("placements", placements), ("novelty", novelty)):
+            if values is not None and (not isinstance(values, list) or len(values) != len(images)):
+                raise ProtocolError("bad_message", f"malformed render reply: {name} do not match the frames",
+                                    head.get("id"))
         try:
             if placements is not None:
                 placements = [[float(v) for v in p][:6] for p in placements]
+            if novelty is not None:
+                novelty = [None if v is None else float(v) for v in novelty]
             return cls(head["id"], str(head.get("model")), frames, str(head.get("format")), int(head.get("width", 0)),
                        int(head.get("height", 0)), float(head.get("predict_s", 0.0)), int(head.get("channels", 3)),
-                       placements)
+                       placements, novelty)
         except (TypeError, ValueError):
             raise ProtocolError("bad_message", "malformed render reply: width, height or predict_s is not a "
                                 "number", head.get("id")) from None
