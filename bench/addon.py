@@ -5,10 +5,11 @@
 
 On Xbot.glb (Mixamo, 65 bones, its own animation) seen by a camera that frames the motion:
   1. Render to Sequencer (bpy.ops.pix2dance.render_to_sequencer: project every frame, send to a
-     real engine process on loopback in chunks, write each PNG, make the strip) in frames per
-     second, against the engine's in-process rate (engine.model.predictor.Predictor.predict on the same
-     keypoints, no transport, no PNG). Target >= 0.85. The generator is untrained: speed does not
-     depend on the weights. Both sides use the CPU (or --device) with torch's default threads.
+     real engine process on loopback in chunks, write each RGBA PNG, make the strip) in frames per
+     second, against the engine's in-process rate (engine.model.predictor.Predictor.render on the same
+     keypoints with the same placement "source", alpha and fps: no transport, no PNG). Target >= 0.85.
+     The generator (RGB + alpha, tests.conftest.make_tiny_run) is untrained: speed does not depend
+     on the weights. Both sides use the CPU (or --device) with torch's default threads.
      On a shared CPU, torch's thread pools are the main noise: --threads fixes them on both sides.
   2. Projection per frame after the scene is evaluated (projection.Projector.project, what the
      render and the live preview pay per pose), with scene.frame_set timed apart. Target < 2 ms.
@@ -35,20 +36,6 @@ sys.path.insert(0, str(ROOT))
 SAMPLES = Path(os.environ.get("PIX2DANCE_SAMPLES", ROOT.parent / "shared" / "data"))
 
 log = logging.getLogger("bench.addon")
-
-
-def make_run(run_dir: Path, size: int, ngf: int) -> Path:
-    """An untrained generator in a valid run directory (speed does not depend on the weights)."""
-    import torch
-    from engine.wire.joints import JOINTS, body_stats
-    from engine.model.networks import Generator
-    from engine.model.runs import save_generator
-    from tests.conftest import standing_pose
-    torch.manual_seed(0)
-    config = {"size": size, "ngf": ngf, "joints": list(JOINTS), "stats": body_stats([standing_pose(256)]),
-              "stats_size": 256, "name": "bench"}
-    save_generator(run_dir, Generator(size=size, ngf=ngf), config)
-    return run_dir
 
 
 def start_engine(run_dir: Path, device: str, threads: int | None) -> tuple[subprocess.Popen, str]:
@@ -102,7 +89,7 @@ def best(times: list[float]) -> float:
 
 
 def bench_render(scene, frames: int, repeats: int, run_dir: Path, device: str) -> dict:
-    """Render to Sequencer vs Predictor.predict on the same keypoints; best of `repeats` each."""
+    """Render to Sequencer vs Predictor.render on the same keypoints and output; best of `repeats` each."""
     import bpy
     from blender_addon import checks, operators
     from engine.rig import projection
@@ -115,10 +102,13 @@ def bench_render(scene, frames: int, repeats: int, run_dir: Path, device: str) -
     kp = projection.project_frames(scene, arm, cam, checks.checked_mapping(scene, arm), range(1, frames + 1))
     size = projection.render_size(scene)
     stats = body_stats(kp.tolist())
+    fps = scene.render.fps / scene.render.fps_base
+    same = {"source_size": size, "mode": "clip", "source_stats": stats, "placement": "source", "alpha": True,
+            "fps": fps}                                  # what the add-on asks the engine for
     # Warm both sides up (first-call allocations, the engine's first batch).
     s.frame_start, s.frame_end, s.output_dir = 1, 4, str(out_root / "warm") + "/"
     bpy.ops.pix2dance.render_to_sequencer()
-    predictor.predict(kp[:4], source_size=size, mode="clip", source_stats=stats)
+    predictor.render(kp[:4], **same)
     ours, plain, phases = [], [], []
     for r in range(repeats):
         s.frame_start, s.frame_end, s.output_dir = 1, frames, str(out_root / f"run{r}") + "/"
@@ -130,9 +120,9 @@ def bench_render(scene, frames: int, repeats: int, run_dir: Path, device: str) -
         assert job.error is None and len(list((out_root / f"run{r}").glob("*.png"))) == frames
         phases.append(job.timings)
         t0 = time.perf_counter()
-        images = predictor.predict(kp, source_size=size, mode="clip", source_stats=stats)
+        images = predictor.render(kp, **same).frames
         plain.append(time.perf_counter() - t0)
-        assert images.shape[0] == frames
+        assert images.shape == (frames, size[1], size[0], 4)
     shutil.rmtree(out_root, ignore_errors=True)
     fastest = phases[ours.index(best(ours))]
     return {"ours_fps": frames / best(ours), "plain_fps": frames / best(plain),
@@ -190,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     tmp = Path(tempfile.mkdtemp(prefix="pix2dance-bench-run-"))
-    run_dir = make_run(tmp / "bench", size, ngf)
+    from tests.conftest import make_tiny_run
+    run_dir = make_tiny_run(tmp / "bench", size, ngf)
     proc, address = start_engine(run_dir, a.device, threads)
     try:
         import bpy  # noqa: F401
@@ -210,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Render to Sequencer, {frames} frames of Xbot at 640x480, generator {size} px ngf {ngf} on {a.device}, "
           f"{threads or 'default'} torch threads:")
     print(f"  add-on (project + engine process + PNGs + strip): {r['ours_fps']:7.2f} frames/s ({r['ours_s']:.2f} s)")
-    print(f"  in-process Predictor.predict (same keypoints):    {r['plain_fps']:7.2f} frames/s ({r['plain_s']:.2f} s)")
+    print(f"  in-process Predictor.render (same poses, RGBA):   {r['plain_fps']:7.2f} frames/s ({r['plain_s']:.2f} s)")
     ph = r["phases"]
     print(f"  add-on phases: projection {ph.get('project', 0):.3f} s (frame_set included), engine + PNGs "
           f"{ph.get('engine', 0):.3f} s, strip {ph.get('strips', 0):.3f} s")
