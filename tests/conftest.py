@@ -61,16 +61,35 @@ def standing_pose(size: int = 256):
     return kp
 
 
-def make_tiny_run(run_dir: Path, size: int = 64, ngf: int = 8, seed: int = 0) -> Path:
-    """An untrained generator in a valid run directory: for serving and rendering plumbing tests."""
+STAGE_SIZE = (320, 240)     # the tiny run's stage: the dancer's own video frame
+
+
+def make_tiny_run(run_dir: Path, size: int = 64, ngf: int = 8, seed: int = 0, channels: int = 4) -> Path:
+    """An untrained 4-channel generator (RGB + alpha) in a valid run directory, with a stage and its plate:
+    for serving and rendering plumbing tests. channels=3: a run from before mattes (no stage, no plate)."""
+    import cv2
+    import numpy as np
     import torch
-    from engine.wire.joints import JOINTS, body_stats
+    from engine.data import framing
     from engine.model.networks import Generator
-    from engine.model.runs import save_generator
+    from engine.model.runs import STAGE_PLATE, save_generator
+    from engine.wire.joints import JOINTS, body_stats
     torch.manual_seed(seed)
     stats = body_stats([standing_pose(256)])
+    width, height = STAGE_SIZE
+    stage_pose = standing_pose(256) * 0.8 + np.float32([80, 10, 0])       # ~ 120 px tall in 320 x 240
     config = {"size": size, "ngf": ngf, "joints": list(JOINTS), "stats": stats, "stats_size": 256}
-    save_generator(run_dir, Generator(size=size, ngf=ngf), config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if channels == 3:
+        save_generator(run_dir, Generator(size=size, ngf=ngf), config)
+        return run_dir
+    config.update(channels=4, stage={"width": width, "height": height, "stats": body_stats([stage_pose])},
+                  framing={"side": framing.SIDE, "centre_up": framing.CENTRE_UP})
+    save_generator(run_dir, Generator(size=size, ngf=ngf, out_channels=4), config)
+    plate = np.zeros((height, width, 3), np.uint8)
+    plate[:] = (90, 120, 150)
+    plate[height // 2:] = (60, 70, 80)                                    # wall and floor
+    cv2.imwrite(str(run_dir / STAGE_PLATE), plate)
     return run_dir
 
 

@@ -47,8 +47,9 @@ def pix2dance(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def train_l1(G, split: batches.Split) -> float:
-    fakes = pix2pix.generate(G, split.skeletons, torch.device("cpu"))
-    return float(metrics.l1(fakes.float() / 255, split.frames.float() / 255).mean())
+    """L1 of G's composites over the pairs' backgrounds against the real frames: what training lowers."""
+    _, composites, _ = train.validate(G, split, torch.device("cpu"))
+    return float(metrics.l1(composites.float() / 255, split.frames.float() / 255).mean())
 
 
 # --- units ----------------------------------------------------------------------------------------
@@ -109,8 +110,9 @@ def test_mixed_precision_step_runs_and_learns_nothing_strange(data, amp):
     assert all(np.isfinite(v) for v in losses.values()), losses
     assert trainer.scaler.is_enabled() == (amp == "fp16")
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.G.parameters()))
-    scores, fakes = train.validate(trainer.G, split, torch.device("cpu"), amp)
+    scores, fakes, alphas = train.validate(trainer.G, split, torch.device("cpu"), amp)
     assert fakes.dtype == torch.uint8 and fakes.shape == split.frames.shape and 0 <= scores["l1"] <= 1
+    assert alphas.shape == split.masks.shape and 0 <= scores["alpha_iou"] <= 1
 
 
 def test_zero_steps_writes_an_untrained_run(data, tmp_path):
@@ -127,7 +129,7 @@ def test_l1_on_training_pairs_falls_by_half(data, tmp_path):
     split = batches.load_split(data, "train", 64)
     torch.manual_seed(0)
     from engine.model.networks import Generator
-    before = train_l1(Generator(size=64, ngf=8), split)              # what step 0 of seed 0 starts from
+    before = train_l1(Generator(size=64, ngf=8, out_channels=4), split)   # what step 0 of seed 0 starts from
     out = tmp_path / "run"
     last = train.run(train.TrainConfig(steps=300, ngf=8, batch=1, seed=0), data, out, device="cpu", quiet=True,
                      checkpoint_every=150, val_every=150)
@@ -138,14 +140,23 @@ def test_l1_on_training_pairs_falls_by_half(data, tmp_path):
     assert all(k in config for k in REQUIRED) and config["size"] == 64 and config["ngf"] == 8
     info = json.loads((data / "dataset.json").read_text())
     assert config["stats"] == info["stats"] and config["stats_size"] == info["size"]
+    # what placing its frames needs: a matte, the dancer's own frame and its plate
+    assert config["channels"] == 4 and config["framing"] == info["framing"]
+    assert config["stage"] == {k: info["stage"][k] for k in ("width", "height", "stats")}
+    assert (out / runs.STAGE_PLATE).read_bytes() == (data / info["sources"][0]["plate"]).read_bytes()
     assert json.loads((out / "state.json").read_text())["step"] == 300
     rows = runs.read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [150, 300] and last["step"] == 300
-    assert all(set(r) >= {"l1", "ssim", "psnr"} for r in rows)
+    assert all(set(r) >= {"l1", "ssim", "psnr", "alpha_iou"} for r in rows)
     assert rows[-1]["l1"] < rows[0]["l1"] + 0.05
+    # the matte follows her: neither all 0 nor all 1
+    rgba = pix2pix.generate(G, split.skeletons, torch.device("cpu"))
+    alpha = rgba[:, 3].float() / 255
+    assert 0.05 < float((alpha > 0.5).float().mean()) < 0.8
+    assert metrics.alpha_iou(alpha, split.masks[:, 0].float() / 255) > 0.5
     losses = runs.read_jsonl(out / "losses.jsonl")
     assert [r["step"] for r in losses] == list(range(10, 301, 10))
-    assert all(np.isfinite([r["D"], r["G_GAN"], r["G_L1"]]).all() for r in losses)
+    assert all(np.isfinite([r["D"], r["G_GAN"], r["G_L1"], r["G_mask"]]).all() for r in losses)
     assert (out / "losses.png").stat().st_size > 10_000
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_00000150.png", "step_00000300.png"]
     assert [p.name for p in checkpoints.list_checkpoints(out)] == ["step_00000150", "step_00000300"]
@@ -233,6 +244,21 @@ def test_bad_inputs_are_user_errors(data, tmp_path, capsys):
     assert cli.main(["train", str(data), "--out", str(tmp_path / "r"), "--size", "48", "--quiet"]) == 2
     assert "power of two" in capsys.readouterr().err
     assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_a_dataset_from_before_the_stage_is_refused_in_one_line(data, tmp_path, capsys):
+    import shutil
+    old = tmp_path / "old"
+    shutil.copytree(data, old)
+    info = json.loads((old / "dataset.json").read_text())
+    info["format"] = 1
+    (old / "dataset.json").write_text(json.dumps(info))
+    for command in (["train", str(old), "--out", str(tmp_path / "r")],
+                    ["eval", str(tmp_path / "r"), "--data", str(old), "--out", str(tmp_path / "e")]):
+        assert cli.main([*command, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"{old} was built by an older pix2dance (fixed room crop); rebuild it with pix2dance dataset" in err
 
 
 def test_ddp_two_gloo_processes_train_and_save_one_checkpoint(data, tmp_path):

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 FORMAT = 2
 GAP_SECONDS = 0.5      # frames dropped between train and val, per clip
 MEMORY_BUDGET = 1 << 30  # bytes of sampled frames kept between the passes; beyond it, decode again
-PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast: ~3x quicker than the default for ~15% more bytes
+PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]  # fast: ~3x quicker than the default
 SHEET_PAIRS = 16
 PLATES = "plates"
 

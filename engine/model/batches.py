@@ -1,8 +1,13 @@
 """Training data on the device: a dataset split as uint8 tensors, the data order, the jitter.
 
-    split = load_split("data/alice", "train", size=256)      # Split: (N, 3, S, S) uint8 x2, (N, J, 3)
+    info = dataset_info("data/alice")                        # dataset.json, checked (format 2)
+    split = load_split("data/alice", "train", size=256)      # Split: skeletons, frames, masks, backgrounds
     idx = batch_indices(seed, step, len(split), batch, rank, world)
-    x = jitter(x, zoom, shift)                               # the same crop for skeleton and frame
+    x = jitter(x, zoom, shift)                               # the same crop for all stacked images
+
+Each pair's background is what the generated dancer is composited over in training: the plate
+crop where its clip has a plate (the room without her, exact), else the real frame itself (then
+only the colour under her matte is judged).
 
 Data order is a pure function of (seed, step, rank): epoch e visits a permutation seeded by
 (seed, e), and rank r of W takes its slice of each global batch, as DistributedSampler would. So
@@ -26,11 +31,20 @@ from engine.model.runs import read_json
 from engine.wire.joints import JOINTS
 
 
+FORMAT = 2          # the dataset format training and evaluation read (engine.data.dataset.FORMAT)
+
+
 @dataclass
 class Split:
-    """One split of a dataset, in memory: uint8 (N, 3, S, S) tensors and (N, J, 3) keypoints in pixels of S."""
+    """One split of a dataset, in memory: uint8 tensors (N, C, S, S) and (N, J, 3) keypoints in pixels of S.
+
+    skeletons and frames RGB, masks (N, 1, S, S) 0-255 (the dancer), backgrounds RGB (plate crops,
+    or the frames where the clip has none).
+    """
     skeletons: torch.Tensor
     frames: torch.Tensor
+    masks: torch.Tensor
+    backgrounds: torch.Tensor
     keypoints: np.ndarray
 
     def __len__(self) -> int:
@@ -43,6 +57,8 @@ def dataset_info(root: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{root} is not a dataset folder (no dataset.json); build one with `pix2dance dataset`")
     info = read_json(path, ("size", "counts", "stats"))
+    if int(info.get("format", 1)) < FORMAT:
+        raise UserError(f"{root} was built by an older pix2dance (fixed room crop); rebuild it with pix2dance dataset")
     if "joints" in info and list(info["joints"]) != list(JOINTS):
         raise UserError(f"{path} was built with another joint set; rebuild it with this version")
     if not info["stats"]:
@@ -51,12 +67,15 @@ def dataset_info(root: str | Path) -> dict:
 
 
 def load_split(root: str | Path, split: str, size: int) -> Split:
-    """A dataset split as uint8 tensors at `size` px (skeletons redrawn at that size, frames resized)."""
+    """A dataset split as uint8 tensors at `size` px (skeletons redrawn at that size, the images resized)."""
     import cv2
 
-    from engine.data.pairs import load_pairs
+    from engine.data.pairs import load_masks, load_pairs, load_plates
     from engine.data.skeleton import draw_batch
     skeletons, frames, keypoints = load_pairs(root, split)
+    masks = load_masks(root, split)
+    plates, has_plate = load_plates(root, split)
+    backgrounds = np.where(has_plate[:, None, None, None], plates, frames)
     keypoints = np.asarray(keypoints, np.float32).copy()
     if len(frames) and frames.shape[1] != size:
         # Redraw rather than resize the skeletons: line widths must match what inference draws.
@@ -64,9 +83,10 @@ def load_split(root: str | Path, split: str, size: int) -> Split:
         keypoints[..., :2] *= scale
         skeletons = draw_batch(keypoints, size)
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-        frames = np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in frames])
-    to_chw = lambda a: torch.from_numpy(np.ascontiguousarray(a)).reshape(-1, size, size, 3).permute(0, 3, 1, 2).contiguous()  # noqa: E731
-    return Split(to_chw(skeletons), to_chw(frames), keypoints)
+        resize = lambda images: np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in images])  # noqa: E731
+        frames, masks, backgrounds = resize(frames), resize(masks), resize(backgrounds)
+    to_chw = lambda a, c: torch.from_numpy(np.ascontiguousarray(a)).reshape(-1, size, size, c).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+    return Split(to_chw(skeletons, 3), to_chw(frames, 3), to_chw(masks, 1), to_chw(backgrounds, 3), keypoints)
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:

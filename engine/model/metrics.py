@@ -13,6 +13,8 @@ All image metrics take float tensors (N, C, H, W) with values in [0, 1] (use `to
   (100 dB) so the number stays finite and JSON-ready.
 - L1: mean absolute difference in [0, 1] units (multiply by 2 for the [-1, 1] units of the loss).
 - flicker: mean absolute change between consecutive frames, in [0, 1] units.
+- alpha IoU: intersection over union of two mattes, each thresholded at 0.5 (the generated alpha
+  against the dancer's stored mask).
 - pose distance: mean distance between joints seen in both poses, divided by body height
   ("pose distance" in Chan et al., "Everybody Dance Now", 2019).
 - pose error: MediaPipe on each generated frame (upscaled to the detector's 256 px input when
@@ -112,6 +114,21 @@ def flicker(frames: torch.Tensor, breaks: np.ndarray | None = None) -> float:
     return float(diffs.mean()) if len(diffs) else 0.0
 
 
+def alpha_iou(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, threshold: float = 0.5) -> float:
+    """Mean IoU of two stacks of mattes (N, H, W) in [0, 1], each thresholded at `threshold`.
+
+    Frames where both are empty count as 1 (they agree); the mean is over all frames."""
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"expected two (N, H, W) stacks of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if not len(a):
+        return float("nan")
+    x, y = a > threshold, b > threshold
+    inter = (x & y).sum(dim=(1, 2)).double()
+    union = (x | y).sum(dim=(1, 2)).double()
+    return float(torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)).mean())
+
+
 def image_scores(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, float]:
     """Mean SSIM, PSNR and L1 of (N, C, H, W) images in [0, 1] (within `mask` if given), as floats."""
     return {"ssim": float(ssim(a, b, mask).mean()), "psnr": float(psnr(a, b, mask).mean()),
@@ -186,12 +203,13 @@ def pose_error(images: np.ndarray, targets: np.ndarray, model: str | Path, fps: 
     return pose_scores(detect_poses(images, model, fps, quiet, desc), targets, fallback_height)
 
 
-def keypoint_box(kp: np.ndarray, size: int, margin: float = 0.15) -> tuple[int, int, int, int] | None:
+def keypoint_box(kp: np.ndarray, size: int | tuple[int, int], margin: float = 0.15) -> tuple[int, int, int, int] | None:
     """The dancer's box (x0, y0, x1, y1), end-exclusive, from visible joints of (J, 3) keypoints.
 
     Grown by `margin` x the box's larger side on every side (limbs and hair reach past the joints)
-    and clipped to the size x size image; None when no joint is seen.
+    and clipped to the image: size x size, or (width, height); None when no joint is seen.
     """
+    width, height = (size, size) if np.ndim(size) == 0 else size
     seen = kp[:, 2] >= VISIBLE
     if not seen.any():
         return None
@@ -199,15 +217,17 @@ def keypoint_box(kp: np.ndarray, size: int, margin: float = 0.15) -> tuple[int, 
     (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
     grow = margin * max(x1 - x0, y1 - y0, 1.0)
     box = (math.floor(x0 - grow), math.floor(y0 - grow), math.ceil(x1 + grow) + 1, math.ceil(y1 + grow) + 1)
-    x0, y0, x1, y1 = (int(np.clip(v, 0, size)) for v in box)
+    x0, x1 = (int(np.clip(v, 0, width)) for v in box[0::2])
+    y0, y1 = (int(np.clip(v, 0, height)) for v in box[1::2])
     if x1 <= x0 or y1 <= y0:
         return None
     return x0, y0, x1, y1
 
 
-def box_masks(keypoints: np.ndarray, size: int, margin: float = 0.15) -> torch.Tensor:
-    """(N, J, 3) keypoints -> bool masks (N, size, size) of the dancer's box (whole image if unseen)."""
-    masks = torch.zeros((len(keypoints), size, size), dtype=torch.bool)
+def box_masks(keypoints: np.ndarray, size: int | tuple[int, int], margin: float = 0.15) -> torch.Tensor:
+    """(N, J, 3) keypoints -> bool masks (N, H, W) of the dancer's box (whole image if unseen); size: S or (W, H)."""
+    width, height = (size, size) if np.ndim(size) == 0 else size
+    masks = torch.zeros((len(keypoints), height, width), dtype=torch.bool)
     for i, kp in enumerate(keypoints):
         box = keypoint_box(kp, size, margin)
         if box is None:

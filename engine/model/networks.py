@@ -8,9 +8,16 @@ the reference code (junyanz/pytorch-CycleGAN-and-pix2pix). Two deliberate differ
 - Dropout only while training: the served dancer is deterministic, so frames do not flicker.
 
 Usage:
-    G = Generator(size=256, ngf=64)      # skeleton (B, 3, H, W) in [-1, 1] -> frame, same shape
+    G = Generator(size=256, ngf=64, out_channels=4)   # skeleton (B, 3, H, W) in [-1, 1] -> (B, 4, H, W) in [-1, 1]
+    rgb, alpha = split_rgba(G(skeleton))              # colour in [-1, 1], the dancer's matte in [0, 1]
+    frame = composite(G(skeleton), background)        # the dancer over a background: what D and L1 judge
     D = Discriminator(ndf=64)            # (skeleton, frame) -> (B, 1, H/8 - 2, W/8 - 2) logits
     gan_loss(D(skeleton, frame), real=True, kind="vanilla")   # the adversarial loss on those logits
+
+The fourth output channel is the alpha matte, alpha = (tanh + 1) / 2: the same tanh as the colour,
+so `tensors.to_uint8` turns all four channels into an RGBA image with straight alpha (0-255) in one
+step, and every backend (torch, OpenVINO) serves it unchanged. Runs from before mattes have three
+output channels (config.json "channels", 3 when absent).
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ class Generator(nn.Module):
 
     def __init__(self, size: int = 256, ngf: int = 64, in_channels: int = 3, out_channels: int = 3):
         super().__init__()
-        self.size, self.ngf = size, ngf
+        self.size, self.ngf, self.out_channels = size, ngf, out_channels
         n = levels(size)
         block = UNetBlock(ngf * 8, ngf * 8)                          # innermost
         for i in range(n - 5):                                       # the other 8ngf levels
@@ -97,6 +104,17 @@ class Discriminator(nn.Module):
 
     def forward(self, skeleton: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
         return self.model(torch.cat([skeleton, frame], 1))
+
+
+def split_rgba(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 4-channel output (B, 4, H, W) in [-1, 1] -> colour (B, 3, H, W) in [-1, 1], alpha (B, 1, H, W) in [0, 1]."""
+    return y[:, :3], (y[:, 3:4] + 1) * 0.5
+
+
+def composite(y: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """The generated dancer (B, 4, H, W) over a background (B, 3, H, W), both in [-1, 1]: straight alpha-over."""
+    rgb, alpha = split_rgba(y)
+    return alpha * rgb + (1 - alpha) * background
 
 
 def gan_loss(logits: torch.Tensor, real: bool, kind: str = "vanilla") -> torch.Tensor:

@@ -1,7 +1,7 @@
-"""Training pictures: the loss curves (losses.png) and the sample grids (skeleton | real | generated).
+"""Training pictures: the loss curves (losses.png) and the sample grids (skeleton | real | generated | alpha).
 
     loss_plot(losses, metrics, "RUN/losses.png")     # rows from losses.jsonl and metrics.jsonl
-    save_grid(grid(skeletons, reals, fakes), "RUN/samples/step_000500.png")
+    save_grid(grid(skeletons, reals, fakes, alphas), "RUN/samples/step_000500.png")   # any number of columns
 
 matplotlib runs on the Agg backend (no display); every file is written atomically.
 """
@@ -14,8 +14,9 @@ import numpy as np
 
 from engine.atomic import atomic_file
 
-# The three curves the original pix2pix project plotted, as logged by train.py.
-LOSS_CURVES = (("D", "D (real + fake) / 2"), ("G_GAN", "G adversarial"), ("G_L1", "G L1 (unweighted)"))
+# The three curves the original pix2pix project plotted, and the matte's, as logged by train.py.
+LOSS_CURVES = (("D", "D (real + fake) / 2"), ("G_GAN", "G adversarial"), ("G_L1", "G L1 (unweighted)"),
+               ("G_mask", "G mask L1 (unweighted)"))
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -41,6 +42,8 @@ def loss_plot(losses: list[dict], metrics: list[dict], path: str | Path) -> None
         window = max(1, len(losses) // 50)
         for key, label in LOSS_CURVES:
             values = np.array([r.get(key, np.nan) for r in losses], np.float64)
+            if np.isnan(values).all():          # a run from before mattes has no G_mask
+                continue
             line, = ax.plot(steps, values, alpha=0.25, linewidth=0.8)
             ax.plot(steps, smooth(values, window), color=line.get_color(), label=label)
         ax.set_yscale("log")
@@ -59,8 +62,10 @@ def loss_plot(losses: list[dict], metrics: list[dict], path: str | Path) -> None
         steps = np.array([r["step"] for r in metrics])
         ax.plot(steps, [r["ssim"] for r in metrics], "o-", label="SSIM", color="tab:green")
         ax.plot(steps, [r["l1"] for r in metrics], "s-", label="L1", color="tab:red")
+        if any("alpha_iou" in r for r in metrics):
+            ax.plot(steps, [r.get("alpha_iou", np.nan) for r in metrics], "d-", label="alpha IoU", color="tab:purple")
         ax.set_ylim(0, 1)
-        ax.set_ylabel("SSIM, L1 (0-1)")
+        ax.set_ylabel("SSIM, L1, IoU (0-1)")
         twin = ax.twinx()
         twin.plot(steps, [r["psnr"] for r in metrics], "^--", label="PSNR (dB)", color="tab:blue")
         twin.set_ylabel("PSNR (dB)")
@@ -75,16 +80,15 @@ def loss_plot(losses: list[dict], metrics: list[dict], path: str | Path) -> None
     plt.close(fig)
 
 
-def grid(skeletons: np.ndarray, reals: np.ndarray, fakes: np.ndarray, max_rows: int = 4,
-         min_panel: int = 128) -> np.ndarray:
-    """Rows of skeleton | real | generated, uint8 (N, S, S, 3) each -> one RGB image.
+def grid(*columns: np.ndarray, max_rows: int = 4, min_panel: int = 128) -> np.ndarray:
+    """Rows of side-by-side panels (skeleton | real | generated | ...), uint8 (N, S, S, 3) each -> one RGB image.
 
     Small images are enlarged (nearest neighbour, whole pixels) to at least `min_panel` px a panel.
     """
-    n = min(len(skeletons), max_rows)
-    rows = [np.concatenate([skeletons[i], reals[i], fakes[i]], axis=1) for i in range(n)]
+    n = min(len(columns[0]), max_rows)
+    rows = [np.concatenate([c[i] for c in columns], axis=1) for i in range(n)]
     image = np.concatenate(rows, axis=0)
-    k = max(1, -(-min_panel // skeletons.shape[1])) if n else 1
+    k = max(1, -(-min_panel // columns[0].shape[1])) if n else 1
     return image.repeat(k, axis=0).repeat(k, axis=1) if k > 1 else image
 
 

@@ -1,17 +1,25 @@
 """The run directory: what training writes and what serving, rendering and evaluation load.
 
     RUN_DIR/config.json            the model and the dancer: size, ngf, joints, stats, stats_size,
-                                   plus the training settings that made it ("train": train.TrainConfig)
+                                   channels (4: RGB + alpha; 3 or absent: a run from before mattes),
+                                   stage {width, height, stats} (the dancer's own video frame, her
+                                   statistics in its pixels), framing {side, centre_up}, plus the
+                                   training settings that made it ("train": train.TrainConfig)
+    RUN_DIR/stage.png              the plate of the stage clip (her room without her), when it has one
     RUN_DIR/generator.safetensors  the generator's weights (what serving loads), fp32 or fp16
     RUN_DIR/state.json             {"step", "checkpoint", "started_from", "time"}, with each checkpoint
     RUN_DIR/checkpoints/step_*/    training checkpoints (engine.model.checkpoints)
-    RUN_DIR/losses.jsonl           {"step", "D", "G_GAN", "G_L1", "lr", "seconds"} every few steps
-    RUN_DIR/metrics.jsonl          {"step", "l1", "ssim", "psnr", "split", "frames"} per validation
-    RUN_DIR/losses.png, samples/   curves, and skeleton | real | generated grids per validation
+    RUN_DIR/losses.jsonl           {"step", "D", "G_GAN", "G_L1", "G_mask", "lr", "seconds"} every few steps
+    RUN_DIR/metrics.jsonl          {"step", "l1", "ssim", "psnr", "alpha_iou", "split", "frames"} per validation
+    RUN_DIR/losses.png, samples/   curves, and skeleton | real | generated | alpha grids per validation
 
 `stats` are the dancer's body statistics (joints.body_stats) in pixels of the dataset's
-`stats_size` square; normalize.to_dancer maps any pose into that space. No pickle anywhere:
-weights are safetensors and everything else is JSON.
+`stats_size` square (the person-centred crop); `stage.stats` the same in her video frame's pixels.
+normalize.to_dancer maps any pose into either space. No pickle anywhere: weights are safetensors
+and everything else is JSON.
+
+    G, config = load_generator(RUN_DIR, device)    # G(skeletons in [-1, 1]) -> (N, C, S, S) in [-1, 1]
+    tensors.to_uint8(G(x)).permute(0, 2, 3, 1)     # -> (N, S, S, C) uint8: RGBA, straight alpha, when C is 4
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from engine.model.networks import Generator
 CONFIG, GENERATOR, STATE = "config.json", "generator.safetensors", "state.json"
 STAGE_PLATE = "stage.png"        # the dancer's clean plate (her room without her), where her camera stood still
 CHECKPOINTS, LOSSES, METRICS, SAMPLES, PLOT = "checkpoints", "losses.jsonl", "metrics.jsonl", "samples", "losses.png"
+STAGE_PLATE = "stage.png"
 REQUIRED = ("size", "ngf", "joints", "stats", "stats_size")
 
 
@@ -77,8 +86,16 @@ def save_generator(run_dir: str | Path, generator: Generator, config: dict, half
     write_json(run_dir / CONFIG, config)
 
 
+def channels(config: dict) -> int:
+    """Output channels of a run's generator: 4 (RGB + alpha), or 3 for a run from before mattes."""
+    return int(config.get("channels", 3))
+
+
 def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, dict]:
-    """The run's generator in eval mode on `device` (fp32), and its config; UserError on a bad run."""
+    """The run's generator in eval mode on `device` (fp32), and its config; UserError on a bad run.
+
+    Its output is (N, channels(config), S, S) in [-1, 1]; tensors.to_uint8 makes it uint8 RGB(A),
+    the alpha straight (networks.split_rgba)."""
     config = read_config(run_dir)
     path = Path(run_dir) / GENERATOR
     if not path.is_file():
@@ -92,13 +109,14 @@ def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> t
         generator.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
-        raise UserError(f"{path} does not match its config (size {config['size']}, ngf {config['ngf']}): {first}") from None
+        raise UserError(f"{path} does not match its config (size {config['size']}, ngf {config['ngf']}, "
+                        f"{channels(config)} channels): {first}") from None
     return generator.to(device).eval(), config
 
 
 def remove_leftovers(run_dir: Path) -> None:
     """Delete the temp files and folders of writes a kill interrupted (engine.atomic names them .NAME.*.tmp)."""
-    ours = (CONFIG, GENERATOR, STATE, LOSSES, METRICS, PLOT)
+    ours = (CONFIG, GENERATOR, STATE, LOSSES, METRICS, PLOT, STAGE_PLATE)
     for path in Path(run_dir).glob(".*.tmp"):
         if any(path.name.startswith(f".{name}.") for name in ours):
             path.unlink(missing_ok=True)

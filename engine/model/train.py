@@ -30,7 +30,7 @@ from engine.model import batches, checkpoints, distributed, metrics, plots, runs
 from engine.model.batches import Split
 from engine.model.device import resolve_amp, resolve_device
 from engine.model.networks import GAN_LOSSES, Generator, levels
-from engine.model.pix2pix import Pix2Pix, generate, lr_at
+from engine.model.pix2pix import CHANNELS, Pix2Pix, generate, lr_at
 from engine.wire.joints import JOINTS
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ class TrainConfig:
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    l1_weight: float = 100.0      # lambda of the paper
+    l1_weight: float = 100.0      # lambda of the paper, on the composite over the background
+    mask_weight: float = 100.0    # lambda of the matte's L1 against the dancer's mask (pix2pix.Pix2Pix)
     gan: str = "vanilla"          # "vanilla" (BCE with logits) or "lsgan" (least squares)
     decay_from: float = 0.5       # share of the run at constant lr before the linear decay to 0
     jitter: float = 1.12          # largest zoom of the scale-and-crop jitter (286/256, the paper's)
@@ -115,6 +116,23 @@ def _settle(cfg: TrainConfig, out: Path, dataset_size: int, d: distributed.Dist)
     return cfg, (meta, models, optim, latest)
 
 
+def _stage(info: dict) -> dict:
+    """config.json's "stage": the dancer's own video frame (width, height) and her statistics in its pixels."""
+    stage = info["stage"]
+    return {"width": int(stage["width"]), "height": int(stage["height"]), "stats": stage["stats"]}
+
+
+def _write_stage_plate(dataset: Path, info: dict, out: Path) -> None:
+    """RUN/stage.png: the plate of the stage clip (what `render --placement dancer` composites over), if any."""
+    from engine.atomic import atomic_file
+    plate = info["sources"][int(info["stage"]["source"])].get("plate")
+    if plate:
+        with atomic_file(out / runs.STAGE_PLATE) as tmp:
+            tmp.write_bytes((dataset / plate).read_bytes())
+    else:
+        (out / runs.STAGE_PLATE).unlink(missing_ok=True)
+
+
 def _configure_backends(device: torch.device, deterministic: bool) -> None:
     """TF32 matmuls/convs on GPUs; with an explicit seed, deterministic kernels as far as they exist."""
     if device.type == "cuda":
@@ -165,11 +183,13 @@ def run(cfg: TrainConfig, dataset: str | Path, out: str | Path, *, device: str =
         model = Pix2Pix(cfg, train_split, dev, amp=amp_mode, compile=compile, dist_info=d)
         start = checkpoints.restore(model, *resume) if resume is not None else 0
         model.started_from = start
-        config = {"size": cfg.size, "ngf": cfg.ngf, "joints": list(JOINTS), "stats": info["stats"],
-                  "stats_size": int(info["size"]), "format": "pix2dance-run", "dataset": str(dataset),
+        config = {"size": cfg.size, "ngf": cfg.ngf, "channels": CHANNELS, "joints": list(JOINTS),
+                  "stats": info["stats"], "stats_size": int(info["size"]), "stage": _stage(info),
+                  "framing": info["framing"], "format": "pix2dance-run", "dataset": str(dataset),
                   "train": dataclasses.asdict(cfg)}
         if d.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
+            _write_stage_plate(dataset, info, out)
             (out / runs.SAMPLES).mkdir(exist_ok=True)
             for name in (runs.LOSSES, runs.METRICS):        # rows written after the checkpoint are replayed
                 runs.truncate_jsonl(out / name, start)
@@ -214,28 +234,32 @@ def run(cfg: TrainConfig, dataset: str | Path, out: str | Path, *, device: str =
                 log.info("%s is already at step %d (>= --steps %d): validating only", out, start, cfg.steps)
             last = checkpoint_and_validate(start, True, resume is None)   # --steps 0: an untrained run
         if d.rank == 0 and last:
-            log.info("step %d: val %s L1 %.4f, SSIM %.4f, PSNR %.2f dB", last["step"], val_name,
-                     last["l1"], last["ssim"], last["psnr"])
+            log.info("step %d: val %s L1 %.4f, SSIM %.4f, PSNR %.2f dB, alpha IoU %.3f", last["step"], val_name,
+                     last["l1"], last["ssim"], last["psnr"], last["alpha_iou"])
         return last or {}
     finally:
         distributed.shutdown(d)
 
 
-def validate(G: Generator, split: Split, device: torch.device, amp: str = "off") -> tuple[dict, torch.Tensor]:
-    """Mean L1, SSIM, PSNR of G's frames against the real ones (in [0, 1] units), and the frames."""
-    fakes = generate(G, split.skeletons, device, amp=amp)
-    scores = metrics.image_scores(fakes.float() / 255, split.frames.float() / 255)
-    return {k: scores[k] for k in ("l1", "ssim", "psnr")}, fakes
+def validate(G: Generator, split: Split, device: torch.device, amp: str = "off") -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Scores of G's composites over the pairs' backgrounds against the real frames (in [0, 1] units):
+    mean L1, SSIM, PSNR, and alpha IoU against the masks; and the composites and mattes, uint8."""
+    rgba = generate(G, split.skeletons, device, amp=amp)                         # (N, 4, S, S) uint8
+    alpha = rgba[:, 3:4].float() / 255
+    composites = (alpha * rgba[:, :3].float() + (1 - alpha) * split.backgrounds.float()).round().to(torch.uint8)
+    scores = metrics.image_scores(composites.float() / 255, split.frames.float() / 255)
+    iou = metrics.alpha_iou(alpha[:, 0], split.masks[:, 0].float() / 255)
+    return {**{k: scores[k] for k in ("l1", "ssim", "psnr")}, "alpha_iou": iou}, composites, rgba[:, 3:4]
 
 
 def _validate_and_plot(out: Path, model: Pix2Pix, split: Split, split_name: str, step: int, amp: str) -> dict:
     """Validate, append to metrics.jsonl, write the sample grid and redraw losses.png (rank 0)."""
-    scores, fakes = validate(model.G, split, model.device, amp)
+    scores, composites, alphas = validate(model.G, split, model.device, amp)
     row = {"step": step, **scores, "split": split_name, "frames": len(split)}
     runs.append_jsonl(out / runs.METRICS, row)
     pick = np.unique(np.linspace(0, len(split) - 1, min(4, len(split))).round().astype(int))
-    hwc = lambda t: t[pick].permute(0, 2, 3, 1).numpy()  # noqa: E731
-    plots.save_grid(plots.grid(hwc(split.skeletons), hwc(split.frames), hwc(fakes)),
+    hwc = lambda t: t[pick].expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy()  # noqa: E731  (a matte shown grey)
+    plots.save_grid(plots.grid(hwc(split.skeletons), hwc(split.frames), hwc(composites), hwc(alphas)),
                     out / runs.SAMPLES / f"{checkpoints.checkpoint_name(step)}.png")
     plots.loss_plot(runs.read_jsonl(out / runs.LOSSES), runs.read_jsonl(out / runs.METRICS), out / runs.PLOT)
     return row
