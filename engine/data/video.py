@@ -20,6 +20,11 @@ Writing. .mp4/.m4v: H.264 (libx264, yuv420p, +faststart): plays in browsers, Qui
 .mov: ProRes 4444 (prores_ks), with an alpha channel when the frames are RGBA. .avi: Motion JPEG.
 RGBA frames going to a format without alpha are composited over black. Files are written to a
 temporary name and renamed when complete.
+
+OpenCV keeps drawing and image maths; its video paths are gone. Its wheel's FFmpeg writes no
+H.264 (only MPEG-4 Part 2, which browsers and phones do not play) and no ProRes or alpha, and its
+reader hides presentation timestamps, skips no frame and cannot say how much of a damaged file it
+read. PyAV's wheel carries libx264 and prores_ks, and it reads as fast (bench/decode.py).
 """
 
 from __future__ import annotations
