@@ -1,4 +1,5 @@
-"""Evaluation: a trained tiny run on the small real-video dataset gives every field and a playable report."""
+"""Evaluation: a trained tiny run on the small real-video dataset, rendered by self-reenactment in the
+source frame, gives every field, the plate's scores beside them, the frames as PNGs and a playable report."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from engine import cli
+from engine.data import pairs
 from engine.model import batches, evaluate, metrics, train
 from engine.errors import UserError
 from tests.tiny_dataset import tiny_dataset
@@ -34,13 +36,27 @@ def trained(data, tmp_path_factory) -> Path:
 
 def test_eval_writes_every_field_a_video_and_a_report(trained, data, pose_model, tmp_path):
     out = tmp_path / "report"
-    result = evaluate.run(trained, data, out, split="val", device="cpu", pose_model=pose_model, quiet=True)
+    result = evaluate.run(trained, data, out, split="val", device="cpu", pose_model=pose_model, quiet=True,
+                          backend="torch")
     saved = json.loads((out / "eval.json").read_text())
     assert saved == json.loads(json.dumps(result))
     for field in evaluate.FIELDS:
         assert field in saved, field
-    n = json.loads((data / "dataset.json").read_text())["counts"]["val"]
+        if field != "frames":
+            assert field in saved["plate"], field                            # the empty plate, scored alike
+    info = json.loads((data / "dataset.json").read_text())
+    n = info["counts"]["val"]
     assert saved["frames"] == n and saved["step"] == 60
+    src = info["sources"][0]
+    assert saved["source"] == {"video": src["video"], "width": src["width"], "height": src["height"], "background": "plate"}
+    assert saved["placement"] == "source" and saved["normalization"] == "none"
+    assert 0 <= saved["alpha_iou"] <= 1 and saved["plate"]["alpha_iou"] == 0
+    assert saved["beats_plate"] == (saved["box_ssim"] > saved["plate"]["box_ssim"])
+    # the composites, at the source resolution, named by their frame in the decoded video
+    rows = pairs.load_rows(data, "val")
+    assert sorted(p.name for p in (out / "frames").iterdir()) == [f"{i:06d}.png" for i in sorted(rows["frame_index"])]
+    first = cv2.imread(str(out / "frames" / f"{rows['frame_index'][0]:06d}.png"))
+    assert first.shape == (src["height"], src["width"], 3)
     for key in ("ssim", "box_ssim"):
         assert -1 <= saved[key] <= 1
     for key in ("psnr", "box_psnr", "l1", "box_l1", "flicker"):
@@ -57,9 +73,12 @@ def test_eval_writes_every_field_a_video_and_a_report(trained, data, pose_model,
     frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     ok, first = cap.read()
     cap.release()
-    assert ok and frames == n and first.shape[1] == 3 * first.shape[0]      # skeleton | real | generated
+    assert ok and frames == n and first.shape[1] == 2 * first.shape[0]      # real | generated (576 x 576 each)
     report = (out / "report.md").read_text()
     assert "SSIM" in report and "side_by_side.mp4" in report and f"{saved['ssim']:.4f}" in report
+    assert f"{saved['plate']['box_ssim']:.4f}" in report
+    assert ("beats the empty plate" in report) == saved["beats_plate"]
+    assert ("does not beat the empty plate" in report) == (not saved["beats_plate"])
     pictures = sorted(p.name for p in out.glob("samples_*.png"))
     assert pictures and all(name in report for name in pictures)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]      # no temp folder left
@@ -83,35 +102,47 @@ def test_pose_scores_without_any_person_is_null_not_an_error():
 
 
 def test_missing_split_is_a_user_error(trained, data, tmp_path, monkeypatch):
-    import numpy as np
-    empty = torch.zeros(0, 3, 64, 64, dtype=torch.uint8)
-    monkeypatch.setattr(batches, "load_split", lambda *a, **k: batches.Split(empty, empty, np.zeros((0, 23, 3), np.float32)))
+    real = batches.dataset_info
+    monkeypatch.setattr(batches, "dataset_info", lambda root: {**real(root), "counts": {"train": 5, "val": 0}})
     with pytest.raises(UserError, match="no val pairs"):
-        evaluate.run(trained, data, tmp_path / "r", device="cpu", quiet=True)
+        evaluate.run(trained, data, tmp_path / "r", device="cpu", quiet=True, backend="torch")
+
+
+def test_a_run_from_before_mattes_is_refused(data, tmp_path):
+    from tests.conftest import make_tiny_run
+    old = make_tiny_run(tmp_path / "old", channels=3)
+    with pytest.raises(UserError, match="before mattes"):
+        evaluate.run(old, data, tmp_path / "r", device="cpu", quiet=True, backend="torch")
+    assert not (tmp_path / "r").exists()
 
 
 def test_demo_and_eval_report_the_same_pose_error_on_the_same_frames(trained, data, pose_model, tmp_path):
     """`pix2dance eval` and the demo's scoring (engine.demo.unseen.score) measure pose error one way.
 
-    The same frames go through both: the run's generated val frames, the real val frames (the
-    demo's "true renders") and the val keypoints, at the dataset's fps and body height.
+    The same frames go through both: the composites eval wrote, the real held-out frames at the
+    source resolution (the demo's "true renders") and the source keypoints, at the dataset's fps
+    and the clip's body height.
     """
+    import numpy as np
+
+    from engine.data import video
     from engine.demo import unseen
-    from engine.model.pix2pix import generate
-    from engine.model.runs import load_generator
+    from engine.wire.joints import body_stats
     code = cli.main(["eval", str(trained), "--data", str(data), "--out", str(tmp_path / "report"),
                      "--device", "cpu", "--pose-model", str(pose_model), "--quiet"])
     assert code == 0
     report = json.loads((tmp_path / "report" / "eval.json").read_text())
 
     info = batches.dataset_info(data)
-    split = batches.load_split(data, "val", 64)
-    G, _ = load_generator(trained)
-    hwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
-    generated = hwc(generate(G, split.skeletons, torch.device("cpu")))
-    demo = unseen.score(generated, hwc(split.frames), split.keypoints, pose_model, float(info["fps"]),
-                        evaluate.body_height_of(info, 64))
-    assert demo["pose_error"] == report["pose_error"] and demo["detection_rate"] == report["detection_rate"]
-    assert demo["pose_error_true_render"] == report["pose_error_real"] is not None
+    rows = pairs.load_rows(data, "val")
+    generated = np.stack([pairs.read_rgb(tmp_path / "report" / "frames" / f"{i:06d}.png") for i in rows["frame_index"]])
+    wanted = set(rows["frame_index"].tolist())
+    real = np.stack([cv2.cvtColor(f.bgr, cv2.COLOR_BGR2RGB) for f in video.frames(info["sources"][0]["video"], info["fps"])
+                     if f.index in wanted])
+    kp = rows["source_keypoints"]
+    demo = unseen.score(generated, real, kp, pose_model, float(info["fps"]), body_stats(list(kp))["height"])
+    assert demo["pose_error"] == pytest.approx(report["pose_error"]) and demo["detection_rate"] == report["detection_rate"]
+    assert demo["pose_error_true_render"] == pytest.approx(report["pose_error_real"])
+    assert report["pose_error_real"] is not None
     assert demo["detection_rate_true_render"] == report["detection_rate_real"]
     assert demo["ssim"] == pytest.approx(report["ssim"]) and demo["l1"] == pytest.approx(report["l1"])

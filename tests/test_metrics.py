@@ -104,3 +104,24 @@ def test_to_unit_converts_uint8_hwc():
     a[..., 1] = 255
     t = metrics.to_unit(a)
     assert t.shape == (2, 3, 4, 5) and float(t[:, 1].min()) == 1.0 and float(t[:, 0].max()) == 0.0
+
+
+def test_alpha_iou_thresholds_both_mattes_at_half():
+    a = torch.zeros(2, 10, 10)
+    b = torch.zeros(2, 10, 10)
+    a[0, :, :5] = 0.9                                 # frame 0: left half vs the left 4 columns + a faint rest
+    b[0, :, :4] = 0.6
+    b[0, :, 4:] = 0.4                                 # below 0.5: not the dancer
+    assert metrics.alpha_iou(a, b) == pytest.approx((0.8 + 1.0) / 2)     # frame 1: both empty, they agree
+    assert metrics.alpha_iou(np.ones((1, 4, 4)), np.zeros((1, 4, 4))) == 0.0
+    with pytest.raises(ValueError):
+        metrics.alpha_iou(torch.zeros(1, 4, 4), torch.zeros(1, 4, 5))
+
+
+def test_box_in_a_wide_frame():
+    kp = standing_pose(256)
+    kp[:, 0] += 200                                   # in a 480 x 256 frame, right of the square
+    box = metrics.keypoint_box(kp, (480, 256))
+    assert box is not None and box[2] > 256 and box[3] <= 256
+    masks = metrics.box_masks(kp[None], (480, 256))
+    assert masks.shape == (1, 256, 480) and masks[0, box[1]:box[3], box[0]:box[2]].all()

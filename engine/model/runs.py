@@ -6,6 +6,7 @@
                                    statistics in its pixels), framing {side, centre_up}, plus the
                                    training settings that made it ("train": train.TrainConfig)
     RUN_DIR/stage.png              the plate of the stage clip (her room without her), when it has one
+    RUN_DIR/repertoire.npz         her training poses, for novelty warnings (engine.model.novelty)
     RUN_DIR/generator.safetensors  the generator's weights (what serving loads), fp32 or fp16
     RUN_DIR/state.json             {"step", "checkpoint", "started_from", "time"}, with each checkpoint
     RUN_DIR/checkpoints/step_*/    training checkpoints (engine.model.checkpoints)
@@ -36,6 +37,7 @@ from engine.atomic import atomic_file
 from engine.errors import UserError
 from engine.wire.joints import JOINTS
 from engine.model.networks import Generator
+from engine.model.novelty import FILE as REPERTOIRE
 
 CONFIG, GENERATOR, STATE = "config.json", "generator.safetensors", "state.json"
 STAGE_PLATE = "stage.png"        # the dancer's clean plate (her room without her), where her camera stood still
@@ -116,7 +118,7 @@ def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> t
 
 def remove_leftovers(run_dir: Path) -> None:
     """Delete the temp files and folders of writes a kill interrupted (engine.atomic names them .NAME.*.tmp)."""
-    ours = (CONFIG, GENERATOR, STATE, LOSSES, METRICS, PLOT, STAGE_PLATE)
+    ours = (CONFIG, GENERATOR, STATE, LOSSES, METRICS, PLOT, STAGE_PLATE, REPERTOIRE)
     for path in Path(run_dir).glob(".*.tmp"):
         if any(path.name.startswith(f".{name}.") for name in ours):
             path.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ from engine.model import batches, checkpoints, distributed, metrics, plots, runs
 from engine.model.batches import Split
 from engine.model.device import resolve_amp, resolve_device
 from engine.model.networks import GAN_LOSSES, Generator, levels
+from engine.model.novelty import Repertoire
 from engine.model.pix2pix import CHANNELS, Pix2Pix, generate, lr_at
 from engine.wire.joints import JOINTS
 
@@ -190,6 +191,8 @@ def run(cfg: TrainConfig, dataset: str | Path, out: str | Path, *, device: str =
         if d.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             _write_stage_plate(dataset, info, out)
+            # Her repertoire: what render and serve measure a new pose against (engine.model.novelty).
+            Repertoire.from_crops(train_split.keypoints, cfg.size).save(out)
             (out / runs.SAMPLES).mkdir(exist_ok=True)
             for name in (runs.LOSSES, runs.METRICS):        # rows written after the checkpoint are replayed
                 runs.truncate_jsonl(out / name, start)
