@@ -14,9 +14,16 @@ Throughput: the same Generator/Discriminator and the same pairs (a dataset built
   GPU (optionally torch.compile), at `--batch` (and at batch 1, for a like-for-like step rate).
 Printed: steps/s and images/s of each, and the ratios. On a GPU the target is >= 3x images/s.
 
-Time to quality: build a dataset from ../shared/data/video/dancer_long_320x240.mp4 at 256 px, train
-our loop on the CPU for the given minutes (default 10 and 30), and print val L1/SSIM/PSNR at each
-mark: the baseline to push.
+Time to quality (--quality, CPU): a dataset from ../shared/data/video/dancer_long_320x240.mp4 with
+the last 20% held out (MediaPipe full), then two arms trained side by side for the given minutes
+(default 10 and 30), one process and one thread each, the same Pix2Pix loop and settings:
+- fixed: the old framing, one square room crop per clip (kept in this file only), the whole crop
+  generated (mask all 1, background = the frame: the old loss);
+- stage: the person-centred crop, the generator's matte, composited over the clip's plate.
+At each mark both are scored in the source frame by the same code as `pix2dance eval` (the old
+model's crop placed where it was cut, over the plate around it), beside the empty plate's scores
+and the real frames' pose floor: box SSIM, detection rate, pose error, flicker, alpha IoU.
+Suggested CPU configuration: --size 128 --ngf 32 (batch 1).
 """
 
 from __future__ import annotations
@@ -46,16 +53,18 @@ SHARED = ROOT.parent / "shared"
 log = logging.getLogger("bench.train")
 
 
-def build_dataset(video: Path, size: int, out: Path, fps: float) -> Path:
-    """A dataset folder from one video (reused if it already exists at that size)."""
+def build_dataset(video: Path, size: int, out: Path, fps: float, val_fraction: float = 0.1) -> Path:
+    """A dataset folder from one video (reused if it already exists with these settings)."""
     import json
 
     from engine.data import dataset
-    if (out / "dataset.json").is_file() and json.loads((out / "dataset.json").read_text()).get("size") == size:
-        return out
-    model = SHARED / "models" / "pose_landmarker_lite.task"
+    if (out / "dataset.json").is_file():
+        meta = json.loads((out / "dataset.json").read_text())
+        if meta.get("size") == size and meta.get("format") == dataset.FORMAT and meta["split"]["val_fraction"] == val_fraction:
+            return out
+    model = SHARED / "models" / "pose_landmarker_full.task"
     t = time.time()
-    dataset.build([video], out, fps=fps, size=size, pose_model=model, val_fraction=0.1, quiet=True, force=True)
+    dataset.build([video], out, fps=fps, size=size, pose_model=model, val_fraction=val_fraction, quiet=True, force=True)
     log.info("dataset: %s at %d px in %.1f s", video.name, size, time.time() - t)
     return out
 
@@ -165,29 +174,144 @@ def throughput(args, device: torch.device) -> None:
              "  (target on GPU: >= 3x)" if device.type == "cuda" else "")
 
 
-def quality(args) -> None:
-    device = torch.device("cpu")
-    video = Path(args.video) if args.video else SHARED / "data" / "video" / "dancer_long_320x240.mp4"
-    data_dir = build_dataset(video, args.size, Path(args.data) / f"{video.stem}{args.size}", fps=10)
-    train_split, val_split = batches.load_split(data_dir, "train", args.size), batches.load_split(data_dir, "val", args.size)
-    marks = sorted(float(m) for m in args.minutes.split(","))
+# --- time to quality: the stage (person-centred + alpha + plate) against the old fixed room crop --------
+
+def fixed_crop(keypoints: np.ndarray, width: int, height: int, margin: float = 0.15, q: float = 2.0) -> np.ndarray:
+    """The old dataset's one square per clip, as (cx, cy, side): the 2nd..98th percentile extent of the
+    per-frame joint boxes plus a margin, moved inside the frame where it fits (kept here for the bench only)."""
+    from engine.data.selection import person_box
+    boxes = np.array([person_box(k) for k in keypoints])
+    x0, y0 = np.percentile(boxes[:, 0], q), np.percentile(boxes[:, 1], q)
+    x1, y1 = np.percentile(boxes[:, 2], 100 - q), np.percentile(boxes[:, 3], 100 - q)
+    side = max(16, int(np.ceil(max(x1 - x0, y1 - y0, 1.0) * (1 + 2 * margin))))
+    x, y = int(round((x0 + x1) / 2 - side / 2)), int(round((y0 + y1) / 2 - side / 2))
+    x = min(max(x, min(0, width - side)), max(0, width - side))
+    y = min(max(y, min(0, height - side)), max(0, height - side))
+    return np.float32([x + side / 2, y + side / 2, side])
+
+
+def fixed_split(data_dir: Path, info: dict, split: str, size: int, crop: np.ndarray) -> tuple[batches.Split, np.ndarray]:
+    """A split re-cut with the fixed room crop (the old pix2pix pairs): mask all 1 and background = frame,
+    so the 4-channel model is trained as the old one was (L1 and GAN on its whole picture). Also the
+    real frames at the source resolution."""
+    from engine.data import framing, pairs, skeleton
+    from engine.model.evaluate import decode_frames, video_path
+    rows = pairs.load_rows(data_dir, split)
+    src = info["sources"][0]
+    real = decode_frames(video_path(src["video"], data_dir), float(info["fps"]), rows["frame_index"])
+    crops = np.repeat(crop[None], len(real), axis=0)
+    kp = framing.to_crop(rows["source_keypoints"], crops, size)
+    outside = (kp[..., :2] < 0).any(-1) | (kp[..., :2] > size).any(-1)
+    kp[outside, 2] = 0.0
+    frames = np.stack([framing.crop_image(f, crop, size) for f in real])
+    chw = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+    masks = torch.full((len(real), 1, size, size), 255, dtype=torch.uint8)
+    return batches.Split(chw(skeleton.draw_batch(kp, size)), chw(frames), masks, chw(frames), kp), real
+
+
+def fixed_clips(G, data_dir: Path, info: dict, size: int, crop: np.ndarray):
+    """The old model's val frames in the source frame: its whole crop placed where it was cut, over the plate
+    around it (generous: the room outside the crop is exact), scored by the same code as `eval`."""
+    from engine.data import framing, pairs
+    from engine.model import compose, evaluate
+    from engine.model.pix2pix import generate
+    val, real = fixed_split(data_dir, info, "val", size, crop)
+    rows = pairs.load_rows(data_dir, "val")
+    src = info["sources"][0]
+    width, height = int(src["width"]), int(src["height"])
+    plate = pairs.read_plates(data_dir)[0]
+    rgba = generate(G, val.skeletons, torch.device("cpu")).permute(0, 2, 3, 1).numpy().copy()
+    rgba[..., 3] = 255                                     # the old model's picture is opaque: the whole crop
+    layers = np.stack([compose.place(x, framing.placement(crop, size), (width, height)) for x in rgba])
+    fps = float(info["fps"])
+    t = rows["time"]
+    return [evaluate.Clip(
+        index=0, video=Path(src["video"]), width=width, height=height, frame_index=rows["frame_index"],
+        keypoints=rows["source_keypoints"], breaks=(np.diff(t) > 1.5 / fps) | (np.diff(t) <= 0), real=real,
+        generated=np.stack([compose.over(layer, plate) for layer in layers]), alpha=layers[..., 3],
+        mask=evaluate.place_masks(pairs.load_masks(data_dir, "val"), rows["crops"], int(info["size"]), (width, height)),
+        empty=plate if plate is not None else np.zeros((height, width, 3), np.uint8), has_plate=plate is not None)]
+
+
+def quality_arm(args) -> None:
+    """One side of --quality, in its own process (one thread): train, and score at each mark into results.json."""
+    import json
+
+    from engine.model import evaluate, runs
+    torch.set_num_threads(args.threads or 1)
+    data_dir, out = Path(args.data_dir), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = batches.dataset_info(data_dir)
+    pose_model = SHARED / "models" / "pose_landmarker_full.task"
+    if args.arm == "stage":
+        split = batches.load_split(data_dir, "train", args.size)
+    else:
+        from engine.data import pairs
+        rows = pairs.load_rows(data_dir, "train")
+        everything = np.concatenate([rows["source_keypoints"], pairs.load_rows(data_dir, "val")["source_keypoints"]])
+        src = info["sources"][0]
+        crop = fixed_crop(everything, int(src["width"]), int(src["height"]))
+        split, _ = fixed_split(data_dir, info, "train", args.size, crop)
     cfg = train.TrainConfig(steps=10**9, size=args.size, ngf=args.ngf, ndf=args.ngf, batch=args.batch, seed=0)
     torch.manual_seed(0)
-    trainer = Pix2Pix(cfg, train_split, device)
-    log.info("time to quality: %s at %d px, ngf %d, batch %d, %d train / %d val pairs, CPU, %d thread(s)",
-             video.name, args.size, args.ngf, args.batch, len(train_split), len(val_split), torch.get_num_threads())
-    scores, _ = train.validate(trainer.G, val_split, device)
-    log.info("%8s %8s %8s %8s %8s", "minutes", "steps", "val L1", "SSIM", "PSNR")
-    log.info("%8.1f %8d %8.4f %8.4f %8.2f", 0, 0, scores["l1"], scores["ssim"], scores["psnr"])
-    t0, step, trained = time.perf_counter(), 0, 0.0      # validation time is not training time
-    for mark in marks:
+    trainer = Pix2Pix(cfg, split, torch.device("cpu"))
+    results, t0, step, trained = [], time.perf_counter(), 0, 0.0      # scoring time is not training time
+    for mark in sorted(float(m) for m in args.minutes.split(",")):
         while trained + (time.perf_counter() - t0) < mark * 60:
             trainer.step(step)
             step += 1
         trained += time.perf_counter() - t0
-        scores, _ = train.validate(trainer.G, val_split, device)
-        log.info("%8.1f %8d %8.4f %8.4f %8.2f", trained / 60, step, scores["l1"], scores["ssim"], scores["psnr"])
+        if args.arm == "stage":
+            run = out / "run"
+            runs.save_generator(run, trainer.G, train.run_config(cfg, info, data_dir))
+            train.write_stage(data_dir, info, split, run)
+            scores = evaluate.run(run, data_dir, out / f"report_{mark:g}min", device="cpu", pose_model=pose_model,
+                                  quiet=True, backend="torch")
+        else:
+            clips = fixed_clips(trainer.G, data_dir, info, args.size, crop)
+            scores = evaluate.score(clips, pose_model, float(info["fps"]), True)
+        results.append({"minutes": round(trained / 60, 2), "steps": step, **scores})
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
         t0 = time.perf_counter()
+
+
+QUALITY_ROWS = (("box_ssim", "box SSIM (dancer's box)", ".3f"), ("ssim", "SSIM, whole frame", ".3f"),
+                ("box_psnr", "box PSNR, dB", ".2f"), ("detection_rate", "MediaPipe detection rate", ".0%"),
+                ("pose_error", "pose error / body height", ".3f"), ("flicker", "flicker, generated - real", "+.4f"),
+                ("alpha_iou", "alpha IoU vs stored masks", ".3f"))
+
+
+def quality(args) -> None:
+    """The old fixed room crop and the stage, trained side by side (one process and thread each), scored alike."""
+    import json
+    import subprocess
+    video = Path(args.video) if args.video else SHARED / "data" / "video" / "dancer_long_320x240.mp4"
+    data_dir = build_dataset(video, args.size, Path(args.data) / f"{video.stem}{args.size}", fps=10, val_fraction=0.2)
+    info = batches.dataset_info(data_dir)
+    log.info("time to quality: %s, last 20%% held out (%d train / %d val), %d px, ngf %d, batch %d, CPU, "
+             "1 thread per arm, marks %s min; scored in the source frame by engine.model.evaluate",
+             video.name, info["counts"]["train"], info["counts"]["val"], args.size, args.ngf, args.batch, args.minutes)
+    work = Path(args.data) / "quality"
+    arms = ("fixed", "stage")
+    procs = [subprocess.Popen([sys.executable, __file__, "--arm", arm, "--data-dir", str(data_dir), "--out", str(work / arm),
+                               "--minutes", args.minutes, "--size", str(args.size), "--ngf", str(args.ngf),
+                               "--batch", str(args.batch), "--threads", "1"]) for arm in arms]
+    if any(p.wait() for p in procs):
+        sys.exit("bench/train.py: a quality arm failed")
+    results = {arm: json.loads((work / arm / "results.json").read_text()) for arm in arms}
+    for i, row in enumerate(results["stage"]):
+        old = results["fixed"][i]
+        log.info("")
+        log.info("after %.1f min (steps: fixed %d, stage %d)", row["minutes"], old["steps"], row["steps"])
+        log.info("%-30s %12s %12s %12s %12s", "", "fixed crop", "stage", "empty plate", "real frames")
+        for key, label, spec in QUALITY_ROWS:
+            fmt = lambda v: "n/a" if v is None else format(v, spec)  # noqa: E731
+            real = {"detection_rate": row["detection_rate_real"], "pose_error": row["pose_error_real"]}.get(key)
+            log.info("%-30s %12s %12s %12s %12s", label, fmt(old[key]), fmt(row[key]), fmt(row["plate"].get(key)), fmt(real))
+        log.info("stage box SSIM - plate's: %+.3f (target >= +0.05); detection %.0f%% (target >= 50%% at 10 min, 80%% at 30); "
+                 "pose error - real's: %s (target <= 0.03); flicker %+.4f (target <= 0.01)",
+                 row["box_ssim"] - row["plate"]["box_ssim"], 100 * row["detection_rate"],
+                 "n/a" if row["pose_error"] is None else f"{row['pose_error'] - row['pose_error_real']:+.3f}", row["flicker"])
 
 
 def main() -> None:
@@ -205,8 +329,15 @@ def main() -> None:
     p.add_argument("--video", help="video for --quality (default ../shared/data/video/dancer_long_320x240.mp4)")
     p.add_argument("--data", help="folder to build/keep the bench datasets in (default: a temp folder)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--arm", choices=["fixed", "stage"], help=argparse.SUPPRESS)        # one side of --quality
+    p.add_argument("--data-dir", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    if args.arm:
+        logging.getLogger().setLevel(logging.WARNING)
+        quality_arm(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -74,7 +74,7 @@ class Clip:
     has_plate: bool
 
 
-def _video_path(video: str, data: Path) -> Path:
+def video_path(video: str, data: Path) -> Path:
     for candidate in (Path(video), data / video):
         if candidate.is_file():
             return candidate
@@ -82,7 +82,7 @@ def _video_path(video: str, data: Path) -> Path:
                     f"{video} not found")
 
 
-def _decode(path: Path, fps: float, wanted: np.ndarray) -> np.ndarray:
+def decode_frames(path: Path, fps: float, wanted: np.ndarray) -> np.ndarray:
     """The frames numbered `wanted` (the dataset's sampler at `fps`), (N, H, W, 3) RGB in that order."""
     import cv2
 
@@ -99,7 +99,7 @@ def _decode(path: Path, fps: float, wanted: np.ndarray) -> np.ndarray:
     return np.stack([found[int(i)] for i in wanted])
 
 
-def _place_masks(masks: np.ndarray, crops: np.ndarray, size: int, canvas: tuple[int, int]) -> np.ndarray:
+def place_masks(masks: np.ndarray, crops: np.ndarray, size: int, canvas: tuple[int, int]) -> np.ndarray:
     """Stored (N, S, S) masks in their crops -> (N, H, W) in the source frame (the same warp as the dancer's)."""
     from engine.data import framing
     out = []
@@ -123,15 +123,15 @@ def render_clips(predictor, data: Path, info: dict, split: str, quiet: bool) -> 
         src = info["sources"][int(source)]
         width, height = int(src["width"]), int(src["height"])
         kp, index, t = rows["source_keypoints"][mine], rows["frame_index"][mine], rows["time"][mine]
-        path = _video_path(src["video"], data)
-        real = _decode(path, fps, index)
+        path = video_path(src["video"], data)
+        real = decode_frames(path, fps, index)
         rendered = predictor.render(kp, (width, height), "none", placement="source", alpha=True, fps=fps)
         plate = plates[int(source)]
         generated = np.stack([compose.over(layer, plate) for layer in rendered.frames])
         clips.append(Clip(
             index=int(source), video=path, width=width, height=height, frame_index=index, keypoints=kp,
             breaks=(np.diff(t) > 1.5 / fps) | (np.diff(t) <= 0), real=real, generated=generated,
-            alpha=rendered.frames[..., 3], mask=_place_masks(masks[mine], rows["crops"][mine], size, (width, height)),
+            alpha=rendered.frames[..., 3], mask=place_masks(masks[mine], rows["crops"][mine], size, (width, height)),
             empty=plate if plate is not None else np.zeros((height, width, 3), np.uint8), has_plate=plate is not None))
         if plate is None:
             log.info("%s has no plate (%s): its frames are scored over black", path.name, src.get("plate_note") or "none")

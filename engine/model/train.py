@@ -117,21 +117,28 @@ def _settle(cfg: TrainConfig, out: Path, dataset_size: int, d: distributed.Dist)
     return cfg, (meta, models, optim, latest)
 
 
-def _stage(info: dict) -> dict:
-    """config.json's "stage": the dancer's own video frame (width, height) and her statistics in its pixels."""
+def run_config(cfg: TrainConfig, info: dict, dataset: Path) -> dict:
+    """config.json of a run: the model, the dancer (statistics, her own frame, the framing), the training settings."""
     stage = info["stage"]
-    return {"width": int(stage["width"]), "height": int(stage["height"]), "stats": stage["stats"]}
+    return {"size": cfg.size, "ngf": cfg.ngf, "channels": CHANNELS, "joints": list(JOINTS),
+            "stats": info["stats"], "stats_size": int(info["size"]),
+            "stage": {"width": int(stage["width"]), "height": int(stage["height"]), "stats": stage["stats"]},
+            "framing": info["framing"], "format": "pix2dance-run", "dataset": str(dataset),
+            "train": dataclasses.asdict(cfg)}
 
 
-def _write_stage_plate(dataset: Path, info: dict, out: Path) -> None:
-    """RUN/stage.png: the plate of the stage clip (what `render --placement dancer` composites over), if any."""
+def write_stage(dataset: Path, info: dict, train_split: Split, out: Path) -> None:
+    """What placing a run's frames needs beside its weights: RUN/stage.png, the plate of the stage clip
+    (what `render --placement dancer` composites over) if it has one, and her repertoire of training
+    poses (engine.model.novelty), which render and serve measure a new pose against."""
     from engine.atomic import atomic_file
     plate = info["sources"][int(info["stage"]["source"])].get("plate")
     if plate:
         with atomic_file(out / runs.STAGE_PLATE) as tmp:
-            tmp.write_bytes((dataset / plate).read_bytes())
+            tmp.write_bytes((Path(dataset) / plate).read_bytes())
     else:
         (out / runs.STAGE_PLATE).unlink(missing_ok=True)
+    Repertoire.from_crops(train_split.keypoints, int(train_split.skeletons.shape[-1])).save(out)
 
 
 def _configure_backends(device: torch.device, deterministic: bool) -> None:
@@ -184,15 +191,10 @@ def run(cfg: TrainConfig, dataset: str | Path, out: str | Path, *, device: str =
         model = Pix2Pix(cfg, train_split, dev, amp=amp_mode, compile=compile, dist_info=d)
         start = checkpoints.restore(model, *resume) if resume is not None else 0
         model.started_from = start
-        config = {"size": cfg.size, "ngf": cfg.ngf, "channels": CHANNELS, "joints": list(JOINTS),
-                  "stats": info["stats"], "stats_size": int(info["size"]), "stage": _stage(info),
-                  "framing": info["framing"], "format": "pix2dance-run", "dataset": str(dataset),
-                  "train": dataclasses.asdict(cfg)}
+        config = run_config(cfg, info, dataset)
         if d.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            _write_stage_plate(dataset, info, out)
-            # Her repertoire: what render and serve measure a new pose against (engine.model.novelty).
-            Repertoire.from_crops(train_split.keypoints, cfg.size).save(out)
+            write_stage(dataset, info, train_split, out)
             (out / runs.SAMPLES).mkdir(exist_ok=True)
             for name in (runs.LOSSES, runs.METRICS):        # rows written after the checkpoint are replayed
                 runs.truncate_jsonl(out / name, start)
