@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "openvino")
 CACHE = "openvino"          # the IR cache's folder in a run
 QUEUE = 2                   # infer requests in flight for a batch: one runs while the other's data is copied
+# fp32 said outright: on CPUs with bf16 units (AMX, AVX512-BF16) OpenVINO would otherwise pick bf16.
+COMPILE = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 FORMAT = 1                  # of the cached IR: Frames' contract; bump when it changes
 
 
@@ -175,7 +177,7 @@ class OpenVINOBackend:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if self._compiled is None:                  # on first use: a server that never renders compiles at warm-up
-            self._compiled = self.ov.Core().compile_model(self.model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+            self._compiled = self.ov.Core().compile_model(self.model, "CPU", COMPILE)
             self._request = self._compiled.create_infer_request()
             self._queue = self.ov.AsyncInferQueue(self._compiled, QUEUE)
             self._queue.set_callback(self._done)
