@@ -5,18 +5,21 @@
     .venv/bin/python bench/synthetic.py --train-frames 2400 --size 256 --ngf 32 --steps 20000 --device cuda
     .venv/bin/python bench/synthetic.py --reuse demo-output     # score a finished `pix2dance demo`
 
-It runs the demo pipeline (engine.demo.pipeline: Blender renders a training dance and an unseen one; dataset
-from ground-truth skeletons; training; the unseen dance rendered through a real engine server) at
-the sizes given, then scores the generated frames against the true renders of the unseen dance,
-side by side with two plain ways of showing a dancer in a new pose, in the same run:
+It runs the demo pipeline (engine.demo.pipeline: Blender renders a training dance and an unseen one, with
+the dancer's exact alpha; dataset from ground-truth skeletons and that alpha; training; the unseen dance
+rendered through a real engine server, placed where the skeleton is and composited over the stage plate)
+at the sizes given, then scores the generated frames against the true renders of the unseen dance (whole
+frames), side by side with plain ways of showing a dancer in a new pose, in the same run:
 
 - nearest frame: the training frame whose (exact) skeleton is closest to the wanted pose, i.e.
-  motion by lookup in the training video;
-- mean frame: the average training frame (what an L1-only model collapses to without the skeleton).
+  motion by lookup in the training video (its alpha: Blender's alpha of that frame);
+- mean frame: the average training frame (what an L1-only model collapses to without the skeleton);
+- empty plate: the run's stage plate, the room with no dancer at all.
 
-Printed: SSIM, PSNR, L1 (whole frame, and in the dancer's box), pose error (MediaPipe on each
-method's frames against the exact skeleton; needs a pose model: --pose-model, $PIX2DANCE_POSE_MODEL
-or the user cache), the ratios generator / nearest frame, and the time of each stage.
+Printed: SSIM, PSNR, L1 (whole frame, and in the dancer's box), alpha IoU against Blender's exact
+alpha, pose error (MediaPipe on each method's frames against the exact skeleton; needs a pose model:
+--pose-model, $PIX2DANCE_POSE_MODEL or the user cache), the ratios generator / nearest frame, and the
+time of each stage.
 """
 
 from __future__ import annotations
@@ -37,33 +40,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.demo import pipeline as demo  # noqa: E402
 from engine.demo import synth, unseen  # noqa: E402
-from engine.model import batches, metrics  # noqa: E402
-from engine.model.evaluate import body_height_of  # noqa: E402
-from engine.wire.joints import CORE, INDEX  # noqa: E402
+from engine.model import metrics  # noqa: E402
+from engine.wire.joints import CORE, INDEX, body_stats  # noqa: E402
 
 log = logging.getLogger("bench.synthetic")
 _CORE = np.array([INDEX[n] for n in CORE])
 
 
-def nearest_frames(train_kp: np.ndarray, train_frames: np.ndarray, test_kp: np.ndarray) -> np.ndarray:
-    """For each test pose, the training frame with the closest skeleton (mean core-joint distance)."""
+def nearest(train_kp: np.ndarray, test_kp: np.ndarray) -> np.ndarray:
+    """For each test pose, the index of the training frame with the closest skeleton (mean core-joint distance)."""
     a = test_kp[:, None, _CORE, :2]                     # (N, 1, C, 2)
     b = train_kp[None, :, _CORE, :2]                    # (1, M, C, 2)
-    dist = np.linalg.norm(a - b, axis=-1).mean(-1)      # (N, M)
-    return train_frames[dist.argmin(1)]
+    return np.linalg.norm(a - b, axis=-1).mean(-1).argmin(1)
 
 
-def load_unseen(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """From a finished demo folder: true renders, skeleton (model pixels) and generated frames of the unseen dance."""
-    import cv2
-    info = json.loads((out / "dataset" / "dataset.json").read_text())
-    truth, kp = unseen.unseen_truth(synth.load_clip(out / "test_clip"), info["sources"][0]["crop"], int(info["size"]))
-    generated = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted((out / "generated").glob("*.png"))])
-    return truth, kp, generated
+def load_unseen(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """From a finished demo folder, the unseen dance: true renders, Blender's alpha, skeleton (video pixels)
+    and the generated frames (composites)."""
+    from engine.data.pairs import read_rgb
+    clip = synth.load_clip(out / "test_clip")
+    generated = np.stack([read_rgb(p) for p in sorted((out / "generated").glob("*.png"))])
+    return synth.read_frames(clip), synth.read_masks(clip), clip.keypoints, generated
 
 
 def score(name: str, frames: np.ndarray, truth: np.ndarray, kp: np.ndarray, pose_model, fps: float,
-          height: float) -> dict:
+          height: float | None) -> dict:
     """The demo's image scores of one method's frames, and their pose error (metrics.pose_error, as eval)."""
     out = unseen.image_scores(frames, truth, kp)
     out["pose_error"] = out["detection_rate"] = None
@@ -111,27 +112,36 @@ def main(argv: list[str] | None = None) -> int:
             out = a.out or Path(tmp) / "demo"
             scores = demo.run(out, device=a.device, quiet=True, settings=s).scores
         seconds = time.perf_counter() - t0
-        truth, kp, generated = load_unseen(out)
-        from engine.data.pairs import load_pairs
-        _, train_frames, train_kp = load_pairs(out / "dataset", "train")
+        truth, alpha, kp, generated = load_unseen(out)
+        train = synth.load_clip(out / "train_clip")
+        train_frames, train_alpha = synth.read_frames(train), synth.read_masks(train)
         pose_model = unseen.resolve_pose_model(quiet=True)
-        height = body_height_of(batches.dataset_info(out / "dataset"), s.size)
+        height = body_stats(list(kp))["height"]
+        pick = nearest(train.keypoints, kp)
+        from engine.data.pairs import read_rgb
+        from engine.model.runs import STAGE_PLATE
+        plate = read_rgb(out / "run" / STAGE_PLATE)
         rows = {
             "generator": score("generator", generated, truth, kp, pose_model, s.fps, height),
-            "nearest frame": score("nearest frame", nearest_frames(train_kp, train_frames, kp), truth, kp, pose_model,
-                                   s.fps, height),
+            "nearest frame": score("nearest frame", train_frames[pick], truth, kp, pose_model, s.fps, height),
             "mean frame": score("mean frame", np.repeat(train_frames.mean(0, keepdims=True).round().astype(np.uint8),
                                                         len(truth), 0), truth, kp, pose_model, s.fps, height),
+            "empty plate": score("empty plate", np.repeat(plate[None], len(truth), 0), truth, kp, pose_model, s.fps, height),
         }
+        rows["generator"]["alpha_iou"] = scores["alpha_iou"]
+        rows["nearest frame"]["alpha_iou"] = metrics.alpha_iou(train_alpha[pick] / 255.0, alpha / 255.0)
+        rows["empty plate"]["alpha_iou"] = 0.0
         truth_pose = scores.get("pose_error_true_render")
 
     fmt = lambda v, f: "   n/a" if v is None else format(v, f)  # noqa: E731
     print(f"\nsynthetic benchmark: unseen dance of {len(truth)} frames, model {s.size} px ngf {s.ngf}, "
           f"{s.train_frames} training frames, {s.steps} steps x batch {s.batch}, device {a.device}")
-    print(f"{'method':<15}{'SSIM':>8}{'PSNR dB':>9}{'L1':>8}{'SSIM body':>11}{'PSNR body':>11}{'pose err':>10}{'detected':>10}")
+    print(f"{'method':<15}{'SSIM':>8}{'PSNR dB':>9}{'L1':>8}{'SSIM body':>11}{'PSNR body':>11}{'alpha IoU':>11}"
+          f"{'pose err':>10}{'detected':>10}")
     for name, r in rows.items():
         print(f"{name:<15}{r['ssim']:>8.4f}{r['psnr']:>9.2f}{r['l1']:>8.4f}{r['body']['ssim']:>11.4f}"
-              f"{r['body']['psnr']:>11.2f}{fmt(r['pose_error'], '10.4f'):>10}{fmt(r['detection_rate'], '10.2f'):>10}")
+              f"{r['body']['psnr']:>11.2f}{fmt(r.get('alpha_iou'), '11.3f'):>11}{fmt(r['pose_error'], '10.4f'):>10}"
+              f"{fmt(r['detection_rate'], '10.2f'):>10}")
     print(f"{'true render':<15}{'':>8}{'':>9}{'':>8}{'':>11}{'':>11}{fmt(truth_pose, '10.4f'):>10}")
     g, nn = rows["generator"], rows["nearest frame"]
     print(f"ratios generator / nearest frame: SSIM x{g['ssim'] / nn['ssim']:.3f}, body SSIM "

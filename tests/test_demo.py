@@ -56,10 +56,14 @@ def test_quick_demo_video_and_scores(quick_demo):
     info = video.probe(out / "side_by_side.mp4")
     assert (info.width, info.height, info.frames) == (3 * s.panel, s.panel, s.test_frames)
     report = json.loads((out / "eval.json").read_text())
-    for key in ("ssim", "psnr", "l1", "pose_error", "detection_rate", "flicker", "frames"):
+    for key in ("ssim", "psnr", "l1", "pose_error", "detection_rate", "flicker", "frames", "alpha_iou"):
         assert key in report, key
     assert report["frames"] == s.test_frames
     assert 0.0 < report["ssim"] < 1.0 and 5.0 < report["psnr"] < 60.0 and 0.0 < report["l1"] < 1.0
+    # the dancer comes back with her matte, placed where her skeleton is, over the stage plate
+    assert report["placement"] == "source" and report["background"] == "the run's stage plate"
+    assert 0.3 < report["alpha_iou"] <= 1.0
+    assert (out / "dataset" / "plates" / "000.png").is_file() and (out / "run" / "stage.png").is_file()
     # MediaPipe finds the dancer in the true renders, close to the exact skeleton: the truth is sound.
     assert report["detection_rate_true_render"] >= 0.5
     assert report["pose_error_true_render"] is not None and report["pose_error_true_render"] < 0.2
@@ -76,6 +80,11 @@ def test_quick_demo_generated_panel_follows_the_skeleton(quick_demo):
     frames = np.stack([rgb for _, rgb in video.sample(out / "side_by_side.mp4")])
     generated = frames[:, :, 2 * panel:].astype(np.float32)
     assert generated.std(axis=0).mean() > 1.0
+    # the dataset used Blender's exact alpha as the dancer's mask
+    from engine.data import pairs
+    from engine.demo import synth
+    masks = pairs.load_masks(out / "dataset", "train")
+    assert masks.shape[0] > 0 and set(np.unique(masks)) >= {0, 255}
 
 
 def test_free_port_is_bindable():
@@ -108,11 +117,8 @@ def test_engine_server_reports_a_bad_run(tmp_path):
             pass
 
 
-def test_to_crop_and_pose_scores():
+def test_pose_scores():
     kp = np.tile(standing_pose(256)[None], (2, 1, 1))
-    crop = {"x": 10, "y": 20, "side": 200}
-    out = unseen.to_crop(kp + np.array([10, 20, 0], np.float32), crop)
-    np.testing.assert_allclose(out, kp, atol=1e-4)
     # A detection equal to the truth scores 0; no detection in a frame lowers the rate.
     err, rate = metrics.pose_scores([kp[0], None], kp)
     assert err == pytest.approx(0.0) and rate == 0.5

@@ -76,6 +76,23 @@ def test_joints_are_on_the_body_not_the_background(clip, empty_stage):
     assert np.mean(on_body) == 1.0, f"{np.mean(on_body):.2%} of joints on the body"
 
 
+def test_the_alpha_is_the_dancer_exactly(clip, empty_stage):
+    """Blender's alpha covers the pixels where the dancer changes the picture, and not her shadow."""
+    masks = synth.read_masks(clip)
+    assert masks.shape == (FRAMES, SIZE, SIZE) and masks.dtype == np.uint8 and len(list(clip.masks_dir.glob("*.png"))) == FRAMES
+    frames = synth.read_frames(clip)
+    changed = np.abs(frames.astype(int) - empty_stage.astype(int)).sum(-1) > 60          # her and her shadow
+    her = masks > 127
+    assert 0.02 < her.mean() < 0.5
+    assert (changed & her).sum() / her.sum() > 0.9          # where the alpha is, the picture changed
+    assert (changed & ~her).sum() / changed.sum() < 0.35     # the rest of the change: her soft shadow, edges
+    # the alpha is the body's own: every projected hip and neck lies in it
+    for f in range(FRAMES):
+        for name in ("neck", "left_hip", "right_hip"):
+            x, y = np.round(clip.keypoints[f, INDEX[name], :2]).astype(int)
+            assert masks[f, y, x] > 127, (f, name)
+
+
 def test_left_is_blue_right_is_red(clip):
     """The projection's left/right agree with the body's colours (left limbs blue, right red)."""
     frames = synth.read_frames(clip).astype(int)

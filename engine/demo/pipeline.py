@@ -4,21 +4,25 @@
     engine.demo.pipeline.run("demo-output", quick=False, device="auto", quiet=False) -> DemoResult
     python -m engine.demo.pipeline --build-model assets/demo --work DIR     # (re)build the shipped demo model
 
-1. engine.demo.synth renders a training dance (Blender, headless) with its exact 2D skeleton;
-2. engine.data.dataset builds the training set from that video, with the ground-truth skeletons;
-3. engine.model.train trains a small pix2pix generator on it (minutes on a CPU);
+1. engine.demo.synth renders a training dance (Blender, headless) with its exact 2D skeleton and
+   the dancer's exact alpha (a transparent-film render of her alone);
+2. engine.data.dataset builds the training set from that video, with the ground-truth skeletons
+   and that alpha as the dancer's mask (person-centred crops, and the room's plate);
+3. engine.model.train trains a small pix2pix generator with a matte on it (minutes on a CPU);
 4. the engine server starts on a free loopback port, and a new choreography the model never saw
-   is rendered through engine.wire.client, the path the Blender add-on takes;
+   is rendered through engine.wire.client, the path the Blender add-on takes (placement "source"
+   with alpha: the dancer stands where her skeleton is), and composited into the scene;
 5. the outputs, each printed at the end (beside them: the clips, the dataset, the run, generated/):
-   - side_by_side.mp4: skeleton | true render | generated,
-   - eval.json: SSIM, PSNR, L1 and flicker against the true renders, and pose error (MediaPipe on
-     the generated frames against the true skeleton; null when no pose model resolves, e.g. offline),
+   - side_by_side.mp4: skeleton | true render | generated (the dancer composited into the scene),
+   - eval.json: SSIM, PSNR, L1 and flicker against the true renders, alpha IoU against Blender's
+     alpha, and pose error (MediaPipe on the generated frames against the true skeleton; null when
+     no pose model resolves, e.g. offline),
    - losses.png: the training curves.
 
-Steps 4-5 are engine.demo.unseen (the unseen dance is sent in the training crop's pixels with
-normalization "none", so the generated frames line up with its true renders pixel for pixel; the
-add-on sends a rig's skeleton with "clip" normalization instead, which moves another body into the
-dancer's space: here the body is the dancer's own), through engine.demo.serving's child server.
+Steps 4-5 are engine.demo.unseen (the unseen dance is sent in the video's pixels with normalization
+"none", so the generated frames line up with its true renders pixel for pixel; the add-on sends a
+rig's skeleton with "clip" normalization instead, which moves another body into the dancer's space:
+here the body is the dancer's own), through engine.demo.serving's child server.
 
 The output folder is built in a temporary sibling and renamed at the end (engine.atomic), so an
 interrupted demo leaves no half-written demo-output/.
@@ -30,6 +34,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -111,7 +116,7 @@ def run(out: str | Path = "demo-output", quick: bool = False, device: str = "aut
 
         t0 = time.perf_counter()
         dataset.build([train_clip.video], tmp / "dataset", fps=s.fps, size=s.size, val_fraction=0.1, quiet=quiet,
-                      keypoints=[train_clip.keypoints])
+                      keypoints=[train_clip.keypoints], masks=[synth.read_masks(train_clip)])
         lap("dataset", t0)
 
         t0 = time.perf_counter()
@@ -148,9 +153,9 @@ def _summary(r: DemoResult, codec: str) -> None:
     log.info("")
     log.info("demo done in %.0f s (%s)", sc["seconds"]["total"],
              ", ".join(f"{k} {v:.0f} s" for k, v in sc["seconds"].items() if k != "total"))
-    log.info("  unseen dance, %d frames: SSIM %s, PSNR %s dB, pose error %s (true renders: %s)",
-             sc["frames"], _fmt(sc["ssim"], ".3f"), _fmt(sc["psnr"], ".2f"), _fmt(sc["pose_error"], ".3f"),
-             _fmt(sc["pose_error_true_render"], ".3f"))
+    log.info("  unseen dance, %d frames: SSIM %s, PSNR %s dB, alpha IoU %s, pose error %s (true renders: %s)",
+             sc["frames"], _fmt(sc["ssim"], ".3f"), _fmt(sc["psnr"], ".2f"), _fmt(sc["alpha_iou"], ".3f"),
+             _fmt(sc["pose_error"], ".3f"), _fmt(sc["pose_error_true_render"], ".3f"))
     log.info("  side by side (skeleton | true render | generated): %s  [%s]", r.side_by_side, codec)
     log.info("  scores:                                            %s", r.eval_json)
     log.info("  training curves:                                   %s", r.losses_png)
@@ -170,8 +175,10 @@ A pix2pix generator of the synthetic dancer (engine/demo/synth.py), trained by p
 - {size} x {size} px, ngf {ngf}, fp16 safetensors ({mb:.1f} MB); model name `demo`.
 - Training dance: {train_frames} frames at {fps:g} fps (seed {seed}), rendered with Blender Workbench at
   {render_size} px; dataset from the exact skeletons; {steps} steps, batch {batch}, on {device}.
-- On an unseen dance ({test_frames} frames) against its true renders: SSIM {ssim:.3f}, PSNR {psnr:.2f} dB,
-  pose error {pose_error} (MediaPipe on the true renders: {pose_error_true}).
+- Outputs RGB and the dancer's matte (4 channels): placed where the pose is and composited into the scene.
+- On an unseen dance ({test_frames} frames) against its true renders, composited over the stage plate:
+  SSIM {ssim:.3f}, PSNR {psnr:.2f} dB, alpha IoU {alpha_iou:.3f} against Blender's alpha, pose error
+  {pose_error} (MediaPipe on the true renders: {pose_error_true}).
 
 Made with:
 
@@ -204,14 +211,17 @@ def build_demo_model(dest: str | Path, work: str | Path, device: str = "auto", q
     generator, config = runs.load_generator(work / "run", "cpu")
     config = {k: v for k, v in config.items() if k != "dataset"}
     config.update(name="demo", description="the synthetic dancer of engine/demo/synth.py (pix2dance demo model)",
-                  unseen={k: scores.get(k) for k in ("ssim", "psnr", "l1", "pose_error", "pose_error_true_render")})
+                  unseen={k: scores.get(k) for k in ("ssim", "psnr", "l1", "alpha_iou", "pose_error", "pose_error_true_render")})
     pe = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     device = resolve_device(device).type
     with atomic_dir(dest) as tmp:
         runs.save_generator(tmp, generator, config, half=True)
+        for name in (runs.STAGE_PLATE, runs.REPERTOIRE):     # her room, for placement "dancer"; her repertoire
+            if (work / "run" / name).is_file():
+                shutil.copyfile(work / "run" / name, tmp / name)
         mb = (tmp / runs.GENERATOR).stat().st_size / 1e6
         (tmp / "README.md").write_text(ASSET_README.format(
-            **asdict(settings), mb=mb, device=device, ssim=scores["ssim"], psnr=scores["psnr"],
+            **asdict(settings), mb=mb, device=device, ssim=scores["ssim"], psnr=scores["psnr"], alpha_iou=scores["alpha_iou"],
             pose_error=pe(scores["pose_error"]), pose_error_true=pe(scores["pose_error_true_render"]),
             minutes=(time.perf_counter() - started) / 60))
     log.info("demo model written to %s (%.1f MB)", dest, mb)

@@ -22,11 +22,13 @@ uses to send a rig's skeleton to the engine, so the synthetic truth and a user's
     clip = make_clip("out/train", frames=240, size=256, seed=0, choreography="train")
     clip.video        # out/train/clip.mp4
     clip.keypoints    # (240, J, 3) float32 in video pixels, frame i of the video = row i
+    read_masks(clip)  # (240, size, size) uint8: Blender's exact alpha of the dancer, frame by frame
     python -m engine.demo.synth OUT_DIR --frames 240 --size 256 --choreography test   # the same, from a shell
 
-OUT_DIR also gets `frames/000000.png ...`, `keypoints.npz` (the `.npz` that `render --motion`
-accepts: keypoints, size, fps) and `dancer.blend` (the animated scene, for the add-on or
-`pix2dance render --motion`).
+OUT_DIR also gets `frames/000000.png ...` (the scene), `masks/000000.png ...` (the dancer's exact
+alpha: a second, transparent-film render of the dancer alone, floor hidden), `keypoints.npz` (the
+`.npz` that `render --motion` accepts: keypoints, size, fps) and `dancer.blend` (the animated scene,
+for the add-on or `pix2dance render --motion`).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from engine.quiet import quiet_fds
 
 log = logging.getLogger(__name__)
 
-ARMATURE, CAMERA = "Dancer", "Camera"
+ARMATURE, CAMERA, FLOOR_OBJECT = "Dancer", "Camera", "Floor"
 
 
 @dataclass
@@ -63,6 +65,11 @@ class SynthClip:
     fps: float
     size: int
     blend: Path | None = None   # dancer.blend: the animated scene
+
+    @property
+    def masks_dir(self) -> Path:
+        """masks/000000.png ...: the dancer's exact alpha (grayscale, size x size)."""
+        return self.frames_dir.parent / "masks"
 
 
 # --- the scene ---------------------------------------------------------------------------------
@@ -187,6 +194,7 @@ def build_stage(bpy, scene, size: int):
     scene.camera = cam
     bpy.ops.mesh.primitive_plane_add(size=20, location=(0, 0, 0))
     bpy.context.object.color = (*FLOOR, 1.0)
+    bpy.context.object.name = FLOOR_OBJECT
     world = bpy.data.worlds.new("Sky")
     world.color = SKY
     scene.world = world
@@ -245,15 +253,34 @@ def new_scene(size: int, frames: int, fps: float):
     return bpy, scene, arm, cam
 
 
-def render_frames(bpy, scene, frames_dir: Path, frames: int, quiet: bool = False, progress=None) -> None:
+def render_frames(bpy, scene, frames_dir: Path, frames: int, quiet: bool = False, progress=None,
+                  desc: str = "render synthetic dancer") -> None:
     """Render frames 0..frames-1 to frames_dir/000000.png ... with Workbench (progress: a bar's stream)."""
     from tqdm import tqdm
     frames_dir.mkdir(parents=True, exist_ok=True)
-    for f in tqdm(range(frames), desc="render synthetic dancer", unit="frame", disable=quiet, leave=False,
-                  file=progress):
+    for f in tqdm(range(frames), desc=desc, unit="frame", disable=quiet, leave=False, file=progress):
         scene.frame_set(f)
         scene.render.filepath = str(frames_dir / f"{f:06d}.png")
         bpy.ops.render.render(write_still=True)
+
+
+def render_alpha(bpy, scene, masks_dir: Path, frames: int, quiet: bool = False, progress=None) -> None:
+    """The dancer's exact alpha, frames 0..frames-1 -> masks_dir/000000.png ... (grayscale, 255 = her).
+
+    A second pass of the same camera with a transparent film and the floor hidden: what is left
+    opaque is the dancer alone (her shadow on the floor is not her). The scene is restored after."""
+    import cv2
+    floor = bpy.data.objects[FLOOR_OBJECT]
+    settings = scene.render.image_settings
+    floor.hide_render, scene.render.film_transparent, settings.color_mode = True, True, "RGBA"
+    try:
+        render_frames(bpy, scene, masks_dir, frames, quiet, progress, desc="render the dancer's alpha")
+    finally:
+        floor.hide_render, scene.render.film_transparent, settings.color_mode = False, False, "RGB"
+    for path in sorted(masks_dir.glob("*.png")):         # RGBA -> its alpha channel alone
+        rgba = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if rgba is None or rgba.ndim != 3 or rgba.shape[2] != 4 or not cv2.imwrite(str(path), rgba[..., 3]):
+            raise UserError(f"Blender did not write an RGBA frame at {path}")
 
 
 def ground_truth(scene, arm, cam, frames: int) -> np.ndarray:
@@ -288,6 +315,7 @@ def make_clip(out_dir: str | Path, frames: int = 240, size: int = 256, seed: int
         bpy, scene, arm, cam = new_scene(size, frames, fps)
         keyframe_dance(arm, dance, frames, fps, bpy.context.view_layer)
         render_frames(bpy, scene, tmp / "frames", frames, quiet, held.terminal)
+        render_alpha(bpy, scene, tmp / "masks", frames, quiet, held.terminal)
         keypoints = ground_truth(scene, arm, cam, frames)
         if save_blend:
             scene.frame_set(0)
@@ -314,6 +342,12 @@ def load_clip(out_dir: str | Path) -> SynthClip:
 def read_frames(clip: SynthClip) -> np.ndarray:
     """All rendered frames of a clip, (N, size, size, 3) uint8 RGB."""
     return np.stack([read_rgb(p) for p in sorted(clip.frames_dir.glob("*.png"))])
+
+
+def read_masks(clip: SynthClip) -> np.ndarray:
+    """The dancer's exact alpha in every frame of a clip, (N, size, size) uint8, 255 = the dancer."""
+    from engine.data.pairs import read_gray
+    return np.stack([read_gray(p) for p in sorted(clip.masks_dir.glob("*.png"))])
 
 
 def main(argv: list[str] | None = None) -> int:

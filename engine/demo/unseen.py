@@ -3,11 +3,13 @@
     report, codec = evaluate_unseen(folder, settings, device="cpu", quiet=True, times={})
     # folder holds test_clip/, dataset/ and run/; writes generated/, side_by_side.mp4, losses.png
 
-The unseen dance is filmed by the same camera as the training dance, so its true renders are cut
-with the training set's crop and its skeleton is sent in that crop's pixels with normalization
-"none": the generated frames then line up with the true renders pixel for pixel, and SSIM/PSNR
-measure the generator alone. Pose error is engine.model.metrics.pose_error, the measure
-`pix2dance eval` reports, with the same fallback body height (the dataset's).
+The unseen dance is filmed by the same camera as the training dance, in the dancer's own space: its
+skeleton is sent in the video's pixels with normalization "none", placement "source" and alpha, as
+the Blender add-on asks. Each frame comes back as the dancer with her matte, standing where her
+skeleton is, and is composited over the run's stage plate (the room without her, from the training
+video): the generated frames line up with the true renders pixel for pixel. Scores: SSIM, PSNR, L1
+(whole frame and dancer's box), flicker, pose error (engine.model.metrics.pose_error, the measure
+`pix2dance eval` reports) and alpha IoU against Blender's exact alpha of the unseen dance.
 """
 
 from __future__ import annotations
@@ -25,29 +27,6 @@ from engine.errors import UserError
 log = logging.getLogger("pix2dance.demo")
 
 
-def crop_frames(frames: np.ndarray, crop: dict, size: int) -> np.ndarray:
-    """Cut the dataset's square crop {x, y, side} out of (N, H, W, 3) frames, as the dataset did."""
-    from engine.data import dataset
-    box = dataset.Crop(int(crop["x"]), int(crop["y"]), int(crop["side"]))
-    return np.stack([dataset.crop_image(f, box, size) for f in frames])
-
-
-def to_crop(keypoints: np.ndarray, crop: dict) -> np.ndarray:
-    """(N, J, 3) keypoints in video pixels -> pixels of the crop square (side x side)."""
-    from engine.data import dataset
-    side = int(crop["side"])
-    return dataset.Crop(int(crop["x"]), int(crop["y"]), side).to_crop_pixels(keypoints, side)
-
-
-def unseen_truth(clip, crop: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The unseen dance's true renders cut like the dataset, (N, S, S, 3), and its skeleton in model pixels."""
-    from engine.demo import synth
-    truth = crop_frames(synth.read_frames(clip), crop, size)
-    kp = to_crop(clip.keypoints, crop)
-    kp[..., :2] *= size / crop["side"]
-    return truth, kp
-
-
 def write_frames(folder: Path, frames: np.ndarray) -> None:
     """(N, H, W, 3) RGB -> folder/000000.png ..."""
     import cv2
@@ -57,21 +36,28 @@ def write_frames(folder: Path, frames: np.ndarray) -> None:
             raise UserError(f"cannot write {folder / f'{i:06d}.png'}")
 
 
-def generate_via_engine(run_dir: Path, keypoints: np.ndarray, side: int, device: str, quiet: bool) -> np.ndarray:
-    """Frames for (N, J, 3) keypoints in crop pixels, through a served engine: (N, S, S, 3) uint8."""
+def generate_via_engine(run_dir: Path, keypoints: np.ndarray, size: int, fps: float, device: str,
+                        quiet: bool) -> np.ndarray:
+    """RGBA frames (N, size, size, 4) of (N, J, 3) keypoints in the square video's pixels, placed where
+    the poses are, through a served engine (straight alpha: the dancer's matte)."""
     import cv2
     from tqdm import tqdm
 
     from engine.demo.serving import engine_server
+    from engine.wire import protocol
     from engine.wire.client import Client, ClientError
     with engine_server(run_dir, device) as address, Client(address, timeout=60.0) as client:
         model = client.info()["models"][0]["name"]
         frames = []
         try:
-            for frame in tqdm(client.render(model, keypoints, source_size=(side, side), mode="none", fmt="png"),
+            # One request for the whole dance where it fits: the engine smooths the framing over a request.
+            for frame in tqdm(client.render(model, keypoints, source_size=(size, size), mode="none", fmt="png",
+                                            placement="source", alpha=True, fps=fps, chunk=protocol.MAX_FRAMES),
                               total=len(keypoints), desc="render via engine", unit="frame", disable=quiet):
-                bgr = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR)
-                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                bgra = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_UNCHANGED)
+                if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
+                    raise UserError(f"the engine sent frame {frame.id} without alpha")
+                frames.append(cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGBA))
         except ClientError as e:
             raise UserError(f"the engine failed to render the unseen dance: {e}") from None
     return np.stack(frames)
@@ -97,7 +83,7 @@ def image_scores(generated: np.ndarray, truth: np.ndarray, keypoints: np.ndarray
 
 
 def score(generated: np.ndarray, truth: np.ndarray, keypoints: np.ndarray, pose_model: Path | None,
-          fps: float, fallback_height: float, quiet: bool = True) -> dict:
+          fps: float, fallback_height: float | None, quiet: bool = True) -> dict:
     """The demo's scores of generated vs true frames (N, S, S, 3) of poses (N, J, 3) in their pixels.
 
     Image scores, and pose error of the generated frames and of the true ones (the detector's own
@@ -129,32 +115,38 @@ def side_by_side(skeletons: np.ndarray, truth: np.ndarray, generated: np.ndarray
 
 def evaluate_unseen(folder: Path, s, device: str, quiet: bool, times: dict) -> tuple[dict, str]:
     """Steps 4-5 in a demo folder holding test_clip/, dataset/ and run/: serve the run, render the
-    unseen dance through the client, score it; writes generated/, side_by_side.mp4, losses.png.
+    unseen dance through the client, composite it over the stage plate, score it; writes generated/
+    (the composites), side_by_side.mp4, losses.png.
 
     s: the demo's pipeline.DemoSettings. Returns the report (eval.json's content, less `seconds`)
     and the video codec used.
     """
     from engine.data import skeleton, video
+    from engine.data.pairs import read_rgb
     from engine.demo import synth
-    from engine.model import batches, runs
-    from engine.model.evaluate import body_height_of
+    from engine.model import compose, metrics, runs
+    from engine.wire.joints import body_stats
     t0 = time.perf_counter()
     test_clip = synth.load_clip(folder / "test_clip")
-    info = batches.dataset_info(folder / "dataset")
-    crop = info["sources"][0]["crop"]
-    test_kp = to_crop(test_clip.keypoints, crop)                                  # (N, J, 3) crop px
-    generated = generate_via_engine(folder / "run", test_kp, int(crop["side"]), device, quiet)
+    kp, size = test_clip.keypoints, test_clip.size
+    rgba = generate_via_engine(folder / "run", kp, size, test_clip.fps, device, quiet)
     times["render"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
+    plate_path = folder / "run" / runs.STAGE_PLATE
+    plate = read_rgb(plate_path) if plate_path.is_file() else None
+    generated = np.stack([compose.over(layer, plate) for layer in rgba])
     write_frames(folder / "generated", generated)
-    truth, kp_model = unseen_truth(test_clip, crop, s.size)
-    skeletons = skeleton.draw_batch(kp_model, s.size)
+    truth = synth.read_frames(test_clip)
     pose_model = resolve_pose_model(quiet)
-    report = score(generated, truth, kp_model, pose_model, s.fps, body_height_of(info, s.size), quiet)
+    stats = body_stats(list(kp))
+    report = score(generated, truth, kp, pose_model, s.fps, stats["height"] if stats else None, quiet)
+    report["alpha_iou"] = metrics.alpha_iou(rgba[..., 3] / 255.0, synth.read_masks(test_clip) / 255.0)
     report.update(pose_model=pose_model.name if pose_model else None, frames=int(len(generated)),
-                  unseen_choreography=True, normalization="none (same camera, dataset crop)",
+                  unseen_choreography=True, placement="source", normalization="none (same camera)",
+                  background="the run's stage plate" if plate is not None else "black (no plate)",
                   settings=asdict(s), device=device)
+    skeletons = skeleton.draw_batch(kp, size)
     codec = video.write_video(folder / "side_by_side.mp4", side_by_side(skeletons, truth, generated, s.panel), s.fps)
     shutil.copyfile(folder / "run" / runs.PLOT, folder / "losses.png")
     times["evaluate"] = round(time.perf_counter() - t0, 1)
