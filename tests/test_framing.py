@@ -135,3 +135,17 @@ def test_a_placed_crop_lands_where_the_pose_was_and_composites_over_the_plate():
     edge = rgb[60, xs.min() - 1:xs.max() + 2, 0]
     assert edge.min() >= 90                                  # no dark fringe from the transparent black
     assert fit_background(np.zeros((10, 40, 3), np.uint8), (160, 120)).shape == (120, 160, 3)
+
+
+def test_a_chunk_with_its_context_is_framed_as_the_whole_sequence():
+    from engine.wire import protocol
+    assert framing.REACH_S <= protocol.CONTEXT_S
+    rng = np.random.default_rng(3)
+    track = np.stack([standing_pose() for _ in range(200)])
+    track[:, :, :2] *= (1 + 0.3 * np.sin(np.arange(200) / 15))[:, None, None]      # she comes and goes
+    track[:, :, :2] += rng.normal(0, 2, (200, 1, 2))
+    fps, reach = 24.0, int(np.ceil(protocol.CONTEXT_S * 24.0))
+    whole = framing.person_crops(track, fps)
+    a, b = 80, 96
+    part = framing.person_crops(track[a - reach:b + reach], fps)[reach:reach + b - a]
+    np.testing.assert_allclose(part, whole[a:b], rtol=1e-5, atol=1e-3)

@@ -163,6 +163,17 @@ def test_render_background_none_keeps_alpha_in_a_mov_and_a_file_backdrop_fills_t
     assert corner.shape[-1] == 4 and corner[0, 0, 3] == 0                            # PNGs: her layer alone
 
 
+def test_an_engine_serving_a_run_without_mattes_answers_no_alpha(old_run):
+    from engine.demo.serving import engine_server
+    from engine.wire.client import Client, EngineError
+    with engine_server(old_run, "cpu") as address, Client(address, timeout=60) as c:
+        for ask in ({"alpha": True}, {"placement": "source"}):
+            with pytest.raises(EngineError) as e:
+                list(c.render("old", rig_poses(1), source_size=(640, 480), joints=list(JOINTS), **ask))
+            assert e.value.code == "no_alpha" and "without a matte" in e.value.message
+        assert len(list(c.render("old", rig_poses(2), source_size=(640, 480)))) == 2     # the bare crop still works
+
+
 def test_render_refuses_a_placement_an_old_run_cannot_give(old_run, dance, tmp_path):
     import subprocess
     from tests.conftest import PYTHON, ROOT

@@ -20,6 +20,12 @@ def predictor(tiny_run):
     return Predictor(tiny_run, "cpu")
 
 
+@pytest.fixture(scope="module")
+def old_predictor(tmp_path_factory):
+    """A run from before mattes: the pose normalized into the dancer's square (tests/test_placement.py: the stage)."""
+    return Predictor(make_tiny_run(tmp_path_factory.mktemp("old") / "old", channels=3), "cpu")
+
+
 def source_clip(n: int = 6) -> np.ndarray:
     """Another, taller body (x1.6) standing elsewhere in a 1280 x 720 image, stepping sideways."""
     kp = standing_pose(256) * np.array([1.6, 1.6, 1.0], np.float32) + np.array([500, 250, 0], np.float32)
@@ -29,7 +35,8 @@ def source_clip(n: int = 6) -> np.ndarray:
     return clip
 
 
-def test_predict_is_normalize_draw_generate(predictor):
+def test_predict_is_normalize_draw_generate(old_predictor):
+    predictor = old_predictor
     kp = source_clip(3)
     frames = predictor.predict(kp, (1280, 720), "frame")
     assert frames.shape == (3, 64, 64, 3) and frames.dtype == np.uint8

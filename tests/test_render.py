@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import PYTHON, ROOT, make_tiny_run, sample, standing_pose
+from tests.conftest import PYTHON, ROOT, STAGE_SIZE, make_tiny_run, sample, standing_pose
 
-SIZE = 64   # the tiny run's frame size
+W, H = STAGE_SIZE   # the tiny run's stage: its dancer's own video frame
 
 
 def pix2dance(*args, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -73,7 +73,7 @@ def test_render_npz_to_mp4_and_png_frames(tiny_run, npz, tmp_path):
     r = pix2dance(tiny_run, "--motion", npz, "--out", out, "--frames", "5:24", "--png", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     frames = read_video(out)
-    assert len(frames) == 20 and frames[0].shape == (SIZE, SIZE, 3)
+    assert len(frames) == 20 and frames[0].shape == (H, W, 3)           # "dancer": in her own frame
     pngs = sorted((tmp_path / "npz_frames").glob("*.png"))
     assert [p.name for p in pngs[:2]] == ["000005.png", "000006.png"] and len(pngs) == 20
     assert "wrote 20 frames" in r.stderr and "h264" in r.stderr and "browsers" in r.stderr  # the codec, where it plays
@@ -87,8 +87,8 @@ def test_render_bvh_resampled(tiny_run, tmp_path):
                   "--fps", "10", "--frames", "1:20", "--device", "cpu", "--side-by-side")
     assert r.returncode == 0, r.stderr
     frames = read_video(out)
-    assert len(frames) == 20 and frames[0].shape == (SIZE, 2 * SIZE, 3)
-    skeleton_panel = frames[0][:, :SIZE]
+    assert len(frames) == 20 and frames[0].shape == (H, H + W, 3)       # the skeleton panel, then her frame
+    skeleton_panel = frames[0][:, :H]
     assert skeleton_panel.max() > 100 and (skeleton_panel.max(axis=2) < 20).mean() > 0.6   # a skeleton on black
     assert "parsing bvh" not in r.stderr + r.stdout                                        # bpy kept quiet
 
@@ -99,7 +99,7 @@ def test_render_blend(tiny_run, blend, tmp_path):
     assert r.returncode == 0, r.stderr
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == 20 and pngs[0].name == "000001.png"
-    assert cv2.imread(str(pngs[0])).shape == (SIZE, SIZE, 3)
+    assert cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED).shape == (480, 640, 4)   # "source": the camera's frame, RGBA
     assert not (tmp_path / "frames.mp4").exists()
 
 
@@ -109,8 +109,8 @@ def test_render_video_side_by_side(tiny_run, pose_model, tmp_path):
                   "--side-by-side", "--pose-model", pose_model, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     frames = read_video(out)
-    assert len(frames) == 20 and frames[0].shape == (SIZE, 2 * SIZE, 3)
-    assert frames[0][:, :SIZE].std() > 20          # the source video frame, not a black skeleton panel
+    assert len(frames) == 20 and frames[0].shape == (H, H + W, 3)
+    assert frames[0][:, :H].std() > 20             # the source video frame, not a black skeleton panel
 
 
 # --- through a running engine -------------------------------------------------------------------
@@ -157,9 +157,9 @@ def test_render_through_the_engine_matches_in_process(engine, npz, tmp_path):
     assert len(a) == len(b) == 20
     for pa, pb in zip(a[::5], b[::5]):
         local, remote = cv2.imread(str(pa)), cv2.imread(str(pb))
-        assert remote.shape == (SIZE, 2 * SIZE, 3)
-        # normalized once, in the engine, exactly as in-process: the same frames
-        assert np.abs(local.astype(int) - remote[:, SIZE:].astype(int)).max() <= 2
+        assert remote.shape == (H, H + W, 3)
+        # normalized and framed once, in the engine, exactly as in-process: the same frames
+        assert np.abs(local.astype(int) - remote[:, H:].astype(int)).max() <= 2
 
 
 def test_engine_errors_are_one_line(engine, npz, tmp_path):

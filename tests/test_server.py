@@ -136,15 +136,6 @@ def test_unknown_model_is_an_engine_error(engine):
     assert e.value.code == "unknown_model"
 
 
-def test_alpha_or_a_placement_from_a_model_without_a_matte_is_a_clear_error(engine):
-    with Client(engine.address, timeout=TIMEOUT) as c:
-        for ask in ({"alpha": True}, {"placement": "source"}):
-            with pytest.raises(EngineError) as e:
-                list(c.render("tiny", poses(1), source_size=(640, 480), joints=list(JOINTS), **ask))
-            assert e.value.code == "no_alpha" and "without a matte" in e.value.message
-        assert c.ping()                    # and it keeps serving
-
-
 def test_two_clients_at_once_each_get_their_own_frames_in_order(engine, predictor):
     inputs = {0: poses(12), 1: poses(12, arm="left")}
     results, errors = {}, []

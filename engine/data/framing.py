@@ -32,6 +32,9 @@ SCALE_WINDOW_S = 1.0    # rolling median of the body height over this many secon
 SCALE_SIGMA_S = 0.3     # then a Gaussian of this sigma
 CENTRE_SIGMA_S = 0.1    # the centre follows the dancer closely: a light Gaussian only
 TORSO_SHARE = 0.37      # neck-to-mid-hip as a share of body_height, when the legs are unseen
+# How far (seconds) a pose can move another frame's crop: a chunk framed with this much of its
+# neighbours on each side is framed exactly as the whole sequence (protocol.CONTEXT_S covers it).
+REACH_S = SCALE_WINDOW_S / 2 + 3 * SCALE_SIGMA_S
 
 
 def _frame_measure(kp: np.ndarray) -> tuple[float, float, float]:

@@ -146,6 +146,8 @@ class Predictor:
         """Step 1: (N, J, 3) keypoints in source pixels -> the drawn skeletons and where each frame goes."""
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+        if mode not in normalize.MODES:
+            raise ValueError(f"normalization mode must be one of {normalize.MODES}, got {mode!r}")
         if not self.alpha:
             if placement != "crop":
                 raise UserError(f"{self.run_dir} was trained before mattes: it gives only the bare crop "

@@ -266,8 +266,9 @@ class Server:
         if unknown:
             raise protocol.ProtocolError("bad_request", f"unknown joints {unknown[:5]}; this model's joints are "
                                          "listed by info", request.id)
-        raw = np.frombuffer(request.keypoints, dtype="<f4").reshape(len(request.frames), len(request.joints), 3)
-        kp = np.zeros((len(request.frames), len(joints), 3), np.float32)
+        n = sum(request.context) + len(request.frames)          # the rendered frames and their context
+        raw = np.frombuffer(request.keypoints, dtype="<f4").reshape(n, len(request.joints), 3)
+        kp = np.zeros((n, len(joints), 3), np.float32)
         kp[:, [index[j] for j in request.joints]] = raw
         return kp
 
@@ -317,8 +318,9 @@ class Server:
                 r = job.request
                 start_time = time.perf_counter()
                 try:
-                    job.framed = predictor.frame(job.keypoints, r.source_size, r.mode, r.stats,
-                                                 placement=r.placement, fps=r.fps)
+                    before = r.context[0]
+                    job.framed = predictor.frame(job.keypoints, r.source_size, r.mode, r.stats, placement=r.placement,
+                                                 fps=r.fps).part(before, before + len(r.frames))
                     job.seconds += time.perf_counter() - start_time
                 except ValueError as e:
                     self._fail(job, protocol.error(r.id, "bad_request", str(e)[:200]))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import array
 import itertools
+import math
 import os
 import sys
 import time
@@ -218,12 +219,17 @@ class Client:
         per = len(joints) * 12
         starts = list(range(0, n, chunk))
 
+        # A chunk of a sequence carries its neighbours' poses, so the engine frames it as the whole.
+        reach = math.ceil(protocol.CONTEXT_S * fps) if fps else 0
+
         def message(rid: str, index: int) -> list:
             a = starts[index]
-            return protocol.RenderRequest(rid, model, ids[a:a + chunk], joints, data[a * per:(a + chunk) * per],
+            b = min(a + chunk, n)
+            before, after = min(a, reach), min(n - b, reach)
+            return protocol.RenderRequest(rid, model, ids[a:b], joints, data[(a - before) * per:(b + after) * per],
                                           source_size=source_size, mode=mode, stats=source_stats, format=fmt,
                                           size=size, quality=quality, placement=placement, alpha=alpha,
-                                          fps=fps).encode()
+                                          fps=fps, context=(before, after)).encode()
         return self._stream(message, len(starts), in_flight)
 
     def close(self) -> None:

@@ -48,8 +48,13 @@ Kinds (a reply has the kind of its request, or "error")
                                                          matte; PNG or raw only); false: composited RGB
                        "fps": null | number            the sequence's frame rate: the crop is smoothed over
                                                        the request's frames; null: each pose framed alone
-                       "dtype": "<f4", "shape": [N, J, 3]}
-                      frame 1: keypoints, little-endian float32, N x J x 3 (x, y, visibility), row-major
+                       "context": [before, after]      (default [0, 0]) poses of the sequence just before and
+                                                       after these frames, sent only to frame them: with
+                                                       CONTEXT_S seconds of each, a chunk is framed exactly as
+                                                       the whole sequence would be
+                       "dtype": "<f4", "shape": [before + N + after, J, 3]}
+                      frame 1: keypoints, little-endian float32, (before + N + after) x J x 3 (x, y,
+                      visibility), row-major
                       -> reply {"model", "frames": [ids], "format", "width", "height", "channels": 3 | 4,
                                 "placements": [[a, b, c, d, e, f], ...] one per frame: the affine from crop
                                   pixels to output pixels, x' = a x + b y + c, y' = d x + e y + f,
@@ -90,6 +95,7 @@ KINDS = ("ping", "info", "render")
 FORMATS = ("png", "jpeg", "raw")
 MODES = ("frame", "clip", "none")
 PLACEMENTS = ("crop", "dancer", "source")
+CONTEXT_S = 1.5                  # seconds of neighbouring poses that can change a frame's crop (see "context")
 DTYPE = "<f4"
 STATS_KEYS = ("height", "ankle_y", "center_x", "ankle_far", "ankle_near", "height_far", "height_near")
 
@@ -131,6 +137,7 @@ class RenderRequest:
     placement: str = "crop"
     alpha: bool = False
     fps: float | None = None
+    context: tuple[int, int] = (0, 0)       # poses before and after `frames` in `keypoints`, for framing only
 
     def encode(self) -> list[bytes]:
         """The message's frames: the header, then the keypoints."""
@@ -139,7 +146,8 @@ class RenderRequest:
                        normalize={"mode": self.mode, "stats": self.stats},
                        output={"format": self.format, "size": self.size, "quality": self.quality,
                                "placement": self.placement, "alpha": self.alpha},
-                       fps=self.fps, dtype=DTYPE, shape=[len(self.frames), len(self.joints), 3]),
+                       fps=self.fps, context=list(self.context), dtype=DTYPE,
+                       shape=[sum(self.context) + len(self.frames), len(self.joints), 3]),
                 bytes(self.keypoints)]
 
 
@@ -360,16 +368,20 @@ def parse_render(head: dict, binary: list[bytes], *, max_frames: int = MAX_FRAME
     fps = head.get("fps")
     if fps is not None and (not isinstance(fps, (int, float)) or isinstance(fps, bool) or not 0 < fps <= 1000):
         _bad(rid, '"fps" must be null or a number in (0, 1000]')
+    context = head.get("context", [0, 0])
+    if not isinstance(context, list) or len(context) != 2:
+        _bad(rid, '"context" must be [before, after]')
+    context = (_int(context[0], "context before", 0, max_frames, rid), _int(context[1], "context after", 0, max_frames, rid))
     if head.get("dtype", DTYPE) != DTYPE:
         _bad(rid, f'keypoints must be little-endian float32 ("dtype": "{DTYPE}"), got {str(head.get("dtype"))[:20]!r}')
-    shape = [len(frames), len(joints), 3]
+    shape = [sum(context) + len(frames), len(joints), 3]
     if head.get("shape", shape) != shape:
         _bad(rid, f'"shape" {str(head.get("shape"))[:40]} does not match frames and joints {shape}')
     if len(binary) != 1:
         _bad(rid, f"a render request has exactly one binary frame (the keypoints), got {len(binary)}")
-    expected = len(frames) * len(joints) * 3 * 4
+    expected = shape[0] * len(joints) * 3 * 4
     if len(binary[0]) != expected:
         _bad(rid, f"keypoints frame is {len(binary[0])} bytes; N x J x 3 float32 = {expected}")
     return RenderRequest(rid, model, list(frames), list(joints), bytes(binary[0]), source_size, mode=norm["mode"],
                          stats=stats, format=out.get("format", "png"), size=out_size, quality=quality,
-                         placement=placement, alpha=alpha, fps=None if fps is None else float(fps))
+                         placement=placement, alpha=alpha, fps=None if fps is None else float(fps), context=context)
