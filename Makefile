@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	# mediapipe pulls opencv-contrib-python, which writes the same cv2/ package as the headless
 	# wheel: reinstall the headless one last so that one known, display-free cv2 wins.
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps opencv-python-headless==4.11.0.86
-	$(BIN)/python -c "import cv2, numpy, mediapipe, bpy, torch, zmq; assert cv2.__version__ == '4.11.0', cv2.__version__; print('set-up ok: cv2', cv2.__version__, '| numpy', numpy.__version__, '| torch', torch.__version__, '| bpy', bpy.app.version_string)"
+	$(BIN)/python -c "import cv2, numpy, mediapipe, bpy, torch, zmq, av, openvino; assert cv2.__version__ == '4.11.0', cv2.__version__; print('set-up ok: cv2', cv2.__version__, '| numpy', numpy.__version__, '| torch', torch.__version__, '| bpy', bpy.app.version_string)"
 	touch $(STAMP)
 
 demo: setup
