@@ -37,6 +37,9 @@ class PIX2DANCE_PT_main(_Sidebar, bpy.types.Panel):
         box.label(text=f"Model: {s.model or 'engine first'}")
         if s.warning:
             box.label(text=s.warning, icon="INFO")
+        if s.guesses:
+            box.label(text=f"{s.guesses} frames are guesses: poses she never danced (timeline markers)",
+                      icon="ERROR")
         if s.last_error:
             row = box.row()
             row.alert = True

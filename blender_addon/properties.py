@@ -101,6 +101,9 @@ class PIX2DANCE_PG_settings(bpy.types.PropertyGroup):
     warning: StringProperty(name="Warning", default="",
                             description="What the last render or preview could not do as asked (one line)")
     connected: BoolProperty(name="Connected", default=False)
+    guesses: IntProperty(name="Guesses", default=0, min=0,
+                         description="Frames of the last render whose pose is outside the dancer's repertoire "
+                                     "(marked on the timeline): their pictures are guesses")
 
 
 CLASSES = (PIX2DANCE_PG_joint, PIX2DANCE_PG_settings)

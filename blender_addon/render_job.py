@@ -88,6 +88,8 @@ class RenderJob(jobs.Job):
         self.strip = None                           # the dancer's strip
         self.scene_strip = None                     # the scene underneath (scene_underneath)
         self.out_of_view: list[int] = []            # frames where the rig is partly out of view
+        self.novelty: dict[int, float | None] = {}  # frame -> body heights from the dancer's repertoire
+        self.threshold: float | None = None         # the model's: above it a frame is a guess
         self.timings: dict[str, float] = {}
         self._claimed = False                       # holds its folder in RENDERING
 
@@ -207,6 +209,9 @@ class RenderJob(jobs.Job):
             return
         if self.output is not None:
             settings.warning = self.warning
+        scene = bpy.data.scenes.get(self.plan.scene_name)
+        if scene is not None and self.novelty:
+            settings.guesses = len(sequencer.mark_guesses(scene, self.novelty, self.threshold))
         if self.error:
             settings.last_error = self.error
             settings.status = f"Render stopped: {len(self.rendered)} new frames kept"
@@ -230,6 +235,7 @@ class RenderJob(jobs.Job):
         try:
             model = pick_model(c.info(), plan.model)
             output = output_for(model)
+            self.threshold = model.get("novelty_threshold")
             entry_of = self._entries(model, output)
             todo = [i for i, f in enumerate(plan.frames) if not manifest.is_fresh(f, entry_of(i))]
             self.post("model", model["name"], len(todo), len(plan.frames) - len(todo), output)
@@ -250,7 +256,8 @@ class RenderJob(jobs.Job):
                         sequencer.write_atomic(plan.folder / sequencer.frame_name(frame.id), frame.data)
                         # The affine from the model's crop to this frame's pixels: where the dancer was put.
                         affine = list(frame.placement) if frame.placement else None
-                        manifest.record(frame.id, {**entry_of(index[frame.id]), "affine": affine})
+                        manifest.record(frame.id, {**entry_of(index[frame.id]), "affine": affine,
+                                                   "novelty": frame.novelty})
                         got.add(frame.id)
                         written += 1
                         if written % plan.chunk == 0:
@@ -272,6 +279,8 @@ class RenderJob(jobs.Job):
                 finally:
                     stream.close()
         finally:
+            # Every frame's novelty, rendered now or vouched for by the manifest: marked on the timeline.
+            self.novelty = {f: manifest.frames.get(str(f), {}).get("novelty") for f in plan.frames}
             try:
                 manifest.save()
             finally:

@@ -106,6 +106,23 @@ class Manifest:
 
 # --- strips (main thread) ----------------------------------------------------------------------
 
+GUESS = "pix2dance guess"    # timeline marker name of a frame whose pose is outside the dancer's repertoire
+
+
+def mark_guesses(scene, novelty: dict[int, float | None], threshold: float | None) -> list[int]:
+    """Timeline markers on the frames whose novelty is above the model's threshold (their pictures are
+    guesses: poses the dancer never danced); the markers of an earlier render in these frames go first.
+    Returns the marked frames. Main thread only."""
+    for marker in [m for m in scene.timeline_markers if m.name == GUESS and m.frame in novelty]:
+        scene.timeline_markers.remove(marker)
+    if threshold is None:
+        return []
+    guesses = sorted(f for f, score in novelty.items() if score is not None and score > threshold)
+    for frame in guesses:
+        scene.timeline_markers.new(GUESS, frame=frame)
+    return guesses
+
+
 def strips_of(sed):
     """The top-level strips collection: `strips` (Blender 5.x) or `sequences` (before)."""
     return sed.strips if hasattr(sed, "strips") else sed.sequences

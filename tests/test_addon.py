@@ -983,3 +983,15 @@ def test_mapping_rows_say_how_each_bone_was_found_and_a_hand_pick_says_hand(rig)
     saved = rig_mapping.saved_mapping(scene.pix2dance)
     assert saved["how"]["left_wrist"] == "hand" and saved["how"]["right_wrist"] in ("name", "structure", "geometry")
     rig_mapping.check_mapping(saved)
+
+
+def test_frames_outside_the_repertoire_are_marked_on_the_timeline(addon):
+    scene = bpy.context.scene
+    scene.timeline_markers.new("a cue of the choreographer's", frame=3)
+    marked = sequencer.mark_guesses(scene, {1: 0.05, 2: 0.6, 3: None, 4: 0.9}, threshold=0.2)
+    assert marked == [2, 4]
+    assert sorted((m.name, m.frame) for m in scene.timeline_markers) == [
+        ("a cue of the choreographer's", 3), (sequencer.GUESS, 2), (sequencer.GUESS, 4)]
+    assert sequencer.mark_guesses(scene, {2: 0.1, 4: 0.1}, threshold=0.2) == []      # a re-render clears them
+    assert [m.frame for m in scene.timeline_markers if m.name == sequencer.GUESS] == []
+    scene.timeline_markers.clear()
