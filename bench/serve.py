@@ -1,6 +1,6 @@
 """Benchmark: the CPU backends side by side, and what the engine server costs over the Predictor in-process.
 
-    .venv/bin/python bench/serve.py [--run RUN_DIR] [--quick] [--frames 64] [--batch 8]
+    .venv/bin/python bench/serve.py [--run RUN_DIR] [--quick] [--frames 64] [--batch 8] [--repeat 3]
 
 Same model, same frames, measured one after the other in this one run (interleaved, best of a few:
 load from elsewhere on the machine hits every side alike):
@@ -148,10 +148,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="max batch, in-process and in the server (default 8)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for sections 1 and 2")
     ap.add_argument("--skip-backends", action="store_true", help="leave out section 0")
+    ap.add_argument("--repeat", type=int, help="measurements per side, the best kept (default 3, quick 2; "
+                    "more on a busy machine)")
     args = ap.parse_args()
     frames = args.frames or (8 if args.quick else 64)
     reps = 3 if args.quick else 20
-    repeat = 2 if args.quick else 3
+    repeat = args.repeat or (2 if args.quick else 3)
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
 
     with tempfile.TemporaryDirectory() as tmp:
