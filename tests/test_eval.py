@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -47,6 +48,8 @@ def test_eval_writes_every_field_a_video_and_a_report(trained, data, pose_model,
     info = json.loads((data / "dataset.json").read_text())
     n = info["counts"]["val"]
     assert saved["frames"] == n and saved["step"] == 60
+    assert (trained / "repertoire.npz").is_file() and saved["novelty"]["frames"] == n    # every frame scored
+    assert saved["novelty"]["spearman_box_l1"] is None or -1 <= saved["novelty"]["spearman_box_l1"] <= 1
     src = info["sources"][0]
     assert saved["source"] == {"video": src["video"], "width": src["width"], "height": src["height"], "background": "plate"}
     assert saved["placement"] == "source" and saved["normalization"] == "none"
@@ -146,3 +149,10 @@ def test_demo_and_eval_report_the_same_pose_error_on_the_same_frames(trained, da
     assert report["pose_error_real"] is not None
     assert demo["detection_rate_true_render"] == report["detection_rate_real"]
     assert demo["ssim"] == pytest.approx(report["ssim"]) and demo["l1"] == pytest.approx(report["l1"])
+
+
+def test_novelty_is_correlated_with_the_error_by_rank():
+    novelty = np.array([0.1, 0.5, np.nan, 0.3, 0.9])
+    worse = evaluate.novelty_vs_error(novelty, np.array([0.01, 0.05, 0.2, 0.03, 0.2]))
+    assert worse == {"spearman_box_l1": 1.0, "mean": 0.45, "frames": 4}
+    assert evaluate.novelty_vs_error(np.full(5, np.nan), np.zeros(5)) is None

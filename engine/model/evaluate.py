@@ -72,6 +72,7 @@ class Clip:
     mask: np.ndarray              # (N, H, W) uint8 stored mask placed back
     empty: np.ndarray             # (H, W, 3) the plate, or black
     has_plate: bool
+    novelty: np.ndarray | None = None   # (N,) body heights from the training poses (engine.model.novelty)
 
 
 def video_path(video: str, data: Path) -> Path:
@@ -132,7 +133,8 @@ def render_clips(predictor, data: Path, info: dict, split: str, quiet: bool) -> 
             index=int(source), video=path, width=width, height=height, frame_index=index, keypoints=kp,
             breaks=(np.diff(t) > 1.5 / fps) | (np.diff(t) <= 0), real=real, generated=generated,
             alpha=rendered.frames[..., 3], mask=place_masks(masks[mine], rows["crops"][mine], size, (width, height)),
-            empty=plate if plate is not None else np.zeros((height, width, 3), np.uint8), has_plate=plate is not None))
+            empty=plate if plate is not None else np.zeros((height, width, 3), np.uint8), has_plate=plate is not None,
+            novelty=rendered.novelty))
         if plate is None:
             log.info("%s has no plate (%s): its frames are scored over black", path.name, src.get("plate_note") or "none")
     return clips
@@ -161,7 +163,7 @@ def score(clips: list[Clip], pose_model: Path, fps: float, quiet: bool) -> dict:
     """eval.json's scores over all clips: the model's, the real frames' pose floor, and the plate's ("plate")."""
     model, empty = {k: [] for k in IMAGE_FIELDS}, {k: [] for k in IMAGE_FIELDS}
     found = {"generated": [], "real": [], "plate": []}
-    targets, iou_weighted = [], []
+    targets, iou_weighted, novelty = [], [], []
     flicker = {"generated": [], "real": [], "plate": []}
     for c in clips:
         n = len(c.real)
@@ -169,6 +171,7 @@ def score(clips: list[Clip], pose_model: Path, fps: float, quiet: bool) -> dict:
         for acc, images in ((model, c.generated), (empty, plate)):
             for k, v in _image_scores(images, c.real, c.keypoints).items():
                 acc[k].append(v)
+        novelty.append(c.novelty if c.novelty is not None else np.full(n, np.nan))
         stats = body_stats(list(c.keypoints))
         fallback = stats["height"] if stats else None
         for name, images in (("generated", c.generated), ("real", c.real), ("plate", plate)):
@@ -202,9 +205,22 @@ def score(clips: list[Clip], pose_model: Path, fps: float, quiet: bool) -> dict:
                   detection_rate_real=detection_rate_real, flicker=gen_flicker - real_flicker,
                   flicker_generated=gen_flicker, flicker_real=real_flicker, alpha_iou=alpha,
                   frames=int(sum(len(c.real) for c in clips)))
+    result["novelty"] = novelty_vs_error(np.concatenate(novelty), np.concatenate(model["box_l1"]))
     result["plate"] = {**{k: mean(v) for k, v in empty.items()}, "pose_error": plate_pose, "detection_rate": plate_rate,
                        "flicker": -real_flicker, "alpha_iou": 0.0}
     return result
+
+
+def novelty_vs_error(novelty: np.ndarray, error: np.ndarray) -> dict | None:
+    """Does a frame's novelty warn of its error? Spearman's rank correlation of each held-out frame's
+    novelty with its L1 error in the dancer's box (positive: the further from her repertoire, the worse)."""
+    seen = np.isfinite(novelty)
+    if seen.sum() < 3 or np.ptp(novelty[seen]) == 0:
+        return None
+    from scipy.stats import spearmanr
+    rho = spearmanr(novelty[seen], error[seen]).statistic
+    return {"spearman_box_l1": None if not np.isfinite(rho) else round(float(rho), 4),
+            "mean": round(float(novelty[seen].mean()), 4), "frames": int(seen.sum())}
 
 
 def run(run: str | Path, data: str | Path, out: str | Path, split: str = "val", device: str = "auto",
