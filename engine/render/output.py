@@ -99,7 +99,8 @@ def side_by_side(frames: np.ndarray, panels: np.ndarray | None) -> np.ndarray:
 def write_report(path: Path, rows: list[dict], threshold: float | None) -> None:
     """--report FILE.json: one row per rendered frame (frame, source_frame, novelty, placement)."""
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps({"threshold": threshold, "frames": rows}, indent=1) + "\n")
+        limit = None if threshold is None else round(float(threshold), 4)
+        tmp.write_text(json.dumps({"threshold": limit, "frames": rows}, indent=1) + "\n")
 
 
 class Writer:
