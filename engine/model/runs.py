@@ -42,7 +42,6 @@ from engine.model.novelty import FILE as REPERTOIRE
 CONFIG, GENERATOR, STATE = "config.json", "generator.safetensors", "state.json"
 STAGE_PLATE = "stage.png"        # the dancer's clean plate (her room without her), where her camera stood still
 CHECKPOINTS, LOSSES, METRICS, SAMPLES, PLOT = "checkpoints", "losses.jsonl", "metrics.jsonl", "samples", "losses.png"
-STAGE_PLATE = "stage.png"
 REQUIRED = ("size", "ngf", "joints", "stats", "stats_size")
 
 
@@ -106,7 +105,7 @@ def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> t
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable safetensors file ({e})") from None
-    generator = Generator(size=int(config["size"]), ngf=int(config["ngf"]), out_channels=int(config.get("channels", 3)))
+    generator = Generator(size=int(config["size"]), ngf=int(config["ngf"]), out_channels=channels(config))
     try:
         generator.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as e:
