@@ -24,9 +24,9 @@ run folder that cannot be written (a read-only install) is converted in memory, 
 One LATENCY-compiled model runs everything: every core works on each frame (a live preview's one
 frame as fast as it goes), and a batch goes through an AsyncInferQueue, one frame per request, so
 copying one frame's data overlaps the next one's inference. Not THROUGHPUT streams (a frame per
-core): measured on 2 cores they were at most 10% faster for batches, half as fast for one frame,
-and they compute a frame slightly differently (1/255 here and there), so a frame would depend on
-the batch it happened to share; here it never does.
+core): on 2 cores they measured 4-10% faster for batches, a lone frame gets one core, and they
+compute a frame slightly differently (1/255 here and there), so a frame would depend on the batch
+it happened to share; here it never does.
 """
 
 from __future__ import annotations
