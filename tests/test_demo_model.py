@@ -69,3 +69,14 @@ def test_a_broken_copy_is_a_user_error(tmp_path, missing):
     (copy / missing).unlink()
     with pytest.raises(runs.UserError):
         runs.load_generator(copy, "cpu")
+
+
+def test_demo_model_has_a_matte_and_a_stage():
+    config = json.loads((ASSET / runs.CONFIG).read_text())
+    assert runs.channels(config) == 4 and (ASSET / runs.STAGE_PLATE).is_file() and (ASSET / runs.REPERTOIRE).is_file()
+    predictor = Predictor(ASSET, "cpu", backend="torch")
+    out = predictor.render(standing_pose(256)[None], (256, 256), "none", placement="source", alpha=True)
+    alpha = out.frames[0, ..., 3]
+    assert out.frames.shape == (1, 256, 256, 4) and 0.02 < (alpha > 127).mean() < 0.5   # she, not the room
+    hip = standing_pose(256)[8, :2].astype(int)                                         # mid_hip
+    assert alpha[hip[1], hip[0]] > 127

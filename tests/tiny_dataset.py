@@ -3,8 +3,8 @@
     ds = tiny_dataset(tmp_path_factory, pose_model)
 
 Real video through the real builder: `engine.data.dataset.build` on ../shared/data/video/dancer_room.mp4
-(4 s, one dancer) at 10 fps and 64 px, with the lite MediaPipe model: about 27 training and 8
-validation pairs, in a few seconds. The folder is cached for the session (one build shared by
+(4 s, one dancer) at 10 fps and 64 px, with the lite MediaPipe model: person-centred crops, masks and
+a plate; about 20 training and 6 validation pairs, in a few seconds. The folder is cached for the session (one build shared by
 test_train, test_eval and any other module that asks).
 """
 
