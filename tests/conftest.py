@@ -64,15 +64,18 @@ def standing_pose(size: int = 256):
 STAGE_SIZE = (320, 240)     # the tiny run's stage: the dancer's own video frame
 
 
-def make_tiny_run(run_dir: Path, size: int = 64, ngf: int = 8, seed: int = 0, channels: int = 4) -> Path:
+def make_tiny_run(run_dir: Path, size: int = 64, ngf: int = 8, seed: int = 0, channels: int = 4,
+                  temporal: bool = False) -> Path:
     """An untrained 4-channel generator (RGB + alpha) in a valid run directory, with a stage and its plate:
-    for serving and rendering plumbing tests. channels=3: a run from before mattes (no stage, no plate)."""
+    for serving and rendering plumbing tests. channels=3: a run from before mattes (no stage, no plate).
+    temporal: the generator also sees its previous output (engine.model.temporal)."""
     import cv2
     import numpy as np
     import torch
     from engine.data import framing
     from engine.model.networks import Generator
     from engine.model.runs import STAGE_PLATE, save_generator
+    from engine.model.temporal import in_channels
     from engine.wire.joints import JOINTS, body_stats
     torch.manual_seed(seed)
     stats = body_stats([standing_pose(256)])
@@ -84,8 +87,8 @@ def make_tiny_run(run_dir: Path, size: int = 64, ngf: int = 8, seed: int = 0, ch
         save_generator(run_dir, Generator(size=size, ngf=ngf), config)
         return run_dir
     config.update(channels=4, stage={"width": width, "height": height, "stats": body_stats([stage_pose])},
-                  framing={"side": framing.SIDE, "centre_up": framing.CENTRE_UP})
-    save_generator(run_dir, Generator(size=size, ngf=ngf, out_channels=4), config)
+                  framing={"side": framing.SIDE, "centre_up": framing.CENTRE_UP}, temporal=temporal)
+    save_generator(run_dir, Generator(size=size, ngf=ngf, out_channels=4, in_channels=in_channels(temporal)), config)
     plate = np.zeros((height, width, 3), np.uint8)
     plate[:] = (90, 120, 150)
     plate[height // 2:] = (60, 70, 80)                                    # wall and floor

@@ -3,7 +3,8 @@
     RUN_DIR/config.json            the model and the dancer: size, ngf, joints, stats, stats_size,
                                    channels (4: RGB + alpha; 3 or absent: a run from before mattes),
                                    stage {width, height, stats} (the dancer's own video frame, her
-                                   statistics in its pixels), framing {side, centre_up}, plus the
+                                   statistics in its pixels), framing {side, centre_up}, temporal
+                                   (true: G also sees its previous output, engine.model.temporal), plus the
                                    training settings that made it ("train": train.TrainConfig)
     RUN_DIR/stage.png              the plate of the stage clip (her room without her), when it has one
     RUN_DIR/repertoire.npz         her training poses, for novelty warnings (engine.model.novelty)
@@ -37,6 +38,7 @@ from engine.atomic import atomic_file
 from engine.errors import UserError
 from engine.wire.joints import JOINTS
 from engine.model.networks import Generator
+from engine.model.temporal import in_channels
 from engine.model.novelty import FILE as REPERTOIRE
 
 CONFIG, GENERATOR, STATE = "config.json", "generator.safetensors", "state.json"
@@ -92,6 +94,11 @@ def channels(config: dict) -> int:
     return int(config.get("channels", 3))
 
 
+def temporal(config: dict) -> bool:
+    """Whether a run's generator is temporal: it sees its previous output too (engine.model.temporal)."""
+    return bool(config.get("temporal", False))
+
+
 def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, dict]:
     """The run's generator in eval mode on `device` (fp32), and its config; UserError on a bad run.
 
@@ -105,7 +112,8 @@ def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> t
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable safetensors file ({e})") from None
-    generator = Generator(size=int(config["size"]), ngf=int(config["ngf"]), out_channels=channels(config))
+    generator = Generator(size=int(config["size"]), ngf=int(config["ngf"]), out_channels=channels(config),
+                          in_channels=in_channels(temporal(config)))
     try:
         generator.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as e:
