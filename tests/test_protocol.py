@@ -184,3 +184,36 @@ def test_reply_placements_travel_per_frame():
     assert back.channels == 4 and back.placements[0] == [2.0, 0.0, 10.0, 0.0, 2.0, 20.0]
     with pytest.raises(ProtocolError):
         protocol.RenderReply.parse(dict(protocol.decode_header(frames[0]), placements=[[1] * 6]), frames[1:])
+
+
+def test_a_sequence_reference_round_trips_and_is_optional():
+    msg = protocol.RenderRequest("r1", "m", [7, 8], ["nose"], bytes(24), (10, 10),
+                                 sequence=protocol.SequenceRef("take-1", 7)).encode()
+    head = protocol.decode_header(msg[0])
+    assert head["sequence"] == {"id": "take-1", "frame": 7}
+    assert protocol.parse_render(head, msg[1:]).sequence == protocol.SequenceRef("take-1", 7)
+    plain = protocol.RenderRequest("r1", "m", [7], ["nose"], bytes(12), (10, 10)).encode()
+    assert "sequence" not in protocol.decode_header(plain[0])
+    assert protocol.parse_render(protocol.decode_header(plain[0]), plain[1:]).sequence is None
+    assert protocol.parse_render(dict(protocol.decode_header(plain[0]), sequence=None), plain[1:]).sequence is None
+
+
+@pytest.mark.parametrize("sequence", [
+    "take-1", 5, [], {}, {"id": "a"}, {"frame": 3}, {"id": "", "frame": 3}, {"id": "x" * 65, "frame": 3},
+    {"id": 5, "frame": 3}, {"id": "a", "frame": 1.5}, {"id": "a", "frame": True}, {"id": "a", "frame": "3"},
+    {"id": "a", "frame": 2 ** 60}, {"id": "a", "frame": 3, "extra": 1}])
+def test_bad_sequence_fields_are_bad_requests(sequence):
+    head, binary = request(sequence=sequence)
+    assert code_of(head, binary) == "bad_request"
+
+
+def test_replies_say_whether_they_continued_their_sequence():
+    reply = protocol.RenderReply("r1", "m", [1], "raw", 64, 64, 0.5, warm=True, warmup=4)
+    frames = reply.encode([b"a"])
+    head = protocol.decode_header(frames[0], reply=True)
+    assert (head["warm"], head["warmup"]) == (True, 4)
+    back = protocol.RenderReply.parse(head, frames[1:])
+    assert (back.warm, back.warmup) == (True, 4)
+    old = {k: v for k, v in head.items() if k not in ("warm", "warmup")}        # a reply without them: cold
+    assert (protocol.RenderReply.parse(old, frames[1:]).warm, protocol.RenderReply.parse(old, frames[1:]).warmup) \
+        == (False, 0)

@@ -11,7 +11,7 @@ Transport
     with the same "id", sent to the socket that asked. Messages are never pickled.
 
 Frame 0: the header, a UTF-8 JSON object of at most MAX_HEADER bytes
-    {"v": 1, "id": "<request id, 1-128 chars>", "kind": "<kind>", ...kind-specific fields}
+    {"v": 2, "id": "<request id, 1-128 chars>", "kind": "<kind>", ...kind-specific fields}
     "v" is the protocol version and is in every header, requests and replies alike. A server
     answers a request of another version with an error of code "version" (carrying its own "v").
 
@@ -25,8 +25,11 @@ Kinds (a reply has the kind of its request, or "error")
                       "models": [{"name", "size", "joints": [...], "stats", "stats_size", "device",
                                   "backend": "torch" | "openvino", "precision": "fp32" | "bf16" | "fp16",
                                   "alpha": bool (the model draws a matte), "stage": null | {"width", "height"},
-                                  "novelty_threshold": null | number}],
-                      "limits": {"max_frames", "max_size", "max_message"}}
+                                  "novelty_threshold": null | number,
+                                  "temporal": bool (each frame is conditioned on the one before: see "sequence"),
+                                  "warmup": int (frames a cold temporal range generates and drops first)}],
+                      "limits": {"max_frames", "max_size", "max_message", "max_pending",
+                                 "sequences" (open sequences the engine keeps), "sequence_ttl_s"}}
     render   request  {"model": name,
                        "frames": [int, ...]            N frame ids (e.g. Blender frame numbers), echoed back
                        "joints": [name, ...]           J joint names, the order of the keypoints' rows;
@@ -52,6 +55,11 @@ Kinds (a reply has the kind of its request, or "error")
                                                        after these frames, sent only to frame them: with
                                                        CONTEXT_S seconds of each, a chunk is framed exactly as
                                                        the whole sequence would be
+                       "sequence": null | {"id": str, "frame": int}
+                                                       (optional) these frames continue sequence "id" (1-64
+                                                       chars, the client's name for one timeline), and the
+                                                       first of them is its frame number "frame" (the others
+                                                       follow: frame + 1, ...); see "Sequences" below
                        "dtype": "<f4", "shape": [before + N + after, J, 3]}
                       frame 1: keypoints, little-endian float32, (before + N + after) x J x 3 (x, y,
                       visibility), row-major
@@ -61,10 +69,30 @@ Kinds (a reply has the kind of its request, or "error")
                                 "novelty": [number | null, ...] one per frame: how far the pose is from the
                                   dancer's training poses, in body heights (info's novelty_threshold: above
                                   it, the frame is a guess); null where the model cannot say,
-                                "predict_s": seconds the predictor spent on it (normalize, draw, generate)}
+                                "predict_s": seconds the predictor spent on it (normalize, draw, generate),
+                                "warm": bool: its first frame was conditioned on the frame the engine kept
+                                  for its sequence (a temporal model only),
+                                "warmup": int: frames generated and dropped to settle its ranges}
                          frames 1..N: one image each, in request order: PNG or JPEG bytes, or raw RGB(A)
                          (height x width x channels uint8, row-major)
     error    reply    {"code": <code>, "message": "<one line>"}   and no binary frames
+
+Sequences (a temporal model: info's "temporal")
+    A temporal model draws each frame from its pose and its own previous frame, so the frames of a
+    request are generated in order. The engine splits a request into a few contiguous ranges
+    (lanes) so a batch still fills; each range but a continued one first generates and drops
+    "warmup" frames before its first (from the request's "context" poses where there are any),
+    cold (from a blank previous frame) before them.
+    What the engine keeps: for each sequence "id", the last frame it generated (RGBA, the model's
+    size: S x S x 4 bytes, 256 KiB at 256 px, plus its crop) and that frame's number. A request
+    whose "sequence" frame is that number + 1 continues from it ("warm": no warmup for its first
+    range); any other number starts cold. A request whose first frame follows the last frame of an
+    earlier request of the same sequence still queued or running waits for it (one engine renders a
+    sequence's chunks in order); if that one fails, it starts cold. The engine keeps at most
+    info's "sequences" of them, the least recently used dropped first, each for "sequence_ttl_s"
+    seconds after its last use: a client that vanishes leaves nothing behind.
+    Live preview: one "id" for the session, "frame" the current frame: a step forward by one frame
+    continues, any other move starts cold. A model that is not temporal ignores "sequence".
 
 Error codes
     bad_message    frame 0 is not a JSON object of the right shape (the id is echoed when readable)
@@ -107,6 +135,8 @@ MAX_SOURCE = 1 << 16             # source image side in pixels
 MAX_MESSAGE = 64 * 1024 * 1024   # bytes in one message part (ZMQ_MAXMSGSIZE)
 MAX_ID = 128                     # characters in a request id
 MAX_PENDING_IDS = 1024           # ids in a ping's "pending"
+MAX_SEQUENCE_ID = 64             # characters in a sequence id
+MAX_FRAME_ID = 1 << 53           # frame ids and sequence frame numbers: integers exact in a double
 
 
 class ProtocolError(Exception):
@@ -115,6 +145,13 @@ class ProtocolError(Exception):
     def __init__(self, code: str, message: str, request_id: str | None = None):
         super().__init__(message)
         self.code, self.message, self.request_id = code, message, request_id
+
+
+@dataclass(frozen=True)
+class SequenceRef:
+    """A render request's place in a sequence: it continues sequence `id` at frame number `frame`."""
+    id: str
+    frame: int
 
 
 @dataclass
@@ -138,15 +175,17 @@ class RenderRequest:
     alpha: bool = False
     fps: float | None = None
     context: tuple[int, int] = (0, 0)       # poses before and after `frames` in `keypoints`, for framing only
+    sequence: SequenceRef | None = None     # the sequence these frames continue (a temporal model)
 
     def encode(self) -> list[bytes]:
         """The message's frames: the header, then the keypoints."""
+        extra = {} if self.sequence is None else {"sequence": {"id": self.sequence.id, "frame": self.sequence.frame}}
         return [header(self.id, "render", model=self.model, frames=list(self.frames), joints=list(self.joints),
                        source_size=[int(self.source_size[0]), int(self.source_size[1])],
                        normalize={"mode": self.mode, "stats": self.stats},
                        output={"format": self.format, "size": self.size, "quality": self.quality,
                                "placement": self.placement, "alpha": self.alpha},
-                       fps=self.fps, context=list(self.context), dtype=DTYPE,
+                       fps=self.fps, context=list(self.context), **extra, dtype=DTYPE,
                        shape=[sum(self.context) + len(self.frames), len(self.joints), 3]),
                 bytes(self.keypoints)]
 
@@ -164,11 +203,14 @@ class RenderReply:
     channels: int = 3
     placements: list[list[float]] | None = None     # per frame: crop pixels -> output pixels, (a, b, c, d, e, f)
     novelty: list[float | None] | None = None       # per frame: body heights from the dancer's repertoire
+    warm: bool = False                              # its first frame continued the engine's stored frame
+    warmup: int = 0                                 # frames generated and dropped to settle its ranges
 
     def encode(self, images: list[bytes]) -> list[bytes]:
         return [header(self.id, "render", model=self.model, frames=list(self.frames), format=self.format,
                        width=self.width, height=self.height, channels=self.channels,
-                       placements=self.placements, novelty=self.novelty, predict_s=round(self.predict_s, 6)),
+                       placements=self.placements, novelty=self.novelty, predict_s=round(self.predict_s, 6),
+                       warm=self.warm, warmup=self.warmup),
                 *images]
 
     @classmethod
@@ -190,10 +232,10 @@ class RenderReply:
                 novelty = [None if v is None else float(v) for v in novelty]
             return cls(head["id"], str(head.get("model")), frames, str(head.get("format")), int(head.get("width", 0)),
                        int(head.get("height", 0)), float(head.get("predict_s", 0.0)), int(head.get("channels", 3)),
-                       placements, novelty)
+                       placements, novelty, head.get("warm") is True, int(head.get("warmup", 0)))
         except (TypeError, ValueError):
-            raise ProtocolError("bad_message", "malformed render reply: width, height or predict_s is not a "
-                                "number", head.get("id")) from None
+            raise ProtocolError("bad_message", "malformed render reply: width, height, predict_s or warmup is not "
+                                "a number", head.get("id")) from None
 
 
 def pick_model(models: dict, wanted: str | None, request_id: str | None = None):
@@ -334,7 +376,7 @@ def parse_render(head: dict, binary: list[bytes], *, max_frames: int = MAX_FRAME
     if len(frames) > max_frames:
         raise ProtocolError("too_large", f"{len(frames)} frames in one request; at most {max_frames}", rid)
     for f in frames:
-        _int(f, "each frame id", -(1 << 53), 1 << 53, rid)
+        _int(f, "each frame id", -MAX_FRAME_ID, MAX_FRAME_ID, rid)
     joints = head.get("joints")
     if (not isinstance(joints, list) or not 0 < len(joints) <= MAX_JOINTS
             or not all(isinstance(j, str) and 0 < len(j) <= 64 for j in joints)):
@@ -372,6 +414,7 @@ def parse_render(head: dict, binary: list[bytes], *, max_frames: int = MAX_FRAME
     if not isinstance(context, list) or len(context) != 2:
         _bad(rid, '"context" must be [before, after]')
     context = (_int(context[0], "context before", 0, max_frames, rid), _int(context[1], "context after", 0, max_frames, rid))
+    sequence = _sequence(head.get("sequence"), rid)
     if head.get("dtype", DTYPE) != DTYPE:
         _bad(rid, f'keypoints must be little-endian float32 ("dtype": "{DTYPE}"), got {str(head.get("dtype"))[:20]!r}')
     shape = [sum(context) + len(frames), len(joints), 3]
@@ -384,4 +427,16 @@ def parse_render(head: dict, binary: list[bytes], *, max_frames: int = MAX_FRAME
         _bad(rid, f"keypoints frame is {len(binary[0])} bytes; N x J x 3 float32 = {expected}")
     return RenderRequest(rid, model, list(frames), list(joints), bytes(binary[0]), source_size, mode=norm["mode"],
                          stats=stats, format=out.get("format", "png"), size=out_size, quality=quality,
-                         placement=placement, alpha=alpha, fps=None if fps is None else float(fps), context=context)
+                         placement=placement, alpha=alpha, fps=None if fps is None else float(fps), context=context,
+                         sequence=sequence)
+
+
+def _sequence(value, rid: str) -> SequenceRef | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"id", "frame"}:
+        _bad(rid, '"sequence" must be null or {"id": string, "frame": integer}')
+    sid = value["id"]
+    if not isinstance(sid, str) or not 0 < len(sid) <= MAX_SEQUENCE_ID:
+        _bad(rid, f'"sequence.id" must be a string of 1-{MAX_SEQUENCE_ID} characters')
+    return SequenceRef(sid, _int(value["frame"], "sequence.frame", -MAX_FRAME_ID, MAX_FRAME_ID, rid))
