@@ -72,6 +72,7 @@ def make_tiny_run(run_dir: Path, size: int = 64, ngf: int = 8, seed: int = 0, ch
     import cv2
     import numpy as np
     import torch
+    from dataclasses import asdict
     from engine.data import framing
     from engine.model.networks import Generator
     from engine.model.runs import STAGE_PLATE, save_generator
@@ -87,7 +88,7 @@ def make_tiny_run(run_dir: Path, size: int = 64, ngf: int = 8, seed: int = 0, ch
         save_generator(run_dir, Generator(size=size, ngf=ngf), config)
         return run_dir
     config.update(channels=4, stage={"width": width, "height": height, "stats": body_stats([stage_pose])},
-                  framing={"side": framing.SIDE, "centre_up": framing.CENTRE_UP}, temporal=temporal)
+                  framing=asdict(framing.DEFAULT), temporal=temporal)
     save_generator(run_dir, Generator(size=size, ngf=ngf, out_channels=4, in_channels=in_channels(temporal)), config)
     plate = np.zeros((height, width, 3), np.uint8)
     plate[:] = (90, 120, 150)

@@ -89,12 +89,19 @@ def test_keypoints_lie_inside_their_person_centred_crop(room):
     # the stored crops map the source keypoints to the written ones, and are sized by the body
     np.testing.assert_allclose(framing.to_crop(z["source_keypoints"], z["crops"], SIZE)[..., :2][seen], xy, atol=1e-3)
     meta = _meta(room)
-    assert meta["framing"] == {"side": framing.SIDE, "centre_up": framing.CENTRE_UP}
+    framed = framing.Framing.of(meta)
+    assert meta["framing"] == {"side": framing.DEFAULT.side, "centre_up": framing.DEFAULT.centre_up}
+    assert framed == framing.DEFAULT                                  # a new dataset: today's framing, recorded
     heights = np.array([selection.body_measure(k) for k in z["source_keypoints"]])
-    assert np.median(np.abs(z["crops"][:, 2] / (framing.SIDE * heights) - 1)) < 0.1
-    # the dancer fills the square: her skeleton spans most of it
+    assert np.median(np.abs(z["crops"][:, 2] / (framed.side * heights) - 1)) < 0.1
+    # the square holds her whole: no frame dropped for a limb outside it (side 1.8 dropped 9 of these
+    # 40) and no joint seen in the video hidden for lying outside it (1.8 cut her toes in every frame)
+    assert meta["drops"]["outside_crop"] == 0
+    assert not ((z["source_keypoints"][..., 2] >= VISIBLE) & (kp[..., 2] < VISIBLE)).any()
+    # and she fills it: her skeleton spans over 1.08 body heights (60% of a 1.8 square), so a share of
+    # the square that shrinks as the recorded side widens (51% of DEFAULT's 2.1)
     spans = [np.ptp(k[k[:, 2] >= VISIBLE, 1]) for k in kp]
-    assert np.median(spans) > 0.6 * SIZE
+    assert np.median(spans) > 1.08 / framed.side * SIZE
 
 
 def test_masks_and_plate(room):
@@ -120,7 +127,8 @@ def test_masks_and_plate(room):
     assert np.abs(plates.astype(int) - frames)[outside].mean() < 12
     stage = meta["stage"]
     assert stage["source"] == 0 and (stage["width"], stage["height"]) == (576, 576)
-    assert stage["stats"]["height"] == pytest.approx(np.median(z["crops"][:, 2]) / framing.SIDE, rel=0.15)
+    side = framing.Framing.of(meta).side                  # crops are this many of her body heights
+    assert stage["stats"]["height"] == pytest.approx(np.median(z["crops"][:, 2]) / side, rel=0.15)
 
 
 def test_drawn_wrists_and_ankles_lie_on_their_landmarks(room):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
@@ -22,13 +24,36 @@ def rotated(kp: np.ndarray, degrees: float, about=(128.0, 128.0)) -> np.ndarray:
 def test_crop_is_sized_by_the_body_and_centred_on_the_torso():
     kp = standing_pose()
     (cx, cy, side), = framing.person_crops(kp[None])
-    assert side == pytest.approx(framing.SIDE * body_height(kp), rel=1e-5)
+    assert side == pytest.approx(framing.DEFAULT.side * body_height(kp), rel=1e-5)
     hip, neck = kp[INDEX["mid_hip"], :2], kp[INDEX["neck"], :2]
-    assert (cx, cy) == pytest.approx(tuple(hip + framing.CENTRE_UP * (neck - hip)), abs=1e-4)
+    assert (cx, cy) == pytest.approx(tuple(hip + framing.DEFAULT.centre_up * (neck - hip)), abs=1e-4)
     in_crop = framing.to_crop(kp[None], np.array([[cx, cy, side]]), 128)[0]
     assert in_crop[:, :2].min() >= 0 and in_crop[:, :2].max() <= 128     # the whole dancer is inside
     extent = in_crop[:, 1].max() - in_crop[:, 1].min()
-    assert extent > 0.6 * 128                                            # and fills most of the square
+    # and fills most of the square: nose to toe is 1.28 body heights, 61% of DEFAULT's 2.1
+    assert extent > 0.6 * 128
+
+
+def test_a_run_is_framed_as_it_recorded_and_an_unrecorded_one_as_runs_were_made():
+    kp = standing_pose()
+    assert framing.Framing.of({"size": 64}) == framing.LEGACY == framing.Framing(1.8, 0.25)   # no "framing"
+    recorded = framing.Framing.of({"framing": {"side": 2.5, "centre_up": 0.1}})
+    assert recorded == framing.Framing(2.5, 0.1)
+    assert framing.Framing.of({"framing": asdict(framing.DEFAULT)}) == framing.DEFAULT        # as dataset.json holds it
+    (lx, ly, legacy), = framing.person_crops(kp[None], framing=framing.LEGACY)
+    (dx, dy, default), = framing.person_crops(kp[None])
+    assert default / legacy == pytest.approx(framing.DEFAULT.side / 1.8, rel=1e-5) and default != legacy
+    assert (lx, ly) == pytest.approx((dx, dy))                                          # same centre_up
+    (_, ry, rside), = framing.person_crops(kp[None], 10, recorded)
+    assert rside == pytest.approx(2.5 * body_height(kp), rel=1e-5)
+    hip, neck = kp[INDEX["mid_hip"], 1], kp[INDEX["neck"], 1]
+    assert ry == pytest.approx(hip + 0.1 * (neck - hip), abs=1e-3)
+    # the same pose lands on different crop pixels: a run framed at 1.8 must be fed 1.8 crops
+    in_legacy = framing.to_crop(kp[None], np.array([[lx, ly, legacy]]), 64)[0]
+    in_default = framing.to_crop(kp[None], np.array([[dx, dy, default]]), 64)[0]
+    assert np.abs(in_legacy[:, 1] - in_default[:, 1]).max() > 3
+    with pytest.raises(ValueError, match="positive side"):
+        framing.Framing.of({"framing": {"side": 0, "centre_up": 0.25}})
 
 
 def test_upside_down_and_bigger_dancers_keep_their_framing():

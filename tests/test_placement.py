@@ -190,7 +190,7 @@ def test_the_report_scores_each_frame_against_the_dancers_repertoire(dance, tmp_
     from engine.model.novelty import Repertoire
     run = make_tiny_run(tmp_path / "anna")
     moves = np.load(dance)["keypoints"]
-    Repertoire.from_crops(framing.to_crop(moves, framing.person_crops(moves), 64), 64).save(run)
+    Repertoire.from_crops(framing.to_crop(moves, framing.person_crops(moves), 64), 64, framing.DEFAULT.side).save(run)
     upside_down = moves.copy()
     upside_down[:, :, :2] = 256 - upside_down[:, :, :2]
     mixed = tmp_path / "mixed.npz"

@@ -8,12 +8,12 @@ Pass 1 per clip samples the video at `fps` (video.frames: decodes only what it n
 so decoding overlaps MediaPipe), finds people and their segmentation masks (pose.PoseEstimator,
 VIDEO mode) and drops unusable frames by reason (engine.data.selection), "mask_mismatch" among
 them. Then each kept frame gets its person-centred crop (engine.data.framing.person_crops: centred
-on the body, sized by it, smoothed over the clip), and the clip is split in time: the last
-`val_fraction` of its kept frames is the validation split, after a gap, so that no neighbouring
-frames fall on both sides. Pass 2 crops the frame and the mask, draws the skeleton
-(engine.data.skeleton.draw, the one drawing code) and writes PNGs from a small thread pool; the
-clip's background plate (engine.data.plate, from its training frames) is built on the way. The
-layout written (atomically) is docs/architecture.md's "Dataset directory".
+on the body, sized by it, smoothed over the clip; framing.DEFAULT, recorded in dataset.json), and
+the clip is split in time: the last `val_fraction` of its kept frames is the validation split,
+after a gap, so that no neighbouring frames fall on both sides. Pass 2 crops the frame and the
+mask, draws the skeleton (engine.data.skeleton.draw, the one drawing code) and writes PNGs from a
+small thread pool; the clip's background plate (engine.data.plate, from its training frames) is
+built on the way. The layout written (atomically) is docs/architecture.md's "Dataset directory".
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -82,10 +82,10 @@ class Clip:
 
 # --- decisions on a clip ------------------------------------------------------------------------
 
-def frame_clip(clip: Clip, fps: float, size: int) -> None:
+def frame_clip(clip: Clip, fps: float, size: int, frame_with: framing.Framing) -> None:
     """Each kept frame's person-centred crop; core joints outside it drop the frame ("outside_crop"),
     other joints outside it (a raised hand's fingertips, a toe) are hidden."""
-    crops = framing.person_crops(np.stack([s.kp for s in clip.samples]), fps)
+    crops = framing.person_crops(np.stack([s.kp for s in clip.samples]), fps, frame_with)
     kept = []
     for s, crop in zip(clip.samples, crops):
         kp = framing.to_crop(s.kp[None], crop[None], size)[0]
@@ -382,13 +382,14 @@ def build(videos, out, fps: float = 10, size: int = 256, pose_model=None, val_fr
             clips.append(detect_clip(path, info, fps, model, given, given_masks, keep, bar))
 
     gap = max(1, math.ceil(GAP_SECONDS * fps))
+    frame_with = framing.DEFAULT   # a new dataset's framing; dataset.json records it, and runs follow it
     for clip in clips:
         if not clip.samples:
             if not clip.drops["two_people"] and not clip.drops["mask_mismatch"]:
                 raise UserError(f"no person found in {clip.path}: none of its {clip.sampled} sampled frames "
                                 f"shows a whole body ({_drops_text(clip.drops)})")
             raise UserError(f"no usable frame in {clip.path}: {_drops_text(clip.drops)} of {clip.sampled} sampled")
-        frame_clip(clip, fps, size)
+        frame_clip(clip, fps, size, frame_with)
         if not clip.samples:
             raise UserError(f"no usable frame in {clip.path}: the dancer never fits her crop")
         clip.train, clip.val, clip.gap = split_clip(clip.samples, val_fraction, gap)
@@ -407,7 +408,8 @@ def build(videos, out, fps: float = 10, size: int = 256, pose_model=None, val_fr
             np.savez_compressed(root / "keypoints.npz", **arrays)
             if not cv2.imwrite(str(root / "contact_sheet.png"), contact_sheet(tiles, size)):
                 raise OSError(f"could not write {root / 'contact_sheet.png'}")
-            meta = _metadata(clips, arrays, fps, size, val_fraction, model, time.perf_counter() - start)
+            meta = _metadata(clips, arrays, fps, size, val_fraction, model, time.perf_counter() - start,
+                             frame_with)
             (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
@@ -436,7 +438,7 @@ def _stage(clips: list[Clip], arrays: dict) -> dict:
             "stats": body_stats(list(arrays["source_keypoints"][mine]))}
 
 
-def _metadata(clips, arrays, fps, size, val_fraction, model, seconds) -> dict:
+def _metadata(clips, arrays, fps, size, val_fraction, model, seconds, frame_with: framing.Framing) -> dict:
     drops = Counter()
     for c in clips:
         drops.update(c.drops)
@@ -465,7 +467,7 @@ def _metadata(clips, arrays, fps, size, val_fraction, model, seconds) -> dict:
         "drops": {r: drops.get(r, 0) for r in DROP_REASONS},
         "split": {"by": "time", "val_fraction": val_fraction, "gap_frames": max(1, math.ceil(GAP_SECONDS * fps)),
                   "gap_seconds": GAP_SECONDS},
-        "framing": {"side": framing.SIDE, "centre_up": framing.CENTRE_UP},
+        "framing": asdict(frame_with),                  # {"side", "centre_up"}: framing.Framing.of reads it
         "stats": body_stats(list(arrays["keypoints"])),
         "stage": _stage(clips, arrays),
         "pose_model": Path(model).name if model else None,

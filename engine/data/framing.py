@@ -1,6 +1,7 @@
 """The person-centred crop: a square that follows the dancer and is sized by her body, frame by frame.
 
-    crops = person_crops(keypoints, fps)                 # (N, 3) rows (cx, cy, side) in source pixels
+    crops = person_crops(keypoints, fps)                 # (N, 3) rows (cx, cy, side) in source pixels, DEFAULT framing
+    crops = person_crops(keypoints, fps, Framing.of(config))   # as a run (config.json) or dataset was framed
     kp_crop = to_crop(keypoints, crops, size)            # keypoints in pixels of the size x size crop
     tile = crop_image(frame, crops[i], size)             # the frame's crop, black outside the frame
     M = placement(crops[i], size)                        # (2, 3) affine: crop pixels -> source pixels
@@ -12,8 +13,16 @@ any size, so every pixel of the generator works on her.
 - Scale comes from `joints.body_height` (neck to ankle along the body: torso + thigh + shin), which
   does not shrink when she crouches or turns upside down, unlike a bounding box. Frames where it is
   unseen borrow it from their neighbours.
-- The centre is on the torso's axis, a little above the hips (`CENTRE_UP` of the way to the neck),
+- The centre is on the torso's axis, a little above the hips (`centre_up` of the way to the neck),
   so that raised arms and feet both fit; it follows that axis when she is upside down.
+- How wide and where (`Framing`: side in body heights, centre_up) is recorded in dataset.json and a
+  run's config.json, and everything that frames for a run frames as it was trained (`Framing.of`):
+  changing DEFAULT reframes new datasets only. Runs from before it was recorded: LEGACY.
+  DEFAULT's side, measured (issue 12; "cut": over 0.2% of her segmentation mask outside the square):
+  dancer_room.mp4 at 10 fps, side 1.8 dropped 9 of 40 frames as "outside_crop" and cut her feet in
+  all 31 it kept; 2.0 cut 12 of 40 (hands or feet); 2.1 cut 2 (the fingertips of raised hands, under
+  0.6% of her); 2.2 none. dancer_long_320x240.mp4 at 3 fps: 1.8 dropped 1 and cut 27 of 141; 2.1 cut
+  2 (at most 1.1% of her). A wider square spends more of its pixels on the room.
 - Both are smoothed over time (a rolling median against MediaPipe's outliers, then a Gaussian), in
   seconds so that any sampling rate smooths alike. A single pose (live preview) is not smoothed.
 The crop is a similarity transform (scale + translation), stored per frame, so a generated frame goes
@@ -22,12 +31,35 @@ back exactly where the pose was: `placement` is its inverse.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from engine.wire.joints import INDEX, VISIBLE, body_height
 
-SIDE = 1.8              # crop side in body heights (neck to ankle): a standing dancer with arms raised fits
-CENTRE_UP = 0.25        # crop centre: from the mid-hip this far towards the neck
+
+@dataclass(frozen=True)
+class Framing:
+    """How the square is laid on the body; dataset.json and config.json hold it as {"side", "centre_up"}."""
+    side: float         # crop side in body heights (neck to ankle)
+    centre_up: float    # crop centre: from the mid-hip this far towards the neck
+
+    def __post_init__(self):
+        if not (self.side > 0 and 0 <= self.centre_up <= 1):
+            raise ValueError(f"framing needs a positive side and centre_up in [0, 1], got {self}")
+
+    @classmethod
+    def of(cls, config: dict) -> "Framing":
+        """The framing a run's config.json or a dataset.json records; LEGACY when it records none."""
+        recorded = config.get("framing")
+        if recorded is None:
+            return LEGACY
+        return cls(float(recorded["side"]), float(recorded["centre_up"]))
+
+
+LEGACY = Framing(side=1.8, centre_up=0.25)   # every run and dataset made before the framing was recorded
+# New datasets: the smallest side that keeps the dancer whole in almost every frame (measured: see above).
+DEFAULT = Framing(side=2.1, centre_up=0.25)
 SCALE_WINDOW_S = 1.0    # rolling median of the body height over this many seconds
 SCALE_SIGMA_S = 0.3     # then a Gaussian of this sigma
 CENTRE_SIGMA_S = 0.1    # the centre follows the dancer closely: a light Gaussian only
@@ -37,7 +69,7 @@ TORSO_SHARE = 0.37      # neck-to-mid-hip as a share of body_height, when the le
 REACH_S = SCALE_WINDOW_S / 2 + 3 * SCALE_SIGMA_S
 
 
-def _frame_measure(kp: np.ndarray) -> tuple[float, float, float]:
+def _frame_measure(kp: np.ndarray, centre_up: float) -> tuple[float, float, float]:
     """(centre x, centre y, body height) of one pose; nan where it cannot be measured."""
     neck, hip = kp[INDEX["neck"]], kp[INDEX["mid_hip"]]
     height = body_height(kp)
@@ -46,7 +78,7 @@ def _frame_measure(kp: np.ndarray) -> tuple[float, float, float]:
     if not height:
         torso = float(np.hypot(*(neck[:2] - hip[:2])))
         height = torso / TORSO_SHARE if torso > 0 else np.nan
-    centre = hip[:2] + CENTRE_UP * (neck[:2] - hip[:2])
+    centre = hip[:2] + centre_up * (neck[:2] - hip[:2])
     return float(centre[0]), float(centre[1]), float(height)
 
 
@@ -76,22 +108,24 @@ def _rolling_median(values: np.ndarray, window: int) -> np.ndarray:
     return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)
 
 
-def person_crops(keypoints: np.ndarray, fps: float | None = None) -> np.ndarray:
+def person_crops(keypoints: np.ndarray, fps: float | None = None, framing: Framing = DEFAULT) -> np.ndarray:
     """(N, J, 3) keypoints of one continuous clip -> (N, 3) float32 crops (cx, cy, side) in its pixels.
+
+    framing: DEFAULT for a new dataset; for a run, the one it was trained with (Framing.of(config)).
 
     fps None (or a single pose) means no smoothing: each pose framed on its own (live preview).
     Frames with no measurable body take their neighbours' crop; a clip with none at all raises
     ValueError.
     """
     kp = np.asarray(keypoints, dtype=np.float32)
-    measures = np.array([_frame_measure(k) for k in kp], dtype=np.float64).reshape(-1, 3)
+    measures = np.array([_frame_measure(k, framing.centre_up) for k in kp], dtype=np.float64).reshape(-1, 3)
     if not np.isfinite(measures).all(axis=1).any():
         raise ValueError("no frame shows enough of a body to frame (neck, hips and legs or torso)")
     cx, cy, height = (_fill(measures[:, i]) for i in range(3))
     if fps and len(kp) > 1:
         height = _gaussian(_rolling_median(height, int(round(SCALE_WINDOW_S * fps)) | 1), SCALE_SIGMA_S * fps)
         cx, cy = _gaussian(cx, CENTRE_SIGMA_S * fps), _gaussian(cy, CENTRE_SIGMA_S * fps)
-    return np.stack([cx, cy, SIDE * height], axis=1).astype(np.float32)
+    return np.stack([cx, cy, framing.side * height], axis=1).astype(np.float32)
 
 
 def crop_matrix(crop, size: int) -> np.ndarray:

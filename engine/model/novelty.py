@@ -1,16 +1,17 @@
 """Out-of-repertoire warnings: how far a pose is from the poses the dancer was trained on.
 
-    rep = Repertoire.from_crops(train_keypoints_in_crop_px, size)   # at training time
-    rep.save(run_dir)                                               # RUN_DIR/repertoire.npz
+    rep = Repertoire.from_crops(train_keypoints_in_crop_px, size, framing.Framing.of(config).side)   # training
+    rep.save(run_dir)                                               # RUN_DIR/repertoire.npz (side included)
     rep = Repertoire.load(run_dir)                                  # None for a run without one
     scores = rep.novelty(framed_keypoints, size)                    # (N,) in body heights
     scores > rep.threshold                                          # frames that are a guess
 
 Poses are compared in the person-centred crop (engine.data.framing), where position and size are
-already taken out, divided by the body height there (the crop side is `framing.SIDE` body heights):
-so a score is a distance in units of body height. A frame's novelty is the mean distance, over the
-joints seen in both poses, to its `K` nearest training poses. Orientation is kept on purpose: an
-upside-down pose against an upright dancer is far from everything she did.
+already taken out, divided by the body height there: the crop is `side` body heights wide, the
+framing the run was trained with, kept in repertoire.npz (one saved before it was: framing.LEGACY's).
+So a score is a distance in units of body height whatever a run's framing. A frame's novelty is the
+mean distance, over the joints seen in both poses, to its `K` nearest training poses. Orientation is
+kept on purpose: an upside-down pose against an upright dancer is far from everything she did.
 
 The threshold is measured on the training poses themselves: the 99th percentile of each one's
 novelty against the others (leave one out), so about one training frame in a hundred would be
@@ -39,22 +40,23 @@ FLOOR = 0.15              # the least threshold, in body heights: below it diffe
 class Repertoire:
     poses: np.ndarray         # (M, J, 2) float32 in body heights, from the crop centre; nan where unseen
     threshold: float
+    side: float               # the crop side in body heights the run was framed with: queries are scaled by it
 
     @classmethod
-    def from_crops(cls, keypoints: np.ndarray, size: int) -> "Repertoire":
-        """Training keypoints (M, J, 3) in pixels of their size x size person-centred crops."""
-        poses = _normalized(keypoints, size)
+    def from_crops(cls, keypoints: np.ndarray, size: int, side: float) -> "Repertoire":
+        """Training keypoints (M, J, 3) in pixels of their size x size person-centred crops, `side` body heights wide."""
+        poses = _normalized(keypoints, size, side)
         if len(poses) > MAX_POSES:
             poses = poses[np.linspace(0, len(poses) - 1, MAX_POSES).round().astype(int)]
         if len(poses) <= K:
-            return cls(poses, float("inf"))
+            return cls(poses, float("inf"), side)
         own = np.concatenate([_nearest(poses[i:i + CHUNK], poses, skip=np.arange(i, min(i + CHUNK, len(poses))))
                               for i in range(0, len(poses), CHUNK)])
-        return cls(poses, max(FLOOR, float(np.nanpercentile(own, 99))))
+        return cls(poses, max(FLOOR, float(np.nanpercentile(own, 99))), side)
 
     def novelty(self, keypoints: np.ndarray, size: int) -> np.ndarray:
         """(N,) novelty of poses (N, J, 3) in pixels of size x size person-centred crops; nan with no joints."""
-        query = _normalized(keypoints, size)
+        query = _normalized(keypoints, size, self.side)
         if not len(query):
             return np.zeros(0, np.float32)
         return np.concatenate([_nearest(query[i:i + CHUNK], self.poses) for i in range(0, len(query), CHUNK)])
@@ -62,7 +64,8 @@ class Repertoire:
     def save(self, run_dir: str | Path) -> None:
         from engine.atomic import atomic_file
         with atomic_file(Path(run_dir) / FILE) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, poses=self.poses.astype(np.float16), threshold=np.float32(self.threshold))
+            np.savez_compressed(f, poses=self.poses.astype(np.float16), threshold=np.float32(self.threshold),
+                                side=np.float32(self.side))
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "Repertoire | None":
@@ -70,13 +73,14 @@ class Repertoire:
         if not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as data:
-            return cls(data["poses"].astype(np.float32), float(data["threshold"]))
+            side = float(data["side"]) if "side" in data.files else framing.LEGACY.side
+            return cls(data["poses"].astype(np.float32), float(data["threshold"]), side)
 
 
-def _normalized(keypoints: np.ndarray, size: int) -> np.ndarray:
-    """(N, J, 3) crop pixels -> (N, J, 2) body heights from the crop centre, nan where unseen."""
+def _normalized(keypoints: np.ndarray, size: int, side: float) -> np.ndarray:
+    """(N, J, 3) crop pixels of a square `side` body heights wide -> (N, J, 2) body heights from its centre, nan where unseen."""
     kp = np.asarray(keypoints, np.float32).reshape(-1, *np.shape(keypoints)[-2:])
-    height = size / framing.SIDE                        # a body height, in crop pixels
+    height = size / side                                # a body height, in crop pixels
     xy = (kp[..., :2] - size / 2) / height
     return np.where(kp[..., 2:3] >= VISIBLE, xy, np.nan).astype(np.float32)
 
