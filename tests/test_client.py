@@ -37,6 +37,7 @@ class Scripted:
         self.address = f"tcp://127.0.0.1:{free_port()}"
         self.version, self.drop, self.hang_after, self.error, self.delay = version, drop, hang_after, error, delay
         self.received: list[dict] = []
+        self.warm = False                                    # what render replies say of "warm"
         self.renders = 0
         self.stop = threading.Event()
         self.ready = threading.Event()
@@ -77,7 +78,8 @@ class Scripted:
             return [h("info", protocol=self.version, server="scripted", models=[{"name": "m", "size": 2, "joints": list(JOINTS)}])]
         if self.error:
             return [h("error", code=self.error, message="scripted failure")]
-        return [h("render", model=head["model"], frames=head["frames"], format="raw", width=2, height=2, channels=3),
+        return [h("render", model=head["model"], frames=head["frames"], format="raw", width=2, height=2, channels=3,
+                  warm=self.warm),
                 *[struct.pack("<i", f) for f in head["frames"]]]
 
     def close(self):
@@ -112,6 +114,21 @@ def test_render_streams_frames_in_order_with_bounded_chunks_in_flight(scripted):
     renders = [h for h in e.received if h["kind"] == "render"]
     assert [len(h["frames"]) for h in renders] == [4, 4, 4, 4, 4, 3]
     assert len({h["id"] for h in renders}) == 6 and all(h["v"] == protocol.VERSION for h in renders)
+
+
+def test_a_sequence_names_each_chunk_s_first_frame_and_replies_say_warm(scripted):
+    e = scripted()
+    e.warm = True
+    with Client(e.address, timeout=5) as c:
+        frames = list(c.render("m", poses(10), source_size=(640, 480), frame_ids=range(50, 60), chunk=4,
+                               sequence="take-1"))
+        with pytest.raises(ValueError, match="sequence"):
+            c.render("m", poses(1), source_size=(640, 480), sequence="x" * 65)
+        list(c.render("m", poses(2), source_size=(640, 480)))
+    renders = [h for h in e.received if h["kind"] == "render"]
+    assert [h["sequence"] for h in renders[:3]] == [{"id": "take-1", "frame": f} for f in (50, 54, 58)]
+    assert "sequence" not in renders[3]
+    assert all(f.warm for f in frames)
 
 
 def test_several_engines_share_the_chunks(scripted):

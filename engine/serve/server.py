@@ -11,9 +11,13 @@ keys.py. Design, in three threads:
   generator. It reads every message, checks it (protocol.decode_header / parse_render), answers
   `ping`, `info` and every error at once, and queues render jobs. So pings and info are answered
   within milliseconds while a long render runs, and a bad message can only ever cost one error reply.
-- A worker thread runs inference. It takes frames from the queued jobs of one model, oldest first,
-  across requests, until a batch of `max_batch` is full (two clients sending 8-frame chunks share
-  one 16-frame batch on a GPU), draws skeletons and runs Predictor.generate.
+- A worker thread runs inference. It frames each queued request (over its context poses too) and
+  makes its Sequence (engine.model.sequence): the order its frames must be generated in. It then
+  takes frames from the sequences of queued jobs of one model, oldest first, across requests, until
+  a batch of `max_batch` is full (two clients sending 8-frame chunks share one 16-frame batch on a
+  GPU), runs Predictor.generate once and feeds each job's outputs back to its sequence.
+  A temporal model's request advances one frame per lane per batch (its lanes are contiguous
+  ranges, so a batch still fills); any other model's frames go any number at a time, in order.
 - An encoder thread turns the frames into PNG/JPEG/raw while the worker runs the next batch (a
   bounded queue between them), and hands each finished reply back over an inproc PAIR socket; the
   main thread's poller wakes on it and forwards the reply to the ROUTER. torch and OpenCV release
@@ -23,6 +27,12 @@ A ping may list the render ids its client still waits for ("pending"); the reply
 this server does not hold ("lost": none queued, none running, no reply on its way), so a client
 can resend what an engine restart behind the same address lost. Render replies carry
 "predict_s", the predictor's time on that request, so a client can see the protocol's own cost.
+
+Sequences (sequences.py): a request of a temporal model that names a sequence continues from the
+frame the engine kept for it when its first frame is the next one ("warm"); it waits for an earlier
+queued or running request of that sequence that ends on the frame before its first (so one
+engine renders a sequence's chunks in order), and starts cold if that one fails. On completion,
+its last frame is kept for the next request.
 
 Every request gets exactly one reply: an error, or the result. Queues are bounded (at most
 `max_pending` frames waiting: beyond that a request gets a `busy` error) and so are messages
@@ -48,6 +58,7 @@ import zmq
 from engine import __version__
 from engine.errors import UserError
 from engine.serve import keys
+from engine.serve.sequences import Sequences, Ticket
 from engine.wire import protocol
 
 log = logging.getLogger("pix2dance.serve")
@@ -61,21 +72,31 @@ MAX_REQUEST_PIXELS = 64 * 1024 * 1024        # 1024 frames at 256 px, 64 at 1024
 
 @dataclass(eq=False)                        # identity, not field, equality: held in a deque
 class Job:
-    """One render request in the queue; frames [0, next) have been handed to the worker."""
+    """One render request in the queue, until its last frame is generated (or it fails).
+
+    Its frames come back from the worker by index (a temporal request's lanes finish out of order)
+    and are held here until the reply, which is in request order."""
     identity: bytes
     envelope: list[bytes]
     request: protocol.RenderRequest
     predictor: object
-    keypoints: object                       # (N, J, 3) float32 in canonical joint order
-    framed: object = None                   # predictor.Framed: skeletons and crops, framed on first use
-    frames: list = field(default_factory=list)
+    keypoints: object                       # (before + N + after, J, 3) float32 in canonical joint order
+    ticket: Ticket | None = None            # its place in its sequence (a temporal model's, when named)
+    framed: object = None                   # predictor.Framed over the context too: made by the worker
+    sequence: object = None                 # engine.model.sequence.Sequence over frames [before, before + N)
+    frames: list = field(default_factory=list)         # encoded images, by index
     placements: list = field(default_factory=list)
     novelty: list = field(default_factory=list)
-    next: int = 0
-    done: int = 0
+    done: int = 0                           # frames encoded
+    generated: int = 0                      # frames generated, warm-up frames included
     seconds: float = 0.0                    # predictor time spent on it (drawing + its share of batches)
     failed: bool = False                    # its error reply is on the way: take no more of its frames
     replied: bool = False
+
+    def __post_init__(self):
+        self.frames = [None] * self.count
+        self.placements = [None] * self.count
+        self.novelty = [None] * self.count
 
     @property
     def count(self) -> int:
@@ -119,6 +140,7 @@ class Server:
         self.pending: deque[Job] = deque()
         self.queued = 0                      # frames accepted and not yet replied to
         self.held: Counter[str] = Counter()  # their ids (main thread only): until the reply is sent
+        self.sequences = Sequences()         # each open sequence's last frame (under self.cond)
         self.cond = threading.Condition()
         self.stopping = False
         self.worker = threading.Thread(target=self._work, name="pix2dance-inference", daemon=True)
@@ -235,9 +257,11 @@ class Server:
             return [protocol.header(rid, "ping", time=time.time(), lost=lost)]
         if kind == "info":
             return [protocol.header(rid, "info", protocol=protocol.VERSION, server=f"pix2dance {__version__}",
-                                    models=[p.describe() for p in self.models.values()],
+                                    models=[describe(p) for p in self.models.values()],
                                     limits={"max_frames": protocol.MAX_FRAMES, "max_size": protocol.MAX_SIZE,
-                                            "max_message": self.max_message, "max_pending": self.max_pending})]
+                                            "max_message": self.max_message, "max_pending": self.max_pending,
+                                            "sequences": self.sequences.limit,
+                                            "sequence_ttl_s": self.sequences.ttl_s})]
         request = protocol.parse_render(head, binary)
         predictor = protocol.pick_model(self.models, request.model, rid)
         if (request.alpha or request.placement != "crop") and not predictor.alpha:
@@ -253,7 +277,10 @@ class Server:
                 raise protocol.ProtocolError("busy", f"{self.queued} frames are queued; try again shortly", rid)
             self.queued += request_count(request)
             self.held[rid] += 1
-            self.pending.append(Job(identity, envelope, request, predictor, keypoints))
+            # Only a temporal model carries frames across requests; any other ignores "sequence".
+            ticket = (self.sequences.begin(request.sequence, request_count(request))
+                      if request.sequence is not None and predictor.temporal else None)
+            self.pending.append(Job(identity, envelope, request, predictor, keypoints, ticket))
             self.cond.notify()
         return None
 
@@ -274,77 +301,101 @@ class Server:
 
     # worker thread ----------------------------------------------------------------------------
 
-    def _take_batch(self) -> list[tuple[Job, int, int]]:
-        """Under the lock: up to max_batch frames of the oldest job's model, across queued jobs."""
-        predictor = self.pending[0].predictor
+    def _unprepared(self) -> Job | None:
+        """Under the lock: the oldest job without a sequence yet that need not wait for a predecessor."""
+        for job in self.pending:
+            if job.sequence is None and not job.failed and not (job.ticket and self.sequences.waits(job.ticket)):
+                return job
+        return None
+
+    def _take_batch(self) -> list[tuple[Job, list[int]]]:
+        """Under the lock: up to max_batch frames of the oldest ready job's model, across its queued jobs."""
+        ready = [job for job in self.pending if job.sequence is not None and not job.failed]
+        if not ready:
+            return []
+        predictor = ready[0].predictor
         room, batch = predictor.max_batch, []
-        for job in list(self.pending):
+        for job in ready:
             if room == 0:
                 break
-            if job.predictor is not predictor:
-                continue
-            take = min(room, job.count - job.next)
-            batch.append((job, job.next, job.next + take))
-            job.next += take
-            room -= take
-            if job.next == job.count:
-                self.pending.remove(job)
+            if job.predictor is predictor:
+                indices = job.sequence.take(room)
+                if indices:
+                    batch.append((job, indices))
+                    room -= len(indices)
         return batch
 
     def _work(self) -> None:
         while True:
             with self.cond:
-                while not self.pending and not self.stopping:
+                # Jobs waiting for a predecessor are skipped; its end (or failure) notifies.
+                while not self.stopping and (job := self._unprepared()) is None and not (batch := self._take_batch()):
                     self.cond.wait()
                 if self.stopping:
                     return
-                batch = self._take_batch()
+                previous = (self.sequences.previous(job.request.sequence)
+                            if job is not None and job.ticket is not None else None)
+            if job is not None:              # frame it and make its sequence, then look again
+                self._prepare(job, previous)
+                continue
             try:
                 self._run_batch(batch)
             except Exception as e:
                 log.exception("inference failed")
-                for job, _, _ in batch:
+                for job, _ in batch:
                     self._fail(job, protocol.error(job.request.id, "internal", f"inference failed: "
                                                    f"{type(e).__name__}: {str(e)[:200]}"))
 
-    def _run_batch(self, batch: list[tuple[Job, int, int]]) -> None:
+    def _prepare(self, job: Job, previous) -> None:
+        """Normalize and frame over the whole request, context included; its frames' Sequence."""
+        r, predictor = job.request, job.predictor
+        start_time = time.perf_counter()
+        try:
+            job.framed = predictor.frame(job.keypoints, r.source_size, r.mode, r.stats, placement=r.placement,
+                                         fps=r.fps)
+        except ValueError as e:
+            self._fail(job, protocol.error(r.id, "bad_request", str(e)[:200]))
+            return
+        job.sequence = predictor.sequence(job.framed, r.context[0], job.count, previous=previous)
+        job.seconds += time.perf_counter() - start_time
+
+    def _run_batch(self, batch: list[tuple[Job, list[int]]]) -> None:
         import numpy as np
         predictor = batch[0][0].predictor
-        ready = []
-        for job, start, stop in batch:
-            if job.failed:                   # failed earlier: its error reply is on the way
-                continue
-            if job.framed is None:           # normalize and frame over the whole request, draw once
-                r = job.request
-                start_time = time.perf_counter()
-                try:
-                    before = r.context[0]
-                    job.framed = predictor.frame(job.keypoints, r.source_size, r.mode, r.stats, placement=r.placement,
-                                                 fps=r.fps).part(before, before + len(r.frames))
-                    job.seconds += time.perf_counter() - start_time
-                except ValueError as e:
-                    self._fail(job, protocol.error(r.id, "bad_request", str(e)[:200]))
-                    continue
-            ready.append((job, start, stop))
-        if not ready:
-            return
         start_time = time.perf_counter()
-        images = predictor.generate(np.concatenate([job.framed.skeletons(a, b) for job, a, b in ready]))
+        images = predictor.generate(np.concatenate([job.sequence.inputs(indices) for job, indices in batch]))
         per_frame = (time.perf_counter() - start_time) / len(images)
         at = 0
-        for job, start, stop in ready:
-            job.seconds += per_frame * (stop - start)      # its share of the batch
-            # placing and encoding (PNG: milliseconds a frame) overlap the next batch's inference
-            self.encode_queue.put(("frames", job, (start, images[at:at + stop - start])))
-            at += stop - start
+        for job, indices in batch:
+            outputs, at = images[at:at + len(indices)], at + len(indices)
+            job.seconds += per_frame * len(indices)        # its share of the batch
+            job.generated += len(indices)
+            kept = job.sequence.feed(indices, outputs)
+            if kept:
+                # placing and encoding (PNG: milliseconds a frame) overlap the next batch's inference
+                self.encode_queue.put(("frames", job, kept))
+            if job.sequence.done:
+                with self.cond:
+                    if job in self.pending:
+                        self.pending.remove(job)
+                    if job.ticket is not None:     # its last frame is what the next request continues from
+                        self.sequences.end(job.ticket, job.sequence.last)
+                        self.cond.notify_all()
 
     def _fail(self, job: Job, reply: list[bytes]) -> None:
         """Worker side: take no more of the job's frames; the encoder sends its error reply."""
         with self.cond:
-            job.failed = True
-            if job in self.pending:
-                self.pending.remove(job)
+            self._drop(job)
         self.encode_queue.put(("error", job, reply))
+
+    def _drop(self, job: Job) -> None:
+        """Under the lock: a failed job leaves the queue, and a request that waits for it starts cold."""
+        job.failed = True
+        if job in self.pending:
+            self.pending.remove(job)
+        if job.ticket is not None:
+            self.sequences.end(job.ticket)
+            self.cond.notify_all()
 
     # encoder thread ---------------------------------------------------------------------------
 
@@ -358,39 +409,52 @@ class Server:
                 if what == "error":
                     self._finish(job, payload)
                 elif not job.failed:
-                    self._place_and_encode(job, *payload)
+                    self._place_and_encode(job, payload)
                     if job.done == job.count:
                         self._finish(job, self._reply(job).encode(job.frames))
             except Exception as e:
                 log.exception("encoding failed")
-                job.failed = True
+                with self.cond:
+                    self._drop(job)
                 self._finish(job, protocol.error(job.request.id, "internal", f"encoding failed: "
                                                  f"{type(e).__name__}: {str(e)[:200]}"))
 
     @staticmethod
-    def _place_and_encode(job: Job, start: int, images) -> None:
-        """Frames [start, start + len(images)) of a job: placed where their poses are, then encoded."""
+    def _place_and_encode(job: Job, kept: list) -> None:
+        """Kept frames of a job, [(k, crop)], k in [0, count): placed where their poses are, then encoded.
+        Each run of consecutive k is placed in one call (a non-temporal batch is one run)."""
         import numpy as np
-        r, predictor = job.request, job.predictor
-        placed = predictor.place(images, job.framed.part(start, start + len(images)), alpha=r.alpha,
-                                 background=predictor.plate if r.placement == "dancer" else None)
-        job.frames.extend(encode(img, r) for img in placed.frames)
-        if placed.placements is not None:
-            job.placements.extend(p.reshape(6).round(4).tolist() for p in placed.placements)
-        if placed.novelty is not None:
-            job.novelty.extend(None if not np.isfinite(v) else round(float(v), 4) for v in placed.novelty)
-        job.done += len(images)
+        r, predictor, first = job.request, job.predictor, job.sequence.first
+        at = 0
+        while at < len(kept):
+            end = at + 1
+            while end < len(kept) and kept[end][0] == kept[end - 1][0] + 1:
+                end += 1
+            start, images = kept[at][0], np.stack([crop for _, crop in kept[at:end]])
+            placed = predictor.place(images, job.framed.part(first + start, first + start + len(images)),
+                                     alpha=r.alpha, background=predictor.plate if r.placement == "dancer" else None)
+            for n, image in enumerate(placed.frames):
+                job.frames[start + n] = encode(image, r)
+                if placed.placements is not None:
+                    job.placements[start + n] = placed.placements[n].reshape(6).round(4).tolist()
+                if placed.novelty is not None:
+                    v = placed.novelty[n]
+                    job.novelty[start + n] = None if not np.isfinite(v) else round(float(v), 4)
+            job.done += len(images)
+            at = end
 
     @staticmethod
     def _reply(job: Job) -> protocol.RenderReply:
         r, framed = job.request, job.framed
         width, height = framed.canvas or (r.size or job.predictor.size,) * 2
-        placements = job.placements or None
+        placements = job.placements if framed.crops is not None else None       # a run without mattes: none
         if placements and framed.canvas is None and r.size:       # the crop was resized: so is its placement
             placements = [[v * job.predictor.size / r.size if i in (0, 1, 3, 4) else v for i, v in enumerate(p)]
                           for p in placements]
+        novelty = job.novelty if any(v is not None for v in job.novelty) else None
         return protocol.RenderReply(r.id, r.model, r.frames, r.format, width, height, job.seconds,
-                                    channels=4 if r.alpha else 3, placements=placements, novelty=job.novelty or None)
+                                    channels=4 if r.alpha else 3, placements=placements, novelty=novelty,
+                                    warm=job.sequence.warm, warmup=job.generated - job.count)
 
     def _finish(self, job: Job, reply: list[bytes]) -> None:
         """Encoder side: send a job's one reply (through the main thread), free its place in the queue."""
@@ -403,6 +467,12 @@ class Server:
             self.queued -= job.count
             job.frames = []                  # (the worker may still hold job.framed: left to the GC)
         self._worker_out.send_multipart([job.request.id.encode(), job.identity, *job.envelope, *reply], copy=False)
+
+
+def describe(predictor) -> dict:
+    """A model in `info`: the predictor's description, and whether (and how) it generates in sequence."""
+    from engine.model.temporal import WARMUP
+    return {**predictor.describe(), "temporal": predictor.temporal, "warmup": WARMUP if predictor.temporal else 0}
 
 
 def request_count(request: protocol.RenderRequest) -> int:

@@ -25,6 +25,12 @@ Several engines: give a list of addresses. Render chunks go to the engine with t
 in flight (at most `in_flight` each), which is ZeroMQ's load-balancing pattern done by the
 client, with no broker; if one engine dies its chunks are sent to the others. Frames still come
 back in order. A Client is not thread-safe: use one per thread.
+
+Sequences (a temporal model, info's "temporal"): `render(..., sequence="take-3")` names the timeline;
+each chunk says which frame of it comes first (its first frame id), so an engine that rendered the
+chunk before continues from that chunk's last frame ("warm"), and one that did not warms up on
+the chunk's context poses. The live preview sends one frame at a time under one id: a step
+forward by one frame continues, any other move starts cold (the engine decides).
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ class Frame:
 
     placement: the (a, b, c, d, e, f) affine from the model's crop pixels to this frame's pixels.
     novelty: how far the pose is from the dancer's repertoire, in body heights (None: unknown).
+    warm: its chunk continued the frame the engine kept for its sequence (a temporal model).
     """
     id: int
     width: int
@@ -80,6 +87,7 @@ class Frame:
     channels: int = 3
     placement: tuple[float, ...] | None = None
     novelty: float | None = None
+    warm: bool = False
 
 
 @dataclass(eq=False)
@@ -191,12 +199,14 @@ class Client:
     def render(self, model: str, keypoints, *, source_size: tuple[int, int], mode: str = "frame",
                source_stats: dict | None = None, frame_ids=None, fmt: str = "png", chunk: int = 8,
                in_flight: int = 2, joints: list[str] | None = None, size: int | None = None, quality: int = 90,
-               placement: str = "crop", alpha: bool = False, fps: float | None = None):
+               placement: str = "crop", alpha: bool = False, fps: float | None = None, sequence: str | None = None):
         """Frames of `model` for N poses, as a generator of Frame in order, `chunk` frames per request.
 
         mode "clip" without source_stats computes them here over all N poses (joints.body_stats),
         so every chunk is normalized alike. placement "crop" | "dancer" | "source" and alpha: see
         protocol.py; fps: the poses are a sequence at this rate (the engine smooths its framing).
+        sequence: an id for the timeline these frames belong to (1-64 characters): each chunk
+        continues it from its first frame id, so a temporal model carries its frames across chunks.
         Arguments are checked now; rendering starts when the generator is first advanced.
         """
         if placement not in protocol.PLACEMENTS:
@@ -207,6 +217,8 @@ class Client:
             raise ValueError(f"fmt must be one of {protocol.FORMATS}, got {fmt!r}")
         if chunk < 1 or in_flight < 1:
             raise ValueError("chunk and in_flight must be at least 1")
+        if sequence is not None and (not isinstance(sequence, str) or not 0 < len(sequence) <= protocol.MAX_SEQUENCE_ID):
+            raise ValueError(f"sequence must be an id of 1-{protocol.MAX_SEQUENCE_ID} characters, got {sequence!r}")
         chunk = min(chunk, protocol.MAX_FRAMES)
         if joints is None:
             joints = self._model(model)["joints"]
@@ -229,7 +241,9 @@ class Client:
             return protocol.RenderRequest(rid, model, ids[a:b], joints, data[(a - before) * per:(b + after) * per],
                                           source_size=source_size, mode=mode, stats=source_stats, format=fmt,
                                           size=size, quality=quality, placement=placement, alpha=alpha,
-                                          fps=fps, context=(before, after)).encode()
+                                          fps=fps, context=(before, after),
+                                          sequence=None if sequence is None else
+                                          protocol.SequenceRef(sequence, ids[a])).encode()
         return self._stream(message, len(starts), in_flight)
 
     def close(self) -> None:
@@ -389,7 +403,7 @@ class Client:
                 novelty = reply.novelty or [None] * len(images)
                 for fid, data, place, score in zip(reply.frames, images, places, novelty):
                     yield Frame(fid, reply.width, reply.height, reply.format, data, reply.channels,
-                                None if place is None else tuple(place), score)
+                                None if place is None else tuple(place), score, reply.warm)
                 for e in engines:                    # time spent in the consumer is not engine silence
                     e.last_heard = max(e.last_heard, time.monotonic())
         finally:
