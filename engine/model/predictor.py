@@ -12,7 +12,9 @@ across requests):
    the only place normalization happens). A person-centred crop (engine.data.framing) follows the
    body, smoothed over the sequence when its fps is known; the skeleton is drawn in it.
 2. `generate`: the generator turns the drawings into RGBA crops, max_batch at a time, on a backend
-   (backends.py: torch, or OpenVINO on a CPU).
+   (backends.py: torch, or OpenVINO on a CPU). Its inputs come from a `Sequence` (engine.model.sequence):
+   for a temporal run (one that sees its previous output) the frames of a sequence go in order, in
+   contiguous lanes that each advance one frame a batch; for any other run, in order, a batch at a time.
 3. `place`: each crop goes where its pose was (engine.model.compose): the bare crop, or placed into
    the canvas, composited over a background (the dancer's plate, an image, black) or kept RGBA.
 Runs from before mattes (3 output channels, one fixed room crop) still serve the bare crop, normalized
@@ -33,7 +35,9 @@ from engine.errors import UserError
 from engine.model import compose
 from engine.model.backends import load_backend, resolve_backend
 from engine.model.novelty import Repertoire
-from engine.model.runs import STAGE_PLATE, read_config
+from engine.model.runs import STAGE_PLATE, read_config, temporal
+from engine.model.sequence import Previous, Sequence, lane_count
+from engine.model.temporal import in_channels
 from engine.wire.joints import NUM_JOINTS
 from engine.wire.protocol import PLACEMENTS
 
@@ -109,6 +113,9 @@ class Predictor:
         self.joints = list(self.config["joints"])
         self.max_batch = int(max_batch or (16 if self.device.type == "cuda" else 4))
         self.alpha = int(self.config.get("channels", 3)) == 4          # a matte: every placement works
+        self.out_channels = 4 if self.alpha else 3
+        self.temporal = temporal(self.config)                          # G sees its previous output too
+        self.in_channels = in_channels(self.temporal)
         self.stage = self.config.get("stage")                          # the dancer's own frame: width, height, stats
         plate = self.run_dir / STAGE_PLATE
         self.plate = read_rgb(plate) if self.alpha and plate.is_file() else None
@@ -124,7 +131,7 @@ class Predictor:
     def warm_up(self) -> None:
         """Run one frame and one batch now (OpenVINO compiles each path on first use, cuDNN tunes)."""
         for n in sorted({1, min(2, self.max_batch)}):
-            self.generate(np.zeros((n, self.size, self.size, 3), np.uint8))
+            self.generate(np.zeros((n, self.size, self.size, self.in_channels), np.uint8))
 
     def describe(self) -> dict:
         """What `info` tells clients about this model."""
@@ -132,7 +139,8 @@ class Predictor:
                 "stats_size": self.stats_size, "device": str(self.device), "backend": self.backend.name,
                 "precision": self.backend.precision, "alpha": self.alpha,
                 "stage": {"width": self.stage["width"], "height": self.stage["height"]} if self.stage else None,
-                "novelty_threshold": self.repertoire.threshold if self.repertoire else None}
+                "novelty_threshold": self.repertoire.threshold if self.repertoire else None,
+                "framing": self.config.get("framing")}
 
     def normalize(self, keypoints, source_size: tuple[int, int], mode: str = "frame",
                   source_stats: dict | None = None) -> np.ndarray:
@@ -160,27 +168,45 @@ class Predictor:
             kp = sanitize(normalize.to_dancer(kp, mode, canvas, self.stage["stats"], side, side, source_stats))
             canvas = (int(self.stage["width"]), int(self.stage["height"]))
         try:
-            crops = framing.person_crops(kp, fps) if len(kp) else np.zeros((0, 3), np.float32)
+            crops = framing.person_crops(kp, fps, framing.Framing.of(self.config)) if len(kp) else np.zeros((0, 3), np.float32)
         except ValueError:                   # no body anywhere: frame the canvas itself, nothing is drawn
             crops = np.tile(np.float32([canvas[0] / 2, canvas[1] / 2, max(canvas)]), (len(kp), 1))
         return Framed(framing.to_crop(kp, crops, self.size), crops, None if placement == "crop" else canvas, self.size)
 
     def skeletons(self, keypoints, source_size: tuple[int, int], mode: str = "frame",
                   source_stats: dict | None = None, *, placement: str = "crop", fps: float | None = None) -> np.ndarray:
-        """The generator's inputs: (N, S, S, 3) uint8 skeleton images, framed and drawn as in training."""
+        """(N, S, S, 3) uint8 skeleton images, framed and drawn as in training: the generator's input
+        (a temporal run's sees its previous output beside them: Sequence.inputs)."""
         return self.frame(keypoints, source_size, mode, source_stats, placement=placement, fps=fps).skeletons()
 
-    def generate(self, skeletons: np.ndarray) -> np.ndarray:
-        """Step 2: (N, S, S, 3) uint8 skeleton images -> (N, S, S, C) uint8 crops, max_batch at a time.
+    def sequence(self, framed: Framed, first: int = 0, count: int | None = None, previous: Previous | None = None,
+                 lanes: int | None = None) -> Sequence:
+        """Frames [first, first + count) of `framed` (count None: to its end) in the order this run's
+        generator needs them; lanes None: as many as fill a batch (engine.model.sequence.lane_count)."""
+        count = len(framed) - first if count is None else count
+        lanes = lane_count(count, self.max_batch, self.temporal) if lanes is None else lanes
+        return Sequence(framed, first, count, temporal=self.temporal, lanes=lanes, previous=previous)
+
+    def generate_sequence(self, sequence: Sequence):
+        """Run a sequence to its end, a batch of up to max_batch at a time: yields each batch's kept
+        frames as a list of (k, crop), k in [0, count); lanes finish out of order."""
+        while not sequence.done:
+            indices = sequence.take(self.max_batch)
+            yield sequence.feed(indices, self.generate(sequence.inputs(indices)))
+
+    def generate(self, inputs: np.ndarray) -> np.ndarray:
+        """Step 2: (N, S, S, in_channels) uint8 inputs (skeleton images, and for a temporal run the
+        previous output: Sequence.inputs) -> (N, S, S, C) uint8 crops, max_batch at a time.
 
         C is 4 (RGB + straight alpha) for a run with mattes, 3 for one without."""
-        skeletons = np.ascontiguousarray(skeletons, dtype=np.uint8)
-        if skeletons.ndim != 4 or skeletons.shape[1:] != (self.size, self.size, 3):
-            raise ValueError(f"skeletons must have shape (N, {self.size}, {self.size}, 3), got {skeletons.shape}")
-        if not len(skeletons):
-            return skeletons.copy()
-        return np.concatenate([self.backend.run(skeletons[start:start + self.max_batch])
-                               for start in range(0, len(skeletons), self.max_batch)])
+        inputs = np.ascontiguousarray(inputs, dtype=np.uint8)
+        if inputs.ndim != 4 or inputs.shape[1:] != (self.size, self.size, self.in_channels):
+            raise ValueError(f"inputs must have shape (N, {self.size}, {self.size}, {self.in_channels}), "
+                             f"got {inputs.shape}")
+        if not len(inputs):
+            return np.zeros((0, self.size, self.size, self.out_channels), np.uint8)
+        return np.concatenate([self.backend.run(inputs[start:start + self.max_batch])
+                               for start in range(0, len(inputs), self.max_batch)])
 
     def place(self, images: np.ndarray, framed: Framed, *, alpha: bool = False,
               background: np.ndarray | None = None) -> Rendered:
@@ -215,7 +241,11 @@ class Predictor:
                background: np.ndarray | None = None) -> Rendered:
         """Steps 1-3: keypoints (N, J, 3) float32 in source pixels -> the dancer, placed, and each placement."""
         framed = self.frame(keypoints, source_size, mode, source_stats, placement=placement, fps=fps)
-        return self.place(self.generate(framed.skeletons()), framed, alpha=alpha, background=background)
+        images = np.zeros((len(framed), self.size, self.size, self.out_channels), np.uint8)
+        for kept in self.generate_sequence(self.sequence(framed)):
+            for k, crop in kept:
+                images[k] = crop
+        return self.place(images, framed, alpha=alpha, background=background)
 
     def predict(self, keypoints, source_size: tuple[int, int], mode: str = "frame",
                 source_stats: dict | None = None) -> np.ndarray:

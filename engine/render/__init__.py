@@ -8,8 +8,9 @@ The pipeline, in three overlapping stages so the generator is never kept waiting
    front: rigs are projected in one pass, a video is analysed by MediaPipe and smoothed, which
    needs the whole track anyway), with the source's body statistics for "clip" normalization.
 2. Inference in chunks. In-process (default): the Predictor frames the whole sequence once (its one
-   normalization and framing path: the person-centred crop is smoothed over all of it), a drawing
-   thread draws skeleton chunks ahead, the main thread runs the generator and places each frame.
+   normalization and framing path: the person-centred crop is smoothed over all of it); a thread
+   generates it through one Sequence (engine.model.sequence: a temporal run frame after frame, in
+   lanes that fill a batch) and hands chunks over in frame order; the main thread places each frame.
    With `engine="tcp://..."`: the same keypoints go to a running engine through
    `engine.wire.client.Client` (the add-on's client), which normalizes and places on its side.
 3. A writer thread (`output.Writer`) encodes the video (`engine.data.video.VideoWriter`: H.264
@@ -49,6 +50,11 @@ from engine.wire.protocol import PLACEMENTS
 
 log = logging.getLogger(__name__)
 
+# Kept frames per lane of an in-process temporal render (once the motion is long enough to fill a
+# batch with longer lanes): warm-up costs WARMUP / LANE more frames (1/8), and the frames waiting to
+# come out in order are about max_batch lanes' (_generated).
+LANE = 32
+
 
 @dataclasses.dataclass
 class RenderResult:
@@ -77,22 +83,45 @@ class Look:
 
 
 def _local_chunks(predictor, motion, look: Look, chunk: int, side_by_side: bool) -> Iterator:
-    """In-process: the sequence framed once (its crop smoothed over all of it), drawn one chunk ahead."""
+    """In-process: the sequence framed once (its crop smoothed over all of it), generated in a thread a
+    chunk or two ahead of placing (the generator releases the GIL while placing runs here)."""
     from engine.data.prefetch import Prefetch
     framed = predictor.frame(motion.keypoints, motion.source_size, motion.mode, motion.source_stats,
                              placement=look.placement, fps=motion.fps)
-
-    def draw():
-        for start in range(0, len(framed), chunk):
-            yield start, framed.skeletons(start, start + chunk)
-
-    with Prefetch(draw(), depth=2, name="pix2dance-draw") as ahead:
-        for start, skel in ahead:
-            placed = predictor.place(predictor.generate(skel), framed.part(start, start + len(skel)), alpha=look.alpha)
+    with Prefetch(_generated(predictor, framed, chunk), depth=2, name="pix2dance-generate") as ahead:
+        for start, crops in ahead:
+            stop = start + len(crops)
+            placed = predictor.place(crops, framed.part(start, stop), alpha=look.alpha)
             panels = None
             if side_by_side:
-                panels = motion.images[start:start + len(skel)] if motion.images is not None else skel
+                panels = motion.images[start:stop] if motion.images is not None else framed.skeletons(start, stop)
             yield placed.frames, placed.placements, placed.novelty, panels
+
+
+def _generated(predictor, framed, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, crops (n, S, S, C)) in frame order, `chunk` frames at a time, from one Sequence over the
+    whole framed motion.
+
+    A temporal run's lanes advance together and finish out of order, so frames wait here for the
+    earlier ones. Sequence.take serves the earliest unfinished lanes first, so at most max_batch lanes
+    are under way and fewer than max_batch lanes' frames wait: about max_batch * LANE crops of
+    S * S * 4 bytes (32 MB at 256 px with a CPU's batch of 4, 128 MB with cuda's 16), however long the
+    motion. A non-temporal run has one lane in order: at most a chunk and a batch wait.
+    """
+    from engine.model.sequence import lane_count
+    n = len(framed)
+    lanes = max(lane_count(n, predictor.max_batch, predictor.temporal), n // LANE) if predictor.temporal else 1
+    sequence = predictor.sequence(framed, lanes=lanes)
+    waiting: dict[int, np.ndarray] = {}
+    done = ready = 0                       # yielded: [0, done); generated without a gap: [0, ready)
+    for kept in predictor.generate_sequence(sequence):
+        waiting.update(kept)
+        while ready < n and ready in waiting:
+            ready += 1
+        while ready - done >= chunk or (ready == n and done < n):
+            stop = min(done + chunk, ready)
+            yield done, np.stack([waiting.pop(k) for k in range(done, stop)])
+            done = stop
 
 
 def _engine_chunks(address: str, entry: dict, motion, look: Look, chunk: int, side_by_side: bool,
@@ -161,7 +190,7 @@ def _engine_skeletons(entry: dict, motion) -> np.ndarray:
     from engine.data import framing, normalize, skeleton
     size = int(entry["size"])
     if entry.get("alpha"):
-        crops = framing.person_crops(motion.keypoints, motion.fps)
+        crops = framing.person_crops(motion.keypoints, motion.fps, framing.Framing.of(entry))   # as the engine frames it
         return skeleton.draw_batch(framing.to_crop(motion.keypoints, crops, size), size)
     kp = normalize.to_dancer(motion.keypoints, motion.mode, tuple(motion.source_size), entry["stats"],
                              int(entry["stats_size"]), size, motion.source_stats)
