@@ -12,6 +12,12 @@ user sees her over the scene. A model without a matte gives its bare crop, shown
 warning in the panel. Rendered frames are kept (FRAMES, keyed by engine, model, pose and output):
 a pose seen before is shown again without asking the engine to render it.
 
+A temporal model draws each frame from its pose and the frame before (protocol "Sequences"): each
+preview names the scene's sequence (an id made once per scene in this Blender session) and its
+frame, and the engine continues from the last preview when the user steps forward by exactly one
+frame, and starts cold otherwise (that rule is the engine's). Its frames depend on more than the
+pose, so FRAMES does not keep them.
+
 The live preview reacts to two Blender events, both hooked in by operators.register:
 `on_frame_change` (frame_change_post) sends the new pose; `live_preview_switched` runs when
 `scene.pix2dance.live_preview` is switched, through `properties.LIVE_PREVIEW_SWITCHED`.
@@ -28,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import uuid
 from collections import OrderedDict
 import tempfile
 import threading
@@ -104,7 +111,16 @@ class PreviewRequest:
     model: str
     connection: Connection
     camera_name: str = ""
+    sequence: str = ""             # the scene's preview sequence (sequence_id): a temporal model continues it
     sent: float = field(default_factory=time.monotonic)
+
+
+_SEQUENCES: dict[str, str] = {}
+
+
+def sequence_id(scene_name: str) -> str:
+    """The scene's live-preview sequence id: made once per scene and Blender session."""
+    return _SEQUENCES.setdefault(scene_name, uuid.uuid4().hex)
 
 
 def current_pose_request(scene) -> PreviewRequest:
@@ -116,7 +132,8 @@ def current_pose_request(scene) -> PreviewRequest:
     w, h = (int(v) for v in projection.render_size(scene))
     if not core_in_view(kp, (w, h)).any():
         raise AddonError(f"Armature {arm.name!r} is out of the view of camera {cam.name!r} at frame {scene.frame_current}")
-    return PreviewRequest(scene.name, scene.frame_current, kp, (w, h), s.model.strip(), connection_for(scene), cam.name)
+    return PreviewRequest(scene.name, scene.frame_current, kp, (w, h), s.model.strip(), connection_for(scene), cam.name,
+                          sequence_id(scene.name))
 
 
 class FrameCache:
@@ -147,29 +164,34 @@ FRAMES = FrameCache()
 
 @dataclass
 class Rendered:
-    """One pose's frame: the model that drew it, PNG bytes, what was asked, whether it was kept from before."""
+    """One pose's frame: the model that drew it, PNG bytes, what was asked, whether it was kept from before,
+    and whether the engine drew it from the frame before (a temporal model's step forward)."""
     model: str
     png: bytes
     output: Output
     reused: bool = False
+    warm: bool = False
 
 
 def render_one(c, request: PreviewRequest) -> Rendered:
     """Render one pose with mode "frame" (each pose framed alone), or take it from FRAMES when this
-    engine's model has drawn this pose before (a model trained again has another key)."""
+    engine's model has drawn this pose before (a model trained again has another key; a temporal
+    model's frame depends on the frame before, so it is never taken from FRAMES)."""
     model = pick_model(c.info(), request.model)
     output = output_for(model)
+    temporal = bool(model.get("temporal"))
     key = (request.connection.address, sequencer.model_key(model),
            sequencer.pose_hash(request.keypoints, request.source_size), output.placement, output.alpha)
-    png = FRAMES.get(key)
+    png = None if temporal else FRAMES.get(key)
     if png is not None:
         return Rendered(model["name"], png, output, reused=True)
     kp = np.ascontiguousarray(request.keypoints[None], dtype=np.float32)
-    frames = list(c.render(model["name"], kp, source_size=request.source_size, mode="frame",
-                           frame_ids=[request.frame], fmt="png", chunk=1, in_flight=1, joints=list(joints.JOINTS),
-                           placement=output.placement, alpha=output.alpha))
-    FRAMES.put(key, frames[0].data)
-    return Rendered(model["name"], frames[0].data, output)
+    (frame,) = c.render(model["name"], kp, source_size=request.source_size, mode="frame",
+                        frame_ids=[request.frame], fmt="png", chunk=1, in_flight=1, joints=list(joints.JOINTS),
+                        placement=output.placement, alpha=output.alpha, sequence=request.sequence or None)
+    if not temporal:
+        FRAMES.put(key, frame.data)
+    return Rendered(model["name"], frame.data, output, warm=frame.warm)
 
 
 class PreviewJob(jobs.Job):

@@ -11,12 +11,16 @@ the strip lays her ALPHA_OVER whatever lies below (with `scene_underneath`, the 
 Each PNG is recorded in the folder's manifest (sequencer.Manifest) with what it depends on: the
 model (`model_key`), the bone mapping (`mapping_hash`), the pose (`pose_hash`), the placement and
 alpha, so a rerun renders only frames that changed.
+
+Each render job names a fresh sequence (protocol "Sequences"): a temporal model then continues
+each chunk from the one before it on the same engine, and warms up the others on their context.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +48,9 @@ AFTER_FRAME: list = []
 BUSY_RETRIES, BUSY_WAIT = 6, 0.5
 # Output folders a render job is writing into now: a second render into one is refused.
 RENDERING: set = set()
+# Frames per request for a temporal model: the engine splits a request into lanes of at least 16
+# frames (engine.model.sequence.MIN_LANE) that share its batches, so 64 fill a CPU engine's batch of 4.
+TEMPORAL_CHUNK = 64
 
 
 @dataclass
@@ -91,6 +98,7 @@ class RenderJob(jobs.Job):
         self.novelty: dict[int, float | None] = {}  # frame -> body heights from the dancer's repertoire
         self.threshold: float | None = None         # the model's: above it a frame is a guess
         self.timings: dict[str, float] = {}
+        self.sequence = uuid.uuid4().hex            # this render's sequence id (a temporal model continues it)
         self._claimed = False                       # holds its folder in RENDERING
 
     # --- main thread
@@ -243,13 +251,15 @@ class RenderJob(jobs.Job):
                 return
             plan.folder.mkdir(parents=True, exist_ok=True)
             index = {plan.frames[i]: i for i in todo}
+            chunk = max(plan.chunk, TEMPORAL_CHUNK) if model.get("temporal") else plan.chunk
             pending, written, retries = todo, 0, 0
             while pending and not self.cancelled:
                 stream = c.render(model["name"], np.ascontiguousarray(self.keypoints[pending]),
                                   source_size=self.source_size, mode="clip", source_stats=self.stats,
-                                  frame_ids=[plan.frames[i] for i in pending], fmt="png", chunk=plan.chunk,
+                                  frame_ids=[plan.frames[i] for i in pending], fmt="png", chunk=chunk,
                                   in_flight=plan.in_flight, joints=list(joints.JOINTS),
-                                  placement=output.placement, alpha=output.alpha, fps=plan.fps)
+                                  placement=output.placement, alpha=output.alpha, fps=plan.fps,
+                                  sequence=self.sequence)
                 got: set[int] = set()
                 try:
                     for frame in stream:
@@ -260,7 +270,7 @@ class RenderJob(jobs.Job):
                                                    "novelty": frame.novelty})
                         got.add(frame.id)
                         written += 1
-                        if written % plan.chunk == 0:
+                        if written % chunk == 0:
                             manifest.save()    # every chunk: a crash loses at most one chunk's records
                         self.post("frame", frame.id)
                         for hook in AFTER_FRAME:

@@ -137,9 +137,15 @@ def old_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_run, old_run):
-    """One engine serving the tiny run (with a matte; the engine's first model) and the old run."""
-    proc, address = start_engine(tiny_run, more=(old_run,))
+def temporal_run(tmp_path_factory) -> Path:
+    """A run whose generator sees its previous frame (engine.model.temporal)."""
+    return make_tiny_run(tmp_path_factory.mktemp("run") / "tempo", temporal=True)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_run, old_run, temporal_run):
+    """One engine serving the tiny run (with a matte; the engine's first model), the old run and a temporal one."""
+    proc, address = start_engine(tiny_run, more=(old_run, temporal_run))
     yield address
     stop(proc)
 
@@ -919,6 +925,30 @@ def test_live_preview_shows_the_current_frame_and_drops_stale_replies(rig, monke
     assert preview._live["preview"] is None
 
 
+
+
+def test_a_temporal_model_continues_the_preview_one_frame_forward_and_starts_cold_otherwise(rig, temporal_run):
+    scene, _, _ = rig
+    s = scene.pix2dance
+    s.model = temporal_run.name
+    c = connection.connection_for(scene).open()
+    try:
+        seen = []
+        for frame in (3, 4, 5, 9, 8, 4):             # forward, forward, jump, back, back to 4
+            scene.frame_set(frame)
+            request = preview.current_pose_request(scene)
+            assert request.sequence == preview.sequence_id(scene.name)       # one id for the scene's previews
+            seen.append(preview.render_one(c, request))
+    finally:
+        c.close()
+    assert [r.warm for r in seen] == [False, True, True, False, False, False]
+    assert not any(r.reused for r in seen)          # a temporal frame is never taken from FRAMES
+    assert seen[1].png != seen[5].png               # frame 4 after frame 3 differs from frame 4 cold
+    # Render to Sequencer: a fresh sequence per job, the frames all written.
+    s.frame_start, s.frame_end = 1, 6
+    job = operators.plan_render(scene).wait()
+    assert job.error is None and sorted(job.rendered) == list(range(1, 7))
+    assert job.sequence != operators.plan_render(scene).sequence
 
 
 def test_live_preview_with_the_engine_gone_shows_the_error(rig, monkeypatch):
