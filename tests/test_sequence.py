@@ -223,3 +223,23 @@ def test_render_command_on_a_temporal_run(temporal_run, temporal, tmp_path):
     for png, rgba in zip(pngs, expected):
         got = cv2.cvtColor(cv2.imread(str(png), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGBA)
         np.testing.assert_array_equal(got, rgba)
+
+
+def test_eval_renders_a_temporal_run_frame_after_frame(temporal, tmp_path_factory, pose_model):
+    """Self-reenactment (engine.model.evaluate) of a temporal run: the held-out frames generated in order,
+    each conditioned on the one before, as by hand."""
+    import json
+
+    from engine.data import pairs
+    from engine.model import evaluate
+    from tests.tiny_dataset import tiny_dataset
+    data = tiny_dataset(tmp_path_factory, pose_model)
+    info = json.loads((data / "dataset.json").read_text())
+    clip, = evaluate.render_clips(temporal, data, info, "val", quiet=True)
+    rows = pairs.load_rows(data, "val")
+    framed = temporal.frame(rows["source_keypoints"], (clip.width, clip.height), "none", placement="source",
+                            fps=float(info["fps"]))
+    hand = by_hand(temporal, framed, 0, len(framed))
+    placed = temporal.place(np.stack([hand[i] for i in range(len(framed))]), framed, alpha=True)
+    assert len(framed) >= 4
+    np.testing.assert_array_equal(clip.alpha, placed.frames[..., 3])

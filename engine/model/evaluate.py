@@ -6,7 +6,9 @@ The held-out frames are rendered from their own poses through the render path (e
 the source keypoints, normalization none, person-centred crops over the held-out sequence at the
 dataset's fps, the generator, placed where the pose is in the source frame) and composited over the
 clip's plate, or over black where the clip has none (its camera moved; the report says so). They
-are scored against the real video frames, decoded again from the source video.
+are scored against the real video frames, decoded again from the source video. A temporal run sees
+its own previous output, so each clip's frames are generated in order (Predictor.render's Sequence,
+engine.model.sequence), as `render` and the engine generate them: its flicker is the one users see.
 
 REPORT/ (written in a temp folder and renamed: never half-written):
     eval.json          ssim, psnr, l1 (whole frame) and box_ssim, box_psnr, box_l1 (the dancer's box from

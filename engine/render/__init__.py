@@ -12,7 +12,8 @@ The pipeline, in three overlapping stages so the generator is never kept waiting
    generates it through one Sequence (engine.model.sequence: a temporal run frame after frame, in
    lanes that fill a batch) and hands chunks over in frame order; the main thread places each frame.
    With `engine="tcp://..."`: the same keypoints go to a running engine through
-   `engine.wire.client.Client` (the add-on's client), which normalizes and places on its side.
+   `engine.wire.client.Client` (the add-on's client), which normalizes and places on its side; the
+   chunks are named as one sequence, so a temporal model carries its frames from chunk to chunk.
 3. A writer thread (`output.Writer`) encodes the video (`engine.data.video.VideoWriter`: H.264
    for .mp4, ProRes 4444 with alpha for .mov) and the PNG frames.
 
@@ -36,6 +37,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -143,7 +145,8 @@ def _engine_frames(client, address: str, entry: dict, motion, look: Look, chunk:
         ids = np.arange(len(motion)) + motion.first
         frames = client.render(entry["name"], motion.keypoints, source_size=tuple(motion.source_size), mode=motion.mode,
                                source_stats=motion.source_stats, frame_ids=ids.tolist(), fmt="raw", chunk=chunk,
-                               placement=look.placement, alpha=look.alpha, fps=motion.fps)
+                               placement=look.placement, alpha=look.alpha, fps=motion.fps,
+                               sequence=uuid.uuid4().hex)     # one timeline: a temporal model carries it across chunks
         batch: list = []
         done = 0
         for frame in frames:
