@@ -3,6 +3,7 @@
     .venv/bin/python bench/render.py            # a few minutes: 256 px, ngf 64, 96 BVH / 48 video frames
     .venv/bin/python bench/render.py --quick    # seconds: 128 px, ngf 16, 24 / 12 frames (each side 3 times, alternately)
     .venv/bin/python bench/render.py --device cuda --size 256 --ngf 64 --frames 240
+    .venv/bin/python bench/render.py --quick --temporal  # a temporal run: frames in order, lanes fill a batch
 
 1. From a BVH (CMU, resampled to 30 fps): frames/s of the whole `render` (BVH import, projection,
    normalization, drawing, generator, H.264 mp4 encoding) against the Predictor alone on the same
@@ -11,7 +12,9 @@
 2. From a video (motion transfer): frames/s of `render` against MediaPipe (the same estimator,
    the same frames) plus the Predictor, each run bare, one after the other.
 
-The generator is untrained (same cost as a trained one). Both sides are warmed up first (model
+The generator is untrained (same cost as a trained one). With --temporal it sees its previous output
+(engine.model.temporal): both sides generate frame after frame through a Sequence over the whole
+motion (the Predictor alone in one call, not in chunks: a sequence is generated as one). Both sides are warmed up first (model
 load, bpy and MediaPipe start-up excluded on both sides); `render` is timed as the user's command
 minus those one-time imports. Figures are printed; nothing is kept. The render's time is split
 into the motion (BVH import and projection, or MediaPipe), the model load and the rest (inference
@@ -43,8 +46,9 @@ POSE_MODEL = MODELS / "pose_landmarker_lite.task"
 
 
 def predictor_alone(predictor: Predictor, m) -> float:
-    """Seconds for Predictor.predict over the motion's keypoints, in the chunks render uses."""
-    chunk = max(predictor.max_batch, 8)
+    """Seconds for Predictor.predict over the motion's keypoints, in the chunks render uses (a temporal
+    run: in one call, its frames one sequence)."""
+    chunk = len(m) if predictor.temporal else max(predictor.max_batch, 8)
     t = time.perf_counter()
     for start in range(0, len(m), chunk):
         predictor.predict(m.keypoints[start:start + chunk], m.source_size, m.mode, m.source_stats)
@@ -88,6 +92,7 @@ def main() -> None:
     ap.add_argument("--ngf", type=int)
     ap.add_argument("--frames", type=int, help="BVH frames (the video gets half)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--temporal", action="store_true", help="a temporal run (the generator sees its previous output)")
     a = ap.parse_args()
     size = a.size or (128 if a.quick else 256)
     ngf = a.ngf or (16 if a.quick else 64)
@@ -97,11 +102,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        run = make_tiny_run(tmp / "run", size=size, ngf=ngf)
+        run = make_tiny_run(tmp / "run", size=size, ngf=ngf, temporal=a.temporal)
         predictor = Predictor(run, device=a.device)
         print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
-        print(f"generator {size} px, ngf {ngf}, {predictor.backend.name} on {predictor.device}, "
-              f"batch {predictor.max_batch}")
+        print(f"generator {size} px, ngf {ngf}{', temporal' if predictor.temporal else ''}, "
+              f"{predictor.backend.name} on {predictor.device}, batch {predictor.max_batch}")
 
         # Warm-up: imports (bpy, mediapipe, cv2 encoders) and the model's first call, on both sides.
         timed_render(run, BVH, tmp / "warm.mp4", 30, 4, a.device)
