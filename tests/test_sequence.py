@@ -199,8 +199,7 @@ def test_render_buffers_at_most_a_batch_of_lanes(temporal, monkeypatch):
         frames.append(crops)
     assert done == n
     lanes = n // render.LANE
-    print("lanes", lanes, "waiting at most", max(waiting))
-    assert max(waiting) <= temporal.max_batch * (n // lanes + 1) and max(waiting) < n // 2
+    assert max(waiting) <= temporal.max_batch * (n // lanes + 1) and max(waiting) < n // 2, (lanes, max(waiting))
     expected = run_all(temporal, temporal.sequence(framed, lanes=lanes))
     np.testing.assert_array_equal(np.concatenate(frames), np.stack([expected[k] for k in range(n)]))
 
