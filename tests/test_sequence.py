@@ -113,6 +113,7 @@ def test_lanes_warm_up_on_the_frames_before_them_and_drop_them():
     # non-temporal: in order, any number at a time, nothing dropped, 3 channels
     seq = Sequence(framed, 8, 24, temporal=False, lanes=3)
     assert seq.take(5) == [8, 9, 10, 11, 12] and seq.take(30) == list(range(13, 32)) and seq.take(4) == []
+    assert not seq.done                                           # taken, not fed
     assert seq.inputs([8, 9, 10]).shape == (3, 16, 16, 3)
 
 

@@ -97,7 +97,7 @@ class Sequence:
     @property
     def done(self) -> bool:
         """Every kept frame fed."""
-        return all(lane.cursor == lane.stop for lane in self._lanes)
+        return not self._taken and all(lane.cursor == lane.stop for lane in self._lanes)
 
     @property
     def last(self) -> Previous | None:
