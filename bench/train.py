@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/train.py --quick                 # seconds: 64 px, ngf 8, CPU-sized
     .venv/bin/python bench/train.py                         # throughput at 256 px, ngf 64 (cuda when available)
-    .venv/bin/python bench/train.py --quality --minutes 10,30   # val SSIM after 10 and 30 min of CPU training
+    .venv/bin/python bench/train.py --quality --minutes 10,30   # quality after 10 and 30 min of CPU training
+    .venv/bin/python bench/train.py --quality --arms fixed,frame --minutes 10   # issue 12's comparison
 
 Throughput: the same Generator/Discriminator and the same pairs (a dataset built from
 ../shared/data/video/dancer_room.mp4 by engine.data.dataset.build), timed side by side in one process:
@@ -13,14 +14,19 @@ Throughput: the same Generator/Discriminator and the same pairs (a dataset built
   there (one affine grid), D on real and fake in one forward, bf16/fp16 autocast + channels_last on
   GPU (optionally torch.compile), at `--batch` (and at batch 1, for a like-for-like step rate).
 Printed: steps/s and images/s of each, and the ratios. On a GPU the target is >= 3x images/s.
+Ours runs three objectives side by side: pix2pix's (one PatchGAN, vanilla GAN, L1), the default
+single-frame one (pix2pixHD: 2 scales, LSGAN, feature matching, limb dropout) and the temporal one
+(consecutive pairs: two G passes and a temporal D per step); their steps/s against pix2pix's.
 
 Time to quality (--quality, CPU): a dataset from ../shared/data/video/dancer_long_320x240.mp4 with
-the last 20% held out (MediaPipe full), then two arms trained side by side for the given minutes
-(default 10 and 30), one process and one thread each, the same Pix2Pix loop and settings:
-- fixed: the old framing, one square room crop per clip (kept in this file only), the whole crop
-  generated (mask all 1, background = the frame: the old loss);
-- stage: the person-centred crop, the generator's matte, composited over the clip's plate.
-At each mark both are scored in the source frame by the same code as `pix2dance eval` (the old
+the last 20% held out (MediaPipe full), then the arms trained side by side for the given minutes
+(default 10 and 30), one process and one thread each, the same Pix2Pix loop and settings but:
+- frame: the person-centred stage, single-frame generator (--no-temporal), the default objective;
+- temporal: the same with the temporal model (the default of `pix2dance train`);
+- pix2pix: the stage with pix2pix's objective (one PatchGAN, vanilla, no feature matching/dropout);
+- fixed: issue 12's baseline: one square room crop per clip (kept in this file only), the whole
+  crop generated (mask all 1, background = the frame: the old loss), pix2pix's objective.
+At each mark all are scored in the source frame by the same code as `pix2dance eval` (the fixed
 model's crop placed where it was cut, over the plate around it), beside the empty plate's scores
 and the real frames' pose floor: box SSIM, detection rate, pose error, flicker, alpha IoU.
 Suggested CPU configuration: --size 128 --ngf 32 (batch 1).
@@ -46,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 from engine.model import batches, train  # noqa: E402
 from engine.model.device import resolve_amp, resolve_device  # noqa: E402
 from engine.model.networks import Discriminator, Generator  # noqa: E402
+from engine.model.train import TrainConfig  # noqa: E402
 from engine.model.pix2pix import Pix2Pix  # noqa: E402
 from engine.model.tensors import to_model  # noqa: E402
 
@@ -101,18 +108,26 @@ class ReferenceLoop:
         for p in self.D.parameters():
             p.requires_grad_(True)
         self.opt_D.zero_grad()
-        pred_fake = self.D(a, fake.detach())
-        pred_real = self.D(a, b)
+        pred_fake = self.D(torch.cat([a, fake.detach()], 1))[-1]
+        pred_real = self.D(torch.cat([a, b], 1))[-1]
         loss_D = 0.5 * (self.bce(pred_fake, torch.zeros_like(pred_fake)) + self.bce(pred_real, torch.ones_like(pred_real)))
         loss_D.backward()
         self.opt_D.step()
         for p in self.D.parameters():
             p.requires_grad_(False)
         self.opt_G.zero_grad()
-        pred = self.D(a, fake)
+        pred = self.D(torch.cat([a, fake], 1))[-1]
         loss_G = self.bce(pred, torch.ones_like(pred)) + self.cfg.l1_weight * (fake - b).abs().mean()
         loss_G.backward()
         self.opt_G.step()
+
+
+# The objectives the bench sets side by side (TrainConfig fields; the defaults are "temporal").
+OBJECTIVES = {
+    "pix2pix": dict(scales=1, feat_weight=0.0, gan="vanilla", limb_dropout=0.0, temporal=False),
+    "frame": dict(temporal=False),
+    "temporal": dict(temporal=True),
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -149,29 +164,33 @@ def throughput(args, device: torch.device) -> None:
     log.info("throughput: %d px, ngf %d, %d pairs, %s, %d thread(s), %.0f s per loop",
              args.size, args.ngf, len(split), device, torch.get_num_threads(), args.seconds)
 
-    def ours(batch: int):
-        cfg = train.TrainConfig(steps=10**9, size=args.size, ngf=args.ngf, ndf=args.ngf, batch=batch, seed=0)
+    def ours(batch: int, objective: str):
+        cfg = TrainConfig(steps=10**9, size=args.size, ngf=args.ngf, ndf=args.ngf, batch=batch, seed=0,
+                          **OBJECTIVES[objective])
         torch.manual_seed(0)
         return Pix2Pix(cfg, split, device, amp=amp, compile=args.compile)
 
-    ref_cfg = train.TrainConfig(steps=10**9, size=args.size, ngf=args.ngf, ndf=args.ngf, batch=1, seed=0)
+    ref_cfg = TrainConfig(steps=10**9, size=args.size, ngf=args.ngf, ndf=args.ngf, batch=1, seed=0)
     warmup = 20 if args.compile else 5
+    how = f"{amp if amp != 'off' else 'fp32'}{', compiled' if args.compile else ''}"
     rows = []
     ref_rate, ref_n = steps_per_second(ReferenceLoop(ref_cfg, split, device), device, args.seconds, 5)
-    rows.append(("reference (batch 1, fp32, eager, per-sample CPU jitter)", 1, ref_rate, ref_n))
-    rate1, n1 = steps_per_second(ours(1), device, args.seconds, warmup)
-    rows.append((f"ours, batch 1 ({amp if amp != 'off' else 'fp32'}{', compiled' if args.compile else ''})", 1, rate1, n1))
-    if args.batch > 1:
-        rate_b, n_b = steps_per_second(ours(args.batch), device, args.seconds, warmup)
-        rows.append((f"ours, batch {args.batch} ({amp if amp != 'off' else 'fp32'}{', compiled' if args.compile else ''})",
-                     args.batch, rate_b, n_b))
+    rows.append(("reference (batch 1, fp32, eager, per-sample CPU jitter)", "", 1, ref_rate, ref_n))
+    rates = {}
+    for objective in OBJECTIVES:
+        for batch in sorted({1, args.batch}):
+            rate, n = steps_per_second(ours(batch, objective), device, args.seconds, warmup)
+            rates[objective, batch] = rate
+            rows.append((f"ours, {objective}, batch {batch} ({how})", objective, batch, rate, n))
     log.info("%-62s %9s %9s %7s", "loop", "steps/s", "images/s", "steps")
-    for name, batch, rate, n in rows:
+    for name, _, batch, rate, n in rows:
         log.info("%-62s %9.2f %9.2f %7d", name, rate, rate * batch, n)
-    best = max(rows[1:], key=lambda r: r[2] * r[1])
-    log.info("ratio ours/reference, steps/s at batch 1: %.2fx", rate1 / ref_rate)
-    log.info("ratio ours/reference, images/s (ours at batch %d): %.2fx%s", best[1], best[2] * best[1] / ref_rate,
-             "  (target on GPU: >= 3x)" if device.type == "cuda" else "")
+    log.info("ratio ours (pix2pix objective)/reference, steps/s at batch 1: %.2fx", rates["pix2pix", 1] / ref_rate)
+    log.info("ratio ours (pix2pix objective)/reference, images/s (ours at batch %d): %.2fx%s", args.batch,
+             rates["pix2pix", args.batch] * args.batch / ref_rate, "  (target on GPU: >= 3x)" if device.type == "cuda" else "")
+    for objective in ("frame", "temporal"):
+        log.info("steps/s of the %s objective / pix2pix's, batch %d: %.2f", objective, args.batch,
+                 rates[objective, args.batch] / rates["pix2pix", args.batch])
 
 
 # --- time to quality: the stage (person-centred + alpha + plate) against the old fixed room crop --------
@@ -206,7 +225,8 @@ def fixed_split(data_dir: Path, info: dict, split: str, size: int, crop: np.ndar
     frames = np.stack([framing.crop_image(f, crop, size) for f in real])
     chw = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
     masks = torch.full((len(real), 1, size, size), 255, dtype=torch.uint8)
-    return batches.Split(chw(skeleton.draw_batch(kp, size)), chw(frames), masks, chw(frames), kp), real
+    return batches.Split(chw(skeleton.draw_batch(kp, size)), chw(frames), masks, chw(frames), kp, crops,
+                         np.full(len(real), -1)), real
 
 
 def fixed_clips(G, data_dir: Path, info: dict, size: int, crop: np.ndarray):
@@ -243,7 +263,7 @@ def quality_arm(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     info = batches.dataset_info(data_dir)
     pose_model = SHARED / "models" / "pose_landmarker_full.task"
-    if args.arm == "stage":
+    if args.arm != "fixed":
         split = batches.load_split(data_dir, "train", args.size)
     else:
         from engine.data import pairs
@@ -252,7 +272,8 @@ def quality_arm(args) -> None:
         src = info["sources"][0]
         crop = fixed_crop(everything, int(src["width"]), int(src["height"]))
         split, _ = fixed_split(data_dir, info, "train", args.size, crop)
-    cfg = train.TrainConfig(steps=10**9, size=args.size, ngf=args.ngf, ndf=args.ngf, batch=args.batch, seed=0)
+    objective = OBJECTIVES["pix2pix" if args.arm == "fixed" else args.arm]
+    cfg = TrainConfig(steps=10**9, size=args.size, ngf=args.ngf, ndf=args.ngf, batch=args.batch, seed=0, **objective)
     torch.manual_seed(0)
     trainer = Pix2Pix(cfg, split, torch.device("cpu"))
     results, t0, step, trained = [], time.perf_counter(), 0, 0.0      # scoring time is not training time
@@ -261,7 +282,7 @@ def quality_arm(args) -> None:
             trainer.step(step)
             step += 1
         trained += time.perf_counter() - t0
-        if args.arm == "stage":
+        if args.arm != "fixed":
             run = out / "run"
             runs.save_generator(run, trainer.G, train.run_config(cfg, info, data_dir))
             train.write_stage(data_dir, info, split, run)
@@ -275,6 +296,7 @@ def quality_arm(args) -> None:
         t0 = time.perf_counter()
 
 
+ARMS = ("frame", "temporal", "pix2pix", "fixed")
 QUALITY_ROWS = (("box_ssim", "box SSIM (dancer's box)", ".3f"), ("ssim", "SSIM, whole frame", ".3f"),
                 ("box_psnr", "box PSNR, dB", ".2f"), ("detection_rate", "MediaPipe detection rate", ".0%"),
                 ("pose_error", "pose error / body height", ".3f"), ("flicker", "flicker, generated - real", "+.4f"),
@@ -282,7 +304,7 @@ QUALITY_ROWS = (("box_ssim", "box SSIM (dancer's box)", ".3f"), ("ssim", "SSIM, 
 
 
 def quality(args) -> None:
-    """The old fixed room crop and the stage, trained side by side (one process and thread each), scored alike."""
+    """The arms trained side by side (one process and thread each), scored alike."""
     import json
     import subprocess
     video = Path(args.video) if args.video else SHARED / "data" / "video" / "dancer_long_320x240.mp4"
@@ -292,26 +314,34 @@ def quality(args) -> None:
              "1 thread per arm, marks %s min; scored in the source frame by engine.model.evaluate",
              video.name, info["counts"]["train"], info["counts"]["val"], args.size, args.ngf, args.batch, args.minutes)
     work = Path(args.data) / "quality"
-    arms = ("fixed", "stage")
+    arms = args.arms.split(",")
+    if not arms or any(a not in ARMS for a in arms):
+        sys.exit(f"bench/train.py: --arms takes a comma-separated list of {', '.join(ARMS)}")
     procs = [subprocess.Popen([sys.executable, __file__, "--arm", arm, "--data-dir", str(data_dir), "--out", str(work / arm),
                                "--minutes", args.minutes, "--size", str(args.size), "--ngf", str(args.ngf),
                                "--batch", str(args.batch), "--threads", "1"]) for arm in arms]
     if any(p.wait() for p in procs):
         sys.exit("bench/train.py: a quality arm failed")
     results = {arm: json.loads((work / arm / "results.json").read_text()) for arm in arms}
-    for i, row in enumerate(results["stage"]):
-        old = results["fixed"][i]
+    last = arms[-1]
+    for i, row in enumerate(results[last]):
         log.info("")
-        log.info("after %.1f min (steps: fixed %d, stage %d)", row["minutes"], old["steps"], row["steps"])
-        log.info("%-30s %12s %12s %12s %12s", "", "fixed crop", "stage", "empty plate", "real frames")
+        log.info("after %.1f min (steps: %s)", row["minutes"], ", ".join(f"{a} {results[a][i]['steps']}" for a in arms))
+        log.info("%-30s" + " %12s" * (len(arms) + 2), "", *arms, "empty plate", "real frames")
         for key, label, spec in QUALITY_ROWS:
             fmt = lambda v: "n/a" if v is None else format(v, spec)  # noqa: E731
             real = {"detection_rate": row["detection_rate_real"], "pose_error": row["pose_error_real"]}.get(key)
-            log.info("%-30s %12s %12s %12s %12s", label, fmt(old[key]), fmt(row[key]), fmt(row["plate"].get(key)), fmt(real))
-        log.info("stage box SSIM - plate's: %+.3f (target >= +0.05); detection %.0f%% (target >= 50%% at 10 min, 80%% at 30); "
-                 "pose error - real's: %s (target <= 0.03); flicker %+.4f (target <= 0.01)",
-                 row["box_ssim"] - row["plate"]["box_ssim"], 100 * row["detection_rate"],
-                 "n/a" if row["pose_error"] is None else f"{row['pose_error'] - row['pose_error_real']:+.3f}", row["flicker"])
+            log.info("%-30s" + " %12s" * (len(arms) + 2), label, *(fmt(results[a][i].get(key)) for a in arms),
+                     fmt(row["plate"].get(key)), fmt(real))
+        for arm in arms:
+            r = results[arm][i]
+            log.info("%-9s box SSIM - plate's %+.3f; detection %.0f%%; pose error - real's %s; flicker %+.4f (target <= 0.01)",
+                     arm, r["box_ssim"] - r["plate"]["box_ssim"], 100 * r["detection_rate"],
+                     "n/a" if r["pose_error"] is None else f"{r['pose_error'] - r['pose_error_real']:+.3f}", r["flicker"])
+        if "frame" in arms and "temporal" in arms:
+            f, t = results["frame"][i], results["temporal"][i]
+            log.info("temporal - frame: box SSIM %+.3f (target >= 0), flicker %+.4f", t["box_ssim"] - f["box_ssim"],
+                     t["flicker"] - f["flicker"])
 
 
 def main() -> None:
@@ -329,7 +359,9 @@ def main() -> None:
     p.add_argument("--video", help="video for --quality (default ../shared/data/video/dancer_long_320x240.mp4)")
     p.add_argument("--data", help="folder to build/keep the bench datasets in (default: a temp folder)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--arm", choices=["fixed", "stage"], help=argparse.SUPPRESS)        # one side of --quality
+    p.add_argument("--arms", default="frame,temporal", help=f"--quality arms, side by side (default frame,temporal; "
+                   f"of {', '.join(ARMS)})")
+    p.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)        # one side of --quality
     p.add_argument("--data-dir", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -53,8 +53,9 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     from engine.model import train
     # Options left out keep the run's settings when resuming, else TrainConfig's defaults.
-    given = {"size": a.size, "ngf": a.ngf, "ndf": a.ndf, "batch": a.batch, "gan": "lsgan" if a.lsgan else None,
-             "lr": a.lr, "jitter": a.jitter}
+    given = {"size": a.size, "ngf": a.ngf, "ndf": a.ndf, "batch": a.batch, "gan": a.gan, "lr": a.lr,
+             "jitter": a.jitter, "scales": a.scales, "feat_weight": a.feat_weight, "limb_dropout": a.limb_dropout,
+             "temporal": a.temporal}
     base = train.saved_config(a.out) or train.TrainConfig()
     cfg = dataclasses.replace(base, steps=a.steps, seed=a.seed, **{k: v for k, v in given.items() if v is not None})
     train.run(cfg, a.dataset, a.out, device=a.device, amp=a.amp, compile=a.compile,
@@ -134,7 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ngf", type=int, help="generator width (default 64, or the run's when resuming)")
     p.add_argument("--ndf", type=int, help="discriminator width (default: ngf)")
     p.add_argument("--batch", type=int, help="batch size per process (default 1, or the run's when resuming)")
-    p.add_argument("--lsgan", action="store_true", help="least-squares GAN loss instead of the vanilla (BCE) one")
+    p.add_argument("--temporal", action=argparse.BooleanOptionalAction, default=None,
+                   help="the temporal model: G also sees its previous frame, trained on consecutive pairs with a "
+                        "temporal discriminator, rendered in order (default on; --no-temporal: one frame at a time)")
+    p.add_argument("--gan", choices=["lsgan", "vanilla"], help="adversarial loss (default lsgan, as pix2pixHD)")
+    p.add_argument("--scales", type=int, help="discriminator scales (default 2, as pix2pixHD; 1: the pix2pix PatchGAN)")
+    p.add_argument("--feat-weight", type=float, help="weight of the discriminator feature-matching loss (default 10; 0: off)")
+    p.add_argument("--limb-dropout", type=float, help="chance a training skeleton loses a limb (default 0.1)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4; linear decay over the second half)")
     p.add_argument("--jitter", type=float, help="largest zoom of the scale-and-crop augmentation (default 1.12; 1: none)")
     p.add_argument("--checkpoint-every", type=int, default=500, metavar="K",

@@ -4,6 +4,11 @@
     split = load_split("data/alice", "train", size=256)      # Split: skeletons, frames, masks, backgrounds
     idx = batch_indices(seed, step, len(split), batch, rank, world)
     x = jitter(x, zoom, shift)                               # the same crop for all stacked images
+    kp = drop_limbs(keypoints, rng, p)                       # vid2vid's limb dropping, on the drawn skeleton
+
+Each pair also knows its predecessor: split.previous[i] is the pair sampled just before it from
+the same clip (-1 where there is none: a clip's first, or after frames without a dancer), so the
+temporal model trains on consecutive pairs (engine.model.pix2pix), each in its own crop (split.crops).
 
 Each pair's background is what the generated dancer is composited over in training: the plate
 crop where its clip has a plate (the room without her, exact), else the real frame itself (then
@@ -28,7 +33,7 @@ import torch.nn.functional as F
 
 from engine.errors import UserError
 from engine.model.runs import read_json
-from engine.wire.joints import JOINTS
+from engine.wire.joints import BONE_INDEX, JOINTS
 
 
 FORMAT = 2          # the dataset format training and evaluation read (engine.data.dataset.FORMAT)
@@ -39,13 +44,16 @@ class Split:
     """One split of a dataset, in memory: uint8 tensors (N, C, S, S) and (N, J, 3) keypoints in pixels of S.
 
     skeletons and frames RGB, masks (N, 1, S, S) 0-255 (the dancer), backgrounds RGB (plate crops,
-    or the frames where the clip has none).
+    or the frames where the clip has none). crops (N, 3) float32: each pair's crop (cx, cy, side) in
+    its source video's pixels; previous (N,) int64: the index of the pair just before it in its clip, or -1.
     """
     skeletons: torch.Tensor
     frames: torch.Tensor
     masks: torch.Tensor
     backgrounds: torch.Tensor
     keypoints: np.ndarray
+    crops: np.ndarray
+    previous: np.ndarray
 
     def __len__(self) -> int:
         return len(self.skeletons)
@@ -70,9 +78,11 @@ def load_split(root: str | Path, split: str, size: int) -> Split:
     """A dataset split as uint8 tensors at `size` px (skeletons redrawn at that size, the images resized)."""
     import cv2
 
-    from engine.data.pairs import load_masks, load_pairs, load_plates
+    from engine.data.pairs import load_masks, load_pairs, load_plates, load_rows
     from engine.data.skeleton import draw_batch
     skeletons, frames, keypoints = load_pairs(root, split)
+    rows = load_rows(root, split)
+    previous = predecessors(rows["source"], rows["time"], float(dataset_info(root)["fps"]))
     masks = load_masks(root, split)
     plates, has_plate = load_plates(root, split)
     backgrounds = np.where(has_plate[:, None, None, None], plates, frames)
@@ -86,7 +96,43 @@ def load_split(root: str | Path, split: str, size: int) -> Split:
         resize = lambda images: np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in images])  # noqa: E731
         frames, masks, backgrounds = resize(frames), resize(masks), resize(backgrounds)
     to_chw = lambda a, c: torch.from_numpy(np.ascontiguousarray(a)).reshape(-1, size, size, c).permute(0, 3, 1, 2).contiguous()  # noqa: E731
-    return Split(to_chw(skeletons, 3), to_chw(frames, 3), to_chw(masks, 1), to_chw(backgrounds, 3), keypoints)
+    return Split(to_chw(skeletons, 3), to_chw(frames, 3), to_chw(masks, 1), to_chw(backgrounds, 3), keypoints,
+                 np.asarray(rows["crops"], np.float32).reshape(-1, 3), previous)
+
+
+def predecessors(source: np.ndarray, time: np.ndarray, fps: float) -> np.ndarray:
+    """(N,) index of the pair sampled just before each one from the same clip (one sampling tick
+    earlier, give or take half a tick), or -1: pairs are in file order, which is clip by clip in time."""
+    source, time = np.asarray(source), np.asarray(time, np.float64)
+    previous = np.full(len(time), -1, np.int64)
+    if len(time) > 1:
+        follows = (source[1:] == source[:-1]) & (np.abs(time[1:] - time[:-1] - 1 / fps) <= 0.5 / fps)
+        previous[1:][follows] = np.flatnonzero(follows)
+    return previous
+
+
+def drop_limbs(keypoints: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
+    """vid2vid's limb dropping: each pose of (N, J, 3) loses, with probability p, one random limb (a
+    bone and every joint below it: an arm from the shoulder, a hand from the wrist, the face from the
+    nose...), so the generator learns to draw a frame whose skeleton misses a joint. A copy."""
+    kp = np.array(keypoints, np.float32, copy=True)
+    for pose in kp[rng.random(len(kp)) < p]:
+        pose[list(LIMBS[rng.integers(len(LIMBS))]), 2] = 0.0
+    return kp
+
+
+def _limbs() -> tuple[tuple[int, ...], ...]:
+    """For each bone but the trunk's, its child joint and every joint below it."""
+    children: dict[int, list[int]] = {}
+    for a, b in BONE_INDEX:
+        children.setdefault(a, []).append(b)
+
+    def below(j: int) -> list[int]:
+        return [j] + [k for c in children.get(j, []) for k in below(c)]
+    return tuple(tuple(below(b)) for a, b in BONE_INDEX if (JOINTS[a], JOINTS[b]) != ("neck", "mid_hip"))
+
+
+LIMBS = _limbs()
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:

@@ -1,7 +1,10 @@
-"""pix2pix networks: the U-Net generator and the 70x70 PatchGAN discriminator, in one readable file.
+"""The networks: the pix2pix U-Net generator and the pix2pixHD multi-scale PatchGAN discriminators.
 
 After Isola et al., "Image-to-Image Translation with Conditional Adversarial Networks" (2017), and
-the reference code (junyanz/pytorch-CycleGAN-and-pix2pix). Two deliberate differences:
+the reference code (junyanz/pytorch-CycleGAN-and-pix2pix); the discriminators after Wang et al.,
+"High-Resolution Image Synthesis and Semantic Manipulation with Conditional GANs" (pix2pixHD, 2018):
+the same 70x70 PatchGAN at 2-3 scales, each on the input average-pooled once more, and their
+intermediate features for the feature-matching loss. Two deliberate differences from pix2pix:
 - Instance norm instead of batch norm. The paper trains with batch size 1 and normalizes with the
   test batch's own statistics, which is instance norm; naming it so keeps a frame's output
   independent of whatever else the server batched with it, at any batch size.
@@ -11,8 +14,14 @@ Usage:
     G = Generator(size=256, ngf=64, out_channels=4)   # skeleton (B, 3, H, W) in [-1, 1] -> (B, 4, H, W) in [-1, 1]
     rgb, alpha = split_rgba(G(skeleton))              # colour in [-1, 1], the dancer's matte in [0, 1]
     frame = composite(G(skeleton), background)        # the dancer over a background: what D and L1 judge
-    D = Discriminator(ndf=64)            # (skeleton, frame) -> (B, 1, H/8 - 2, W/8 - 2) logits
-    gan_loss(D(skeleton, frame), real=True, kind="vanilla")   # the adversarial loss on those logits
+    D = MultiscaleDiscriminator(in_channels=6, ndf=64, scales=2)
+    feats = D(torch.cat([skeleton, frame], 1))        # per scale: each layer's features, the patch logits last
+    gan_loss(feats, real=True, kind="lsgan")          # the adversarial loss, averaged over the scales
+    feature_matching(fake_feats, real_feats)          # pix2pixHD's L1 between D's features on fake and real
+
+A temporal generator (engine.model.temporal) takes 7 input channels: the skeleton and its previous
+output; its temporal discriminator is a MultiscaleDiscriminator on two consecutive frames and their
+skeletons (12 channels).
 
 The fourth output channel is the alpha matte, alpha = (tanh + 1) / 2: the same tanh as the colour,
 so `tensors.to_uint8` turns all four channels into an RGBA image with straight alpha (0-255) in one
@@ -71,7 +80,7 @@ class Generator(nn.Module):
 
     def __init__(self, size: int = 256, ngf: int = 64, in_channels: int = 3, out_channels: int = 3):
         super().__init__()
-        self.size, self.ngf, self.out_channels = size, ngf, out_channels
+        self.size, self.ngf, self.in_channels, self.out_channels = size, ngf, in_channels, out_channels
         n = levels(size)
         block = UNetBlock(ngf * 8, ngf * 8)                          # innermost
         for i in range(n - 5):                                       # the other 8ngf levels
@@ -87,7 +96,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """70x70 PatchGAN conditioned on the skeleton: each output logit judges one 70x70 patch."""
+    """70x70 PatchGAN on stacked (condition, image) channels: each output logit judges one 70x70 patch."""
 
     def __init__(self, ndf: int = 64, in_channels: int = 6, n_layers: int = 3):
         super().__init__()
@@ -102,8 +111,35 @@ class Discriminator(nn.Module):
         self.model = nn.Sequential(*layers)
         init_weights(self)
 
-    def forward(self, skeleton: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.cat([skeleton, frame], 1))
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, H, W) -> the output of each LeakyReLU block (the features), then the patch logits."""
+        feats = []
+        for layer in self.model:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                feats.append(x)
+        return feats + [x]
+
+
+class MultiscaleDiscriminator(nn.Module):
+    """pix2pixHD's D: `scales` PatchGANs, the k-th on the input average-pooled k times (3x3, stride 2).
+
+    The coarse ones see the whole figure at once (a 70 px patch at 1/4 scale spans 280 px), the
+    finest one the texture; a single scale is the pix2pix PatchGAN."""
+
+    def __init__(self, in_channels: int, ndf: int = 64, scales: int = 2, n_layers: int = 3):
+        super().__init__()
+        if scales < 1:
+            raise ValueError(f"scales must be >= 1, got {scales}")
+        self.scales = nn.ModuleList(Discriminator(ndf, in_channels, n_layers) for _ in range(scales))
+
+    def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        out = []
+        for i, d in enumerate(self.scales):
+            if i:
+                x = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+            out.append(d(x))
+        return out
 
 
 def split_rgba(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,17 +153,30 @@ def composite(y: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     return alpha * rgb + (1 - alpha) * background
 
 
-def gan_loss(logits: torch.Tensor, real: bool, kind: str = "vanilla") -> torch.Tensor:
-    """The adversarial loss of D's patch logits against all-real (1) or all-fake (0) targets.
+def gan_loss(outputs: list[list[torch.Tensor]], real: bool, kind: str = "lsgan") -> torch.Tensor:
+    """The adversarial loss of a MultiscaleDiscriminator's patch logits (the last output of each scale)
+    against all-real (1) or all-fake (0) targets, averaged over the scales.
 
-    "vanilla": the paper's, binary cross-entropy on the logits; "lsgan": least squares (Mao et al.
-    2017). Computed in fp32 whatever autocast produced.
+    "lsgan": least squares (Mao et al. 2017), pix2pixHD's; "vanilla": pix2pix's binary cross-entropy
+    on the logits. Computed in fp32 whatever autocast produced.
     """
-    logits = logits.float()
-    target = torch.full_like(logits, 1.0 if real else 0.0)
-    if kind == "lsgan":
-        return F.mse_loss(logits, target)
-    return F.binary_cross_entropy_with_logits(logits, target)
+    losses = []
+    for feats in outputs:
+        logits = feats[-1].float()
+        target = torch.full_like(logits, 1.0 if real else 0.0)
+        losses.append(F.mse_loss(logits, target) if kind == "lsgan" else F.binary_cross_entropy_with_logits(logits, target))
+    return torch.stack(losses).mean()
+
+
+def feature_matching(fake: list[list[torch.Tensor]], real: list[list[torch.Tensor]]) -> torch.Tensor:
+    """pix2pixHD's feature-matching loss: L1 between D's intermediate features on the generated and the
+    real pairs (real detached), each layer weighted 4 / (layers + 1) and each scale 1 / scales, as there."""
+    total = fake[0][0].new_zeros((), dtype=torch.float32)
+    for f_scale, r_scale in zip(fake, real):
+        layers = len(f_scale) - 1                     # the features, not the logits
+        for f, r in zip(f_scale[:-1], r_scale[:-1]):
+            total = total + (4.0 / (layers + 1)) / len(fake) * F.l1_loss(f.float(), r.detach().float())
+    return total
 
 
 def init_weights(net: nn.Module) -> None:

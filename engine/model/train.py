@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.data.framing import Framing
 from engine.errors import UserError
 from engine.model import batches, checkpoints, distributed, metrics, plots, runs
 from engine.model.batches import Split
@@ -54,7 +55,11 @@ class TrainConfig:
     beta2: float = 0.999
     l1_weight: float = 100.0      # lambda of the paper, on the composite over the background
     mask_weight: float = 100.0    # lambda of the matte's L1 against the dancer's mask (pix2pix.Pix2Pix)
-    gan: str = "vanilla"          # "vanilla" (BCE with logits) or "lsgan" (least squares)
+    gan: str = "lsgan"            # "lsgan" (least squares, pix2pixHD's) or "vanilla" (BCE with logits, pix2pix's)
+    scales: int = 2               # discriminator scales (pix2pixHD); 1 is the pix2pix PatchGAN
+    feat_weight: float = 10.0     # lambda of pix2pixHD's feature matching; 0: none
+    limb_dropout: float = 0.1     # chance that a training skeleton loses a limb (vid2vid)
+    temporal: bool = True         # G also sees its previous output; trained on consecutive pairs
     decay_from: float = 0.5       # share of the run at constant lr before the linear decay to 0
     jitter: float = 1.12          # largest zoom of the scale-and-crop jitter (286/256, the paper's)
     seed: int | None = None
@@ -65,6 +70,10 @@ class TrainConfig:
             raise UserError(f"--steps must be >= 0, got {self.steps}")
         if self.gan not in GAN_LOSSES:
             raise UserError(f"unknown GAN loss {self.gan!r} (vanilla or lsgan)")
+        if not 1 <= self.scales <= 4:
+            raise UserError(f"--scales must be 1 to 4, got {self.scales}")
+        if self.feat_weight < 0 or not 0 <= self.limb_dropout <= 1:
+            raise UserError("--feat-weight must be >= 0 and --limb-dropout within [0, 1]")
         for name, value in (("--ngf", self.ngf), ("--ndf", self.ndf), ("--batch", self.batch)):
             if value is not None and value < 1:
                 raise UserError(f"{name} must be >= 1, got {value}")
@@ -80,7 +89,9 @@ class TrainConfig:
 
 
 # Settings a resumed run must share with its checkpoint (they define the model or the data order).
-FIXED = ("size", "ngf", "ndf", "batch", "gan", "seed", "l1_weight", "jitter")
+FIXED = ("size", "ngf", "ndf", "batch", "gan", "seed", "l1_weight", "jitter", "scales", "temporal")
+# What a checkpoint from before these settings were recorded was trained with (pix2pix's objective).
+LEGACY = {"scales": 1, "feat_weight": 0.0, "limb_dropout": 0.0, "temporal": False}
 
 
 def saved_config(out: str | Path) -> TrainConfig | None:
@@ -91,7 +102,7 @@ def saved_config(out: str | Path) -> TrainConfig | None:
 
 def _config_of(meta: dict, path: Path) -> TrainConfig:
     try:
-        return TrainConfig(**meta["config"]["train"])
+        return TrainConfig(**{**LEGACY, **meta["config"]["train"]})
     except (KeyError, TypeError) as e:
         raise UserError(f"checkpoint {path} has no usable training config ({e}); train into a new --out") from None
 
@@ -120,7 +131,7 @@ def _settle(cfg: TrainConfig, out: Path, dataset_size: int, d: distributed.Dist)
 def run_config(cfg: TrainConfig, info: dict, dataset: Path) -> dict:
     """config.json of a run: the model, the dancer (statistics, her own frame, the framing), the training settings."""
     stage = info["stage"]
-    return {"size": cfg.size, "ngf": cfg.ngf, "channels": CHANNELS, "joints": list(JOINTS),
+    return {"size": cfg.size, "ngf": cfg.ngf, "channels": CHANNELS, "temporal": cfg.temporal, "joints": list(JOINTS),
             "stats": info["stats"], "stats_size": int(info["size"]),
             "stage": {"width": int(stage["width"]), "height": int(stage["height"]), "stats": stage["stats"]},
             "framing": info["framing"], "format": "pix2dance-run", "dataset": str(dataset),
@@ -138,7 +149,8 @@ def write_stage(dataset: Path, info: dict, train_split: Split, out: Path) -> Non
             tmp.write_bytes((Path(dataset) / plate).read_bytes())
     else:
         (out / runs.STAGE_PLATE).unlink(missing_ok=True)
-    Repertoire.from_crops(train_split.keypoints, int(train_split.skeletons.shape[-1])).save(out)
+    side = Framing.of(info).side                   # the crop's width in body heights, as the dataset was framed
+    Repertoire.from_crops(train_split.keypoints, int(train_split.skeletons.shape[-1]), side).save(out)
 
 
 def _configure_backends(device: torch.device, deterministic: bool) -> None:
@@ -249,7 +261,7 @@ def run(cfg: TrainConfig, dataset: str | Path, out: str | Path, *, device: str =
 def validate(G: Generator, split: Split, device: torch.device, amp: str = "off") -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Scores of G's composites over the pairs' backgrounds against the real frames (in [0, 1] units):
     mean L1, SSIM, PSNR, and alpha IoU against the masks; and the composites and mattes, uint8."""
-    rgba = generate(G, split.skeletons, device, amp=amp)                         # (N, 4, S, S) uint8
+    rgba = generate(G, split.skeletons, device, amp=amp, previous=split.previous, crops=split.crops)  # (N, 4, S, S)
     alpha = rgba[:, 3:4].float() / 255
     composites = (alpha * rgba[:, :3].float() + (1 - alpha) * split.backgrounds.float()).round().to(torch.uint8)
     scores = metrics.image_scores(composites.float() / 255, split.frames.float() / 255)
