@@ -4,7 +4,8 @@
     split = load_split("data/alice", "train", size=256)      # Split: skeletons, frames, masks, backgrounds
     idx = batch_indices(seed, step, len(split), batch, rank, world)
     x = jitter(x, zoom, shift)                               # the same crop for all stacked images
-    kp = drop_limbs(keypoints, rng, p)                       # vid2vid's limb dropping, on the drawn skeleton
+    crops = jittered_crops(crops, zoom, shift)               # the part of each crop the jitter kept
+    kp = drop_limbs(keypoints, limbs)                        # vid2vid's limb dropping: limbs[i] of LIMBS, or -1
 
 Each pair also knows its predecessor: split.previous[i] is the pair sampled just before it from
 the same clip (-1 where there is none: a clip's first, or after frames without a dancer), so the
@@ -111,13 +112,13 @@ def predecessors(source: np.ndarray, time: np.ndarray, fps: float) -> np.ndarray
     return previous
 
 
-def drop_limbs(keypoints: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
-    """vid2vid's limb dropping: each pose of (N, J, 3) loses, with probability p, one random limb (a
-    bone and every joint below it: an arm from the shoulder, a hand from the wrist, the face from the
-    nose...), so the generator learns to draw a frame whose skeleton misses a joint. A copy."""
+def drop_limbs(keypoints: np.ndarray, limbs: np.ndarray) -> np.ndarray:
+    """vid2vid's limb dropping: pose i of (N, J, 3) loses limb LIMBS[limbs[i]] (a bone and every joint
+    below it: an arm from the shoulder, a hand from the wrist, the face from the nose...), none where
+    limbs[i] is -1; so the generator learns to draw a frame whose skeleton misses a joint. A copy."""
     kp = np.array(keypoints, np.float32, copy=True)
-    for pose in kp[rng.random(len(kp)) < p]:
-        pose[list(LIMBS[rng.integers(len(LIMBS))]), 2] = 0.0
+    for i in np.flatnonzero(np.asarray(limbs) >= 0):
+        kp[i, list(LIMBS[int(limbs[i])]), 2] = 0.0
     return kp
 
 
@@ -129,7 +130,7 @@ def _limbs() -> tuple[tuple[int, ...], ...]:
 
     def below(j: int) -> list[int]:
         return [j] + [k for c in children.get(j, []) for k in below(c)]
-    return tuple(tuple(below(b)) for a, b in BONE_INDEX if (JOINTS[a], JOINTS[b]) != ("neck", "mid_hip"))
+    return tuple(tuple(sorted(below(b))) for a, b in BONE_INDEX if (JOINTS[a], JOINTS[b]) != ("neck", "mid_hip"))
 
 
 LIMBS = _limbs()
@@ -170,3 +171,11 @@ def jitter(x: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor) -> torch.Te
     theta = theta.to(x.device, x.dtype, non_blocking=True)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def jittered_crops(crops: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """The crops (B, 3) (cx, cy, side) that `jitter(x, zoom, shift)` leaves of images cut with `crops`:
+    it keeps 1/zoom of the side, its centre moved by shift x the slack (in half sides)."""
+    inv = (1 / zoom.cpu())[:, None].to(crops)
+    shift = shift.cpu().to(crops)
+    return torch.cat([crops[:, :2] + shift * (1 - inv) * crops[:, 2:] / 2, crops[:, 2:] * inv], 1)

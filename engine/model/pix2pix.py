@@ -99,6 +99,9 @@ class Pix2Pix:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.G = Generator(size=cfg.size, ngf=cfg.ngf, in_channels=temporal.in_channels(self.temporal),
                            out_channels=CHANNELS).to(device, memory_format=fmt)
+        if cfg.size >> (cfg.scales - 1) < 32:          # the coarsest PatchGAN needs 32 px to see a patch
+            raise UserError(f"--scales {cfg.scales} is too many for {cfg.size} px: the coarsest scale would be "
+                            f"{cfg.size >> (cfg.scales - 1)} px (at least 32)")
         self.D = Discriminators(cfg.ndf, cfg.scales, self.temporal).to(device, memory_format=fmt)
         # Fused Adam: one kernel for all parameters (3x faster than the per-tensor loop on CPU too).
         adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
@@ -126,15 +129,14 @@ class Pix2Pix:
         self.loss_count = 0
         self.started_from = 0                                   # the step this process began at
 
-    def _images(self, idx: torch.Tensor, dropped: np.ndarray, limbs: np.ndarray) -> torch.Tensor:
-        """uint8 (B, 10, S, S) of samples idx on the device, their skeletons redrawn where a limb is dropped."""
+    def _images(self, idx: torch.Tensor, limbs: np.ndarray) -> torch.Tensor:
+        """uint8 (B, 10, S, S) of samples idx on the device, their skeletons redrawn where a limb is dropped
+        (limbs[i] >= 0: batches.drop_limbs)."""
         x = self.images[idx.to(self.device)]
-        rows = np.flatnonzero(dropped)
+        rows = np.flatnonzero(limbs >= 0)
         if len(rows):
             from engine.data.skeleton import draw_batch
-            kp = self.keypoints[idx[rows].numpy()].copy()
-            for pose, limb in zip(kp, limbs[rows]):
-                pose[list(batches.LIMBS[limb]), 2] = 0.0
+            kp = batches.drop_limbs(self.keypoints[idx[rows].numpy()], limbs[rows])
             drawn = torch.from_numpy(draw_batch(kp, self.cfg.size)).permute(0, 3, 1, 2).to(self.device)
             x[torch.as_tensor(rows, device=self.device), :3] = drawn
         return x
@@ -149,20 +151,18 @@ class Pix2Pix:
         g = torch.Generator().manual_seed((cfg.seed * 7_919 + step * 104_729 + d.rank) % (2**63))
         zoom = 1 + (cfg.jitter - 1) * torch.rand(cfg.batch, generator=g)
         shift = torch.rand(cfg.batch, 2, generator=g) * 2 - 1
-        dropped = (torch.rand(cfg.batch, generator=g) < cfg.limb_dropout).numpy()
+        dropped = torch.rand(cfg.batch, generator=g) < cfg.limb_dropout
         cold = torch.rand(cfg.batch, generator=g) < COLD
-        limbs = torch.randint(len(batches.LIMBS), (cfg.batch,), generator=g).numpy()
+        limbs = torch.where(dropped, torch.randint(len(batches.LIMBS), (cfg.batch,), generator=g), -1).numpy()
         parts = [(idx, "")] + ([(self.previous[idx], "0")] if self.temporal else [])
-        x = torch.cat([self._images(i, dropped, limbs) for i, _ in parts], 1)       # (B, 10 | 20, S, S)
+        x = torch.cat([self._images(i, limbs) for i, _ in parts], 1)       # (B, 10 | 20, S, S)
         x = batches.jitter(to_model(x), zoom, shift)       # one jitter for both frames of a pair
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        inv = (1 / zoom)[:, None]
         out = {}
         for k, (i, suffix) in enumerate(parts):
             y = x[:, 10 * k:10 * (k + 1)]
-            crop = self.crops[i]                            # the jitter keeps a zoomed, shifted part of the crop
-            crop = torch.cat([crop[:, :2] + shift * (1 - inv) * crop[:, 2:] / 2, crop[:, 2:] * inv], 1)
+            crop = batches.jittered_crops(self.crops[i], zoom, shift)
             out.update({f"skeleton{suffix}": y[:, :3], f"real{suffix}": y[:, 3:6],
                         f"mask{suffix}": (y[:, 6:7] + 1) * 0.5, f"background{suffix}": y[:, 7:],
                         f"crops{suffix}": crop.to(self.device)})
