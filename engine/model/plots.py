@@ -14,9 +14,10 @@ import numpy as np
 
 from engine.atomic import atomic_file
 
-# The three curves the original pix2pix project plotted, and the matte's, as logged by train.py.
-LOSS_CURVES = (("D", "D (real + fake) / 2"), ("G_GAN", "G adversarial"), ("G_L1", "G L1 (unweighted)"),
-               ("G_mask", "G mask L1 (unweighted)"))
+# The three curves the original pix2pix project plotted, pix2pixHD's feature matching and the matte's,
+# as logged by train.py (engine.model.pix2pix.LOSSES); a run lacking one (older objectives) skips it.
+LOSS_CURVES = (("D", "D (real + fake) / 2"), ("G_GAN", "G adversarial"), ("G_feat", "G feature matching (unweighted)"),
+               ("G_L1", "G L1 (unweighted)"), ("G_mask", "G mask L1 (unweighted)"))
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -30,7 +31,7 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def loss_plot(losses: list[dict], metrics: list[dict], path: str | Path) -> None:
-    """Write losses.png: D, G_GAN and G_L1 over steps (raw faint, smoothed bold), and the val curves."""
+    """Write losses.png: the losses over steps (raw faint, smoothed bold), and the val curves."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -42,7 +43,7 @@ def loss_plot(losses: list[dict], metrics: list[dict], path: str | Path) -> None
         window = max(1, len(losses) // 50)
         for key, label in LOSS_CURVES:
             values = np.array([r.get(key, np.nan) for r in losses], np.float64)
-            if np.isnan(values).all():          # a run from before mattes has no G_mask
+            if np.isnan(values).all() or not np.nanmax(values) > 0:   # absent (older runs), or off (log scale)
                 continue
             line, = ax.plot(steps, values, alpha=0.25, linewidth=0.8)
             ax.plot(steps, smooth(values, window), color=line.get_color(), label=label)

@@ -11,7 +11,7 @@
     RUN_DIR/generator.safetensors  the generator's weights (what serving loads), fp32 or fp16
     RUN_DIR/state.json             {"step", "checkpoint", "started_from", "time"}, with each checkpoint
     RUN_DIR/checkpoints/step_*/    training checkpoints (engine.model.checkpoints)
-    RUN_DIR/losses.jsonl           {"step", "D", "G_GAN", "G_L1", "G_mask", "lr", "seconds"} every few steps
+    RUN_DIR/losses.jsonl           {"step", "D", "G_GAN", "G_feat", "G_L1", "G_mask", "lr", "seconds"} every few steps
     RUN_DIR/metrics.jsonl          {"step", "l1", "ssim", "psnr", "alpha_iou", "split", "frames"} per validation
     RUN_DIR/losses.png, samples/   curves, and skeleton | real | generated | alpha grids per validation
 
