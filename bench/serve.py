@@ -16,7 +16,13 @@ load from elsewhere on the machine hits every side alike):
 3. on a GPU (when torch sees one): Predictor frames/s batched with mixed precision and
    channels_last against batch 1 fp32 eager (target >= 5x), the generator alone at a large batch
    (raw frames, no encoding; target >= 10,000 frames/s on a data-centre GPU) and the served figure.
-Without --run it makes an untrained 256 px ngf 64 generator (speed does not depend on training).
+4. a temporal run (each frame conditioned on the one before, generated in lanes): served frames/s
+   of one sequence sent as one request (the engine splits it into the same lanes) against
+   Predictor.render in-process (target: ratio >= 0.9), the same sent in 8-frame chunks of one
+   sequence (each continues the last: coherent, but one lane), and the live preview stepping
+   forward one frame at a time (each warm): round trip minus predict_s (target <= 5 ms).
+Without --run it makes an untrained 256 px ngf 64 generator (speed does not depend on training),
+and for section 4 an untrained temporal one (tests.conftest.make_tiny_run).
 The load average is printed before and after: figures from a busy machine say so.
 """
 
@@ -44,6 +50,7 @@ from engine.wire import protocol  # noqa: E402
 from engine.wire.client import Client  # noqa: E402
 from engine.wire.joints import INDEX, JOINTS, NUM_JOINTS, body_stats  # noqa: E402
 from engine.model.predictor import Predictor  # noqa: E402
+from tests.conftest import make_tiny_run  # noqa: E402
 from tests.conftest import standing_pose as standing  # noqa: E402  (one known pose for tests and benches)
 
 
@@ -92,16 +99,20 @@ def timed(fn, repeat: int = 1) -> float:
     return best
 
 
-def preview_overhead(address: str, model: str, pose: np.ndarray, fmt: str, reps: int) -> tuple[float, float]:
-    """Median (round trip, round trip - server predict_s) of single-frame renders on a plain DEALER."""
+def preview_overhead(address: str, model: str, pose: np.ndarray, fmt: str, reps: int,
+                     sequence: str | None = None) -> tuple[float, float]:
+    """Median (round trip, round trip - server predict_s) of single-frame renders on a plain DEALER.
+
+    sequence: each frame continues it one frame forward (a temporal model: every reply but the first warm)."""
     s = zmq.Context.instance().socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.connect(address)
     trips, overheads = [], []
     try:
         for i in range(reps + 1):
+            ref = protocol.SequenceRef(sequence, i) if sequence else None
             msg = protocol.RenderRequest(f"p{i}", model, [i], list(JOINTS), pose.astype("<f4").tobytes(),
-                                         source_size=(1280, 720), mode="frame", format=fmt).encode()
+                                         source_size=(1280, 720), mode="frame", format=fmt, sequence=ref).encode()
             start = time.perf_counter()
             s.send_multipart(msg)
             if not s.poll(120_000):
@@ -109,6 +120,8 @@ def preview_overhead(address: str, model: str, pose: np.ndarray, fmt: str, reps:
             reply = s.recv_multipart()
             trip = time.perf_counter() - start
             head = json.loads(reply[0])
+            if head["kind"] != "render" or (sequence and i and not head["warm"]):
+                raise RuntimeError(f"preview frame {i}: {head}")
             if i:                                   # the first one warms up
                 trips.append(trip)
                 overheads.append(trip - head["predict_s"])
@@ -148,6 +161,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="max batch, in-process and in the server (default 8)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device for sections 1 and 2")
     ap.add_argument("--skip-backends", action="store_true", help="leave out section 0")
+    ap.add_argument("--temporal-run", type=Path, help="a trained temporal run for section 4 (default: an untrained "
+                    "256 px ngf 64 one)")
     ap.add_argument("--repeat", type=int, help="measurements per side, the best kept (default 3, quick 2; "
                     "more on a busy machine)")
     args = ap.parse_args()
@@ -203,7 +218,46 @@ def main() -> None:
             gpu(run, args.quick, log)
         else:
             print("\n3. GPU: torch sees no CUDA device here; skipped")
+        temporal_section(args.temporal_run or make_tiny_run(Path(tmp) / "temporal", size=256, ngf=64, temporal=True),
+                         args.device, args.batch, frames if not args.quick else 32, reps, repeat, log)
     print(f"\nload average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+def temporal_section(run: Path, device: str, batch: int, frames: int, reps: int, repeat: int, log) -> None:
+    """Section 4: a temporal run served (one request: lanes; 8-frame chunks: one lane) against in-process,
+    and the live preview stepping forward warm."""
+    predictor = Predictor(run, device, max_batch=batch)
+    kp = motion(frames)
+    lanes = predictor.sequence(predictor.frame(kp, (1280, 720)), 0, frames).lanes
+    proc, address = start_engine(run, device, batch, log)
+    try:
+        with Client(address, timeout=120) as c:
+            predictor.render(kp[:batch], (1280, 720))                              # warm-ups
+            list(c.render(predictor.name, kp[:batch], source_size=(1280, 720), fmt="raw", chunk=batch))
+            local = served = chunked = float("inf")
+            for run_index in range(repeat):
+                local = min(local, timed(lambda: predictor.render(kp, (1280, 720))))
+                served = min(served, timed(lambda i=run_index: list(c.render(
+                    predictor.name, kp, source_size=(1280, 720), fmt="raw", chunk=frames, sequence=f"one-{i}"))))
+                chunked = min(chunked, timed(lambda i=run_index: list(c.render(
+                    predictor.name, kp, source_size=(1280, 720), fmt="raw", chunk=8, in_flight=2,
+                    sequence=f"chunks-{i}"))))
+        trip, over = preview_overhead(address, predictor.name, kp[0], "png", reps, sequence="preview")
+        trip_raw, over_raw = preview_overhead(address, predictor.name, kp[0], "raw", reps, sequence="preview-raw")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    ratio = local / served
+    print(f"\n4. temporal run {predictor.name}: {predictor.size} px, in_channels {predictor.in_channels}, "
+          f"{predictor.backend.name} on {predictor.device}, batch {batch}, {frames} frames in {lanes} lanes")
+    print(f"   in-process (Predictor.render)       {frames / local:8.2f} frames/s")
+    print(f"   served, one request (raw)           {frames / served:8.2f} frames/s   ratio {ratio:.3f}  "
+          f"(target >= 0.9: {'met' if ratio >= 0.9 else 'NOT met'})")
+    print(f"   served, 8-frame chunks of one sequence {frames / chunked:5.2f} frames/s   (each chunk continues the "
+          f"last: one lane, batch 1)")
+    print(f"   live preview stepping forward (warm): round trip (png) {trip * 1e3:.2f} ms, minus predict_s "
+          f"{over * 1e3:.2f} ms (target <= 5 ms: {'met' if over <= 0.005 else 'NOT met'}); raw {trip_raw * 1e3:.2f} ms, "
+          f"minus predict_s {over_raw * 1e3:.2f} ms")
 
 
 def gpu(run: Path, quick: bool, log, device: str = "cuda") -> None:

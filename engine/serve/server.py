@@ -26,7 +26,8 @@ keys.py. Design, in three threads:
 A ping may list the render ids its client still waits for ("pending"); the reply names those
 this server does not hold ("lost": none queued, none running, no reply on its way), so a client
 can resend what an engine restart behind the same address lost. Render replies carry
-"predict_s", the predictor's time on that request, so a client can see the protocol's own cost.
+"predict_s", the predictor's time on that request (framing, drawing, its share of the batches,
+placing), what Predictor.render would spend in-process, so a client can see the protocol's own cost.
 
 Sequences (sequences.py): a request of a temporal model that names a sequence continues from the
 frame the engine kept for it when its first frame is the next one ("warm"); it waits for an earlier
@@ -90,6 +91,7 @@ class Job:
     done: int = 0                           # frames encoded
     generated: int = 0                      # frames generated, warm-up frames included
     seconds: float = 0.0                    # predictor time spent on it (drawing + its share of batches)
+    place_seconds: float = 0.0              # ... and placing its frames (the encoder's part: its own field)
     failed: bool = False                    # its error reply is on the way: take no more of its frames
     replied: bool = False
 
@@ -431,8 +433,10 @@ class Server:
             while end < len(kept) and kept[end][0] == kept[end - 1][0] + 1:
                 end += 1
             start, images = kept[at][0], np.stack([crop for _, crop in kept[at:end]])
+            start_time = time.perf_counter()
             placed = predictor.place(images, job.framed.part(first + start, first + start + len(images)),
                                      alpha=r.alpha, background=predictor.plate if r.placement == "dancer" else None)
+            job.place_seconds += time.perf_counter() - start_time
             for n, image in enumerate(placed.frames):
                 job.frames[start + n] = encode(image, r)
                 if placed.placements is not None:
@@ -452,7 +456,7 @@ class Server:
             placements = [[v * job.predictor.size / r.size if i in (0, 1, 3, 4) else v for i, v in enumerate(p)]
                           for p in placements]
         novelty = job.novelty if any(v is not None for v in job.novelty) else None
-        return protocol.RenderReply(r.id, r.model, r.frames, r.format, width, height, job.seconds,
+        return protocol.RenderReply(r.id, r.model, r.frames, r.format, width, height, job.seconds + job.place_seconds,
                                     channels=4 if r.alpha else 3, placements=placements, novelty=novelty,
                                     warm=job.sequence.warm, warmup=job.generated - job.count)
 

@@ -69,7 +69,8 @@ Kinds (a reply has the kind of its request, or "error")
                                 "novelty": [number | null, ...] one per frame: how far the pose is from the
                                   dancer's training poses, in body heights (info's novelty_threshold: above
                                   it, the frame is a guess); null where the model cannot say,
-                                "predict_s": seconds the predictor spent on it (normalize, draw, generate),
+                                "predict_s": seconds the predictor spent on it (normalize, draw, generate,
+                                  place: what it costs in-process),
                                 "warm": bool: its first frame was conditioned on the frame the engine kept
                                   for its sequence (a temporal model only),
                                 "warmup": int: frames generated and dropped to settle its ranges}
