@@ -8,14 +8,15 @@
    the dancer's exact alpha (a transparent-film render of her alone);
 2. engine.data.dataset builds the training set from that video, with the ground-truth skeletons
    and that alpha as the dancer's mask (person-centred crops, and the room's plate);
-3. engine.model.train trains a small pix2pix generator with a matte on it (minutes on a CPU);
+3. engine.model.train trains a small generator with a matte on it, as `pix2dance train` does by default:
+   the temporal model, which sees its previous frame (DemoSettings.temporal; minutes on a CPU);
 4. the engine server starts on a free loopback port, and a new choreography the model never saw
    is rendered through engine.wire.client, the path the Blender add-on takes (placement "source"
    with alpha: the dancer stands where her skeleton is), and composited into the scene;
 5. the outputs, each printed at the end (beside them: the clips, the dataset, the run, generated/):
    - side_by_side.mp4: skeleton | true render | generated (the dancer composited into the scene),
-   - eval.json: SSIM, PSNR, L1 and flicker against the true renders, alpha IoU against Blender's
-     alpha, and pose error (MediaPipe on the generated frames against the true skeleton; null when
+   - eval.json: SSIM, PSNR and L1 against the true renders, flicker (the generated dance's frame-to-frame
+     change minus the true renders'), alpha IoU against Blender's alpha, and pose error (MediaPipe on the generated frames against the true skeleton; null when
      no pose model resolves, e.g. offline),
    - losses.png: the training curves.
 
@@ -60,11 +61,13 @@ class DemoSettings:
     panel: int                  # side_by_side.mp4 panel size (each of the three)
     val_every: int              # training steps between validations (each costs a few seconds)
     seed: int = 0
+    temporal: bool = True       # the temporal generator (sees its previous frame), as `pix2dance train` trains
 
     def train_config(self):
         """The demo run's engine.model.train.TrainConfig (the rest: TrainConfig's defaults)."""
         from engine.model.train import TrainConfig
-        return TrainConfig(steps=self.steps, size=self.size, ngf=self.ngf, batch=self.batch, seed=self.seed)
+        return TrainConfig(steps=self.steps, size=self.size, ngf=self.ngf, batch=self.batch, seed=self.seed,
+                           temporal=self.temporal)
 
 
 # Full: ~10 minutes on 2 CPU cores (the README gives the measured budget).
@@ -91,48 +94,56 @@ class DemoResult:
 def run(out: str | Path = "demo-output", quick: bool = False, device: str = "auto", quiet: bool = False,
         settings: DemoSettings | None = None) -> DemoResult:
     """Run the demo into `out` (replaced atomically when done); returns where everything is."""
-    from engine.data import dataset
-    from engine.demo import synth
-    from engine.demo.unseen import evaluate_unseen
-    from engine.model import train
     s = settings or (QUICK if quick else FULL)
     out = Path(out)
     check_out(out)
     started = time.perf_counter()
     times: dict[str, float] = {}
-
-    def lap(name: str, t0: float) -> None:
-        times[name] = round(time.perf_counter() - t0, 1)
-
     with atomic_dir(out) as tmp:
-        log.info("pix2dance demo: a synthetic dancer, %d training frames at %d px, %d training steps (%s)",
-                 s.train_frames, s.size, s.steps, "quick" if quick else "full")
-        t0 = time.perf_counter()
-        train_clip = synth.make_clip(tmp / "train_clip", frames=s.train_frames, size=s.render_size, seed=s.seed,
-                                     choreography="train", fps=s.fps, quiet=quiet)
-        synth.make_clip(tmp / "test_clip", frames=s.test_frames, size=s.render_size, seed=s.seed,
-                                    choreography="test", fps=s.fps, quiet=quiet)
-        lap("synth", t0)
-
-        t0 = time.perf_counter()
-        dataset.build([train_clip.video], tmp / "dataset", fps=s.fps, size=s.size, val_fraction=0.1, quiet=quiet,
-                      keypoints=[train_clip.keypoints], masks=[synth.read_masks(train_clip)])
-        lap("dataset", t0)
-
-        t0 = time.perf_counter()
-        train.run(s.train_config(), tmp / "dataset", tmp / "run", device=device, quiet=quiet,
-                  val_every=s.val_every, checkpoint_every=s.steps)
-        lap("train", t0)
-
-        report, codec = evaluate_unseen(tmp, s, device, quiet, times)
-        report["seconds"] = {**times, "total": round(time.perf_counter() - started, 1)}
-        with atomic_file(tmp / "eval.json") as f:
-            f.write_text(json.dumps(report, indent=2) + "\n")
-
+        log.info("pix2dance demo: a synthetic dancer, %d training frames at %d px, %d training steps, %s model (%s)",
+                 s.train_frames, s.size, s.steps, "temporal" if s.temporal else "single-frame",
+                 "quick" if quick else "full")
+        prepare(tmp, s, quiet, times)
+        report, codec = train_and_evaluate(tmp, s, device, quiet, times, started)
     result = DemoResult(out=out, side_by_side=out / "side_by_side.mp4", eval_json=out / "eval.json",
                         losses_png=out / "losses.png", run_dir=out / "run", scores=report)
     _summary(result, codec)
     return result
+
+
+def prepare(folder: Path, s: DemoSettings, quiet: bool, times: dict) -> None:
+    """Steps 1-2 into `folder`: the training and unseen dances (train_clip/, test_clip/) and the dataset (dataset/).
+
+    Nothing here depends on the model, so runs of other models (bench/synthetic.py's arms) may share it."""
+    from engine.data import dataset
+    from engine.demo import synth
+    t0 = time.perf_counter()
+    train_clip = synth.make_clip(folder / "train_clip", frames=s.train_frames, size=s.render_size, seed=s.seed,
+                                 choreography="train", fps=s.fps, quiet=quiet)
+    synth.make_clip(folder / "test_clip", frames=s.test_frames, size=s.render_size, seed=s.seed,
+                    choreography="test", fps=s.fps, quiet=quiet)
+    times["synth"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    dataset.build([train_clip.video], folder / "dataset", fps=s.fps, size=s.size, val_fraction=0.1, quiet=quiet,
+                  keypoints=[train_clip.keypoints], masks=[synth.read_masks(train_clip)])
+    times["dataset"] = round(time.perf_counter() - t0, 1)
+
+
+def train_and_evaluate(folder: Path, s: DemoSettings, device: str, quiet: bool, times: dict,
+                       started: float) -> tuple[dict, str]:
+    """Steps 3-5 in a prepared `folder`: train run/, render and score the unseen dance, write eval.json
+    (its `seconds` total counted from `started`, a time.perf_counter()); returns (report, video codec)."""
+    from engine.demo.unseen import evaluate_unseen
+    from engine.model import train
+    t0 = time.perf_counter()
+    train.run(s.train_config(), folder / "dataset", folder / "run", device=device, quiet=quiet,
+              val_every=s.val_every, checkpoint_every=s.steps)
+    times["train"] = round(time.perf_counter() - t0, 1)
+    report, codec = evaluate_unseen(folder, s, device, quiet, times)
+    report["seconds"] = {**times, "total": round(time.perf_counter() - started, 1)}
+    with atomic_file(folder / "eval.json") as f:
+        f.write_text(json.dumps(report, indent=2) + "\n")
+    return report, codec
 
 
 def check_out(out: Path) -> None:
@@ -153,9 +164,10 @@ def _summary(r: DemoResult, codec: str) -> None:
     log.info("")
     log.info("demo done in %.0f s (%s)", sc["seconds"]["total"],
              ", ".join(f"{k} {v:.0f} s" for k, v in sc["seconds"].items() if k != "total"))
-    log.info("  unseen dance, %d frames: SSIM %s, PSNR %s dB, alpha IoU %s, pose error %s (true renders: %s)",
-             sc["frames"], _fmt(sc["ssim"], ".3f"), _fmt(sc["psnr"], ".2f"), _fmt(sc["alpha_iou"], ".3f"),
-             _fmt(sc["pose_error"], ".3f"), _fmt(sc["pose_error_true_render"], ".3f"))
+    log.info("  unseen dance, %d frames: SSIM %s, PSNR %s dB, alpha IoU %s, flicker %s (generated - true), "
+             "pose error %s (true renders: %s)", sc["frames"], _fmt(sc["ssim"], ".3f"), _fmt(sc["psnr"], ".2f"),
+             _fmt(sc["alpha_iou"], ".3f"), _fmt(sc["flicker"], "+.4f"), _fmt(sc["pose_error"], ".3f"),
+             _fmt(sc["pose_error_true_render"], ".3f"))
     log.info("  side by side (skeleton | true render | generated): %s  [%s]", r.side_by_side, codec)
     log.info("  scores:                                            %s", r.eval_json)
     log.info("  training curves:                                   %s", r.losses_png)

@@ -8,8 +8,9 @@ skeleton is sent in the video's pixels with normalization "none", placement "sou
 the Blender add-on asks. Each frame comes back as the dancer with her matte, standing where her
 skeleton is, and is composited over the run's stage plate (the room without her, from the training
 video): the generated frames line up with the true renders pixel for pixel. Scores: SSIM, PSNR, L1
-(whole frame and dancer's box), flicker, pose error (engine.model.metrics.pose_error, the measure
-`pix2dance eval` reports) and alpha IoU against Blender's exact alpha of the unseen dance.
+(whole frame and dancer's box), flicker (generated minus true renders, as eval's), pose error
+(engine.model.metrics.pose_error, the measure `pix2dance eval` reports) and alpha IoU against
+Blender's exact alpha of the unseen dance.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -50,9 +52,11 @@ def generate_via_engine(run_dir: Path, keypoints: np.ndarray, size: int, fps: fl
         model = client.info()["models"][0]["name"]
         frames = []
         try:
-            # One request for the whole dance where it fits: the engine smooths the framing over a request.
+            # One request for the whole dance where it fits (the engine smooths the framing over a request),
+            # one sequence: a temporal model carries its previous frame across requests, should there be several.
             for frame in tqdm(client.render(model, keypoints, source_size=(size, size), mode="none", fmt="png",
-                                            placement="source", alpha=True, fps=fps, chunk=protocol.MAX_FRAMES),
+                                            placement="source", alpha=True, fps=fps, chunk=protocol.MAX_FRAMES,
+                                            sequence=uuid.uuid4().hex),
                               total=len(keypoints), desc="render via engine", unit="frame", disable=quiet):
                 bgra = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_UNCHANGED)
                 if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
@@ -74,12 +78,16 @@ def resolve_pose_model(quiet: bool) -> Path | None:
 
 
 def image_scores(generated: np.ndarray, truth: np.ndarray, keypoints: np.ndarray) -> dict:
-    """SSIM, PSNR, L1 (whole frame, and inside the dancer's box) and flicker of generated vs true frames."""
+    """SSIM, PSNR, L1 (whole frame, and inside the dancer's box) and flicker of generated vs true frames.
+
+    flicker is eval's: the generated frames' mean frame-to-frame change minus the true renders' (0: as
+    steady as the truth; > 0 jittery; < 0 smoother than life, e.g. a dancer frozen in place)."""
     from engine.model import metrics
     a, b = metrics.to_unit(generated), metrics.to_unit(truth)
     mask = metrics.box_masks(keypoints, generated.shape[1])
+    moved, moved_true = metrics.flicker(a), metrics.flicker(b)
     return {**metrics.image_scores(a, b), "body": metrics.image_scores(a, b, mask),
-            "flicker": metrics.flicker(a), "flicker_true": metrics.flicker(b)}
+            "flicker": moved - moved_true, "flicker_generated": moved, "flicker_true": moved_true}
 
 
 def score(generated: np.ndarray, truth: np.ndarray, keypoints: np.ndarray, pose_model: Path | None,
