@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import UserError
@@ -66,15 +67,21 @@ def lr_at(cfg, step: int) -> float:
 
 class Discriminators(nn.Module):
     """What judges: `frame`, multi-scale on (skeleton, frame); `pair` (temporal model only), multi-scale on
-    two consecutive (skeleton, frame)s. One module, so one optimizer, one checkpoint entry and one DDP wrap."""
+    two consecutive (skeleton, frame)s from half resolution down (the frame D's coarser scales). One module,
+    so one optimizer, one checkpoint entry and one DDP wrap."""
 
     def __init__(self, ndf: int, scales: int, temporal_model: bool):
         super().__init__()
         self.frame = MultiscaleDiscriminator(6, ndf, scales)
-        self.pair = MultiscaleDiscriminator(12, ndf, scales) if temporal_model else None
+        self.pair = MultiscaleDiscriminator(12, ndf, max(1, scales - 1)) if temporal_model else None
 
     def forward(self, frames: torch.Tensor, pairs: torch.Tensor | None = None):
-        return self.frame(frames), None if pairs is None else self.pair(pairs)
+        if pairs is None:
+            return self.frame(frames), None
+        # The pair is judged from half resolution down: what flickers from frame to frame (the room, her
+        # place and outline, her colours) shows there, and it costs a quarter of a full-size PatchGAN.
+        pairs = F.avg_pool2d(pairs, 3, stride=2, padding=1, count_include_pad=False)
+        return self.frame(frames), self.pair(pairs)
 
 
 def _halves(outputs):
