@@ -37,7 +37,7 @@ from engine.model.backends import load_backend, resolve_backend
 from engine.model.novelty import Repertoire
 from engine.model.runs import STAGE_PLATE, read_config, temporal
 from engine.model.sequence import Previous, Sequence, lane_count
-from engine.model.temporal import in_channels
+from engine.model.temporal import WARMUP, in_channels
 from engine.wire.joints import NUM_JOINTS
 from engine.wire.protocol import PLACEMENTS
 
@@ -140,7 +140,8 @@ class Predictor:
                 "precision": self.backend.precision, "alpha": self.alpha,
                 "stage": {"width": self.stage["width"], "height": self.stage["height"]} if self.stage else None,
                 "novelty_threshold": self.repertoire.threshold if self.repertoire else None,
-                "framing": self.config.get("framing")}
+                "framing": self.config.get("framing"),
+                "temporal": self.temporal, "warmup": WARMUP if self.temporal else 0}
 
     def normalize(self, keypoints, source_size: tuple[int, int], mode: str = "frame",
                   source_stats: dict | None = None) -> np.ndarray:

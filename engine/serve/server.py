@@ -259,7 +259,7 @@ class Server:
             return [protocol.header(rid, "ping", time=time.time(), lost=lost)]
         if kind == "info":
             return [protocol.header(rid, "info", protocol=protocol.VERSION, server=f"pix2dance {__version__}",
-                                    models=[describe(p) for p in self.models.values()],
+                                    models=[p.describe() for p in self.models.values()],
                                     limits={"max_frames": protocol.MAX_FRAMES, "max_size": protocol.MAX_SIZE,
                                             "max_message": self.max_message, "max_pending": self.max_pending,
                                             "sequences": self.sequences.limit,
@@ -471,12 +471,6 @@ class Server:
             self.queued -= job.count
             job.frames = []                  # (the worker may still hold job.framed: left to the GC)
         self._worker_out.send_multipart([job.request.id.encode(), job.identity, *job.envelope, *reply], copy=False)
-
-
-def describe(predictor) -> dict:
-    """A model in `info`: the predictor's description, and whether (and how) it generates in sequence."""
-    from engine.model.temporal import WARMUP
-    return {**predictor.describe(), "temporal": predictor.temporal, "warmup": WARMUP if predictor.temporal else 0}
 
 
 def request_count(request: protocol.RenderRequest) -> int:
