@@ -129,14 +129,15 @@ def arm_main(arm: str, folder: Path, settings: str, device: str) -> int:
     return 0
 
 
-def reused(folder: Path) -> dict[str, Path]:
-    """The arms of a finished demo folder (one, named by its run's generator) or a kept --out (one per arm)."""
+def reused(folder: Path, arms: list[str]) -> dict[str, Path]:
+    """The arms of a finished demo folder (one, named by its run's generator) or of a kept --out (those of
+    `arms` it holds)."""
     if (folder / "eval.json").is_file():
         config = json.loads((folder / "run" / "config.json").read_text())
         return {"temporal" if config.get("temporal") else "frame": folder}
-    found = {arm: folder / arm for arm in ARMS if (folder / arm / "eval.json").is_file()}
+    found = {arm: folder / arm for arm in arms if (folder / arm / "eval.json").is_file()}
     if not found:
-        sys.exit(f"bench/synthetic.py: {folder} holds no finished demo (eval.json) nor arms ({', '.join(ARMS)})")
+        sys.exit(f"bench/synthetic.py: {folder} holds no finished demo (eval.json) nor arms ({', '.join(arms)})")
     return found
 
 
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-synthetic-") as tmp:
         t0 = time.perf_counter()
         if a.reuse:
-            folders, shared_times = reused(a.reuse), {}
+            folders, shared_times = reused(a.reuse, arms), {}
             s = demo.DemoSettings(**json.loads((next(iter(folders.values())) / "eval.json").read_text())["settings"])
         else:
             folders, shared_times = run_arms(a.out or Path(tmp), s, arms, a.device)

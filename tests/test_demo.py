@@ -146,6 +146,21 @@ def test_image_scores_of_identical_frames():
     assert kp.shape == (2, NUM_JOINTS, 3)
     scores = unseen.image_scores(frames, frames, kp)
     assert scores["ssim"] == pytest.approx(1.0, abs=1e-4) and scores["l1"] == 0.0 and scores["psnr"] >= 99
+    assert scores["flicker"] == 0.0 and scores["flicker_generated"] == scores["flicker_true"] > 0.1
+
+
+def test_flicker_is_generated_minus_true():
+    """A dancer frozen on her first frame is smoother than life (< 0); one who jitters more flickers (> 0)."""
+    rng = np.random.default_rng(1)
+    truth = np.repeat(rng.integers(0, 255, (1, 32, 32, 3), dtype=np.uint8), 4, 0)
+    truth[1::2] = 255 - truth[1::2]                                   # every frame changes
+    kp = np.tile(standing_pose(32)[None], (4, 1, 1))
+    still = np.repeat(truth[:1], 4, 0)                                 # frozen on the first frame
+    frozen = unseen.image_scores(still, truth, kp)
+    assert frozen["flicker_generated"] == 0.0 and frozen["flicker_true"] > 0.1
+    assert frozen["flicker"] == pytest.approx(-frozen["flicker_true"])
+    jitter = unseen.image_scores(truth, still, kp)                     # against a true dance that stands still
+    assert jitter["flicker_true"] == 0.0 and jitter["flicker"] > 0.1
 
 
 def test_demo_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
