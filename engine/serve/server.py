@@ -59,6 +59,7 @@ import zmq
 from engine import __version__
 from engine.errors import UserError
 from engine.serve import keys
+from engine.serve.frames import encode, frame_size
 from engine.serve.sequences import Sequences, Ticket
 from engine.wire import protocol
 
@@ -270,17 +271,17 @@ class Server:
             raise protocol.ProtocolError("no_alpha", f"model {predictor.name!r} was trained without a matte: it can "
                                          f"give only the bare crop, without alpha (retrain it)", rid)
         width, height = frame_size(request, predictor)
-        if request_count(request) * width * height > MAX_REQUEST_PIXELS:
-            raise protocol.ProtocolError("too_large", f"{request_count(request)} frames of {width} x {height} px in "
+        if len(request.frames) * width * height > MAX_REQUEST_PIXELS:
+            raise protocol.ProtocolError("too_large", f"{len(request.frames)} frames of {width} x {height} px in "
                                          f"one request; send fewer frames per request", rid)
         keypoints = self._canonical(request, predictor.joints)
         with self.cond:
-            if self.queued + request_count(request) > self.max_pending:
+            if self.queued + len(request.frames) > self.max_pending:
                 raise protocol.ProtocolError("busy", f"{self.queued} frames are queued; try again shortly", rid)
-            self.queued += request_count(request)
+            self.queued += len(request.frames)
             self.held[rid] += 1
             # Only a temporal model carries frames across requests; any other ignores "sequence".
-            ticket = (self.sequences.begin(request.sequence, request_count(request))
+            ticket = (self.sequences.begin(request.sequence, len(request.frames))
                       if request.sequence is not None and predictor.temporal else None)
             self.pending.append(Job(identity, envelope, request, predictor, keypoints, ticket))
             self.cond.notify()
@@ -471,44 +472,6 @@ class Server:
             self.queued -= job.count
             job.frames = []                  # (the worker may still hold job.framed: left to the GC)
         self._worker_out.send_multipart([job.request.id.encode(), job.identity, *job.envelope, *reply], copy=False)
-
-
-def request_count(request: protocol.RenderRequest) -> int:
-    return len(request.frames)
-
-
-def frame_size(request: protocol.RenderRequest, predictor) -> tuple[int, int]:
-    """(width, height) of the frames a request gets back (at least the model's square, which is held too)."""
-    if request.placement == "source":
-        return max(request.source_size[0], predictor.size), max(request.source_size[1], predictor.size)
-    if request.placement == "dancer":
-        return predictor.stage["width"], predictor.stage["height"]
-    side = max(request.size or predictor.size, predictor.size)
-    return side, side
-
-
-def encode(image, request: protocol.RenderRequest) -> bytes:
-    """One (H, W, 3 | 4) uint8 RGB(A) frame -> the requested format (and size, for the bare crop)."""
-    import cv2
-    if request.placement == "crop" and request.size and request.size != image.shape[0]:
-        shrink = request.size < image.shape[0]
-        image = cv2.resize(image, (request.size, request.size),
-                           interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-    if request.format == "raw":
-        return image.tobytes()
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[-1] == 4 else cv2.COLOR_RGB2BGR)
-    if request.format == "png":
-        # A lone frame is a live preview, which waits on this: stored, not compressed (about 1.5 ms
-        # at 256 px, 200 KB). A sequence is compressed fast (about 5 ms, 50-80 KB: a third of the
-        # default's time) while the next batch runs.
-        level = 0 if len(request.frames) == 1 else 1
-        ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, level,
-                                              cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
-    else:
-        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, request.quality])
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode a {request.format} image")
-    return data.tobytes()
 
 
 def resolve_runs(runs: list[Path] | None) -> list[Path]:
