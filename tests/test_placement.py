@@ -62,7 +62,8 @@ def test_dancer_placement_is_her_frame_over_her_plate(matte):
     np.testing.assert_array_equal(p.plate, plate)
     alpha = p.render(rig_poses(), (640, 360), mode="clip", placement="dancer", alpha=True).frames[..., 3]
     outside = alpha == 0
-    assert outside.mean() > 0.3 and (alpha > 0).any()
+    # the crop (2.1 body heights around a dancer 120 px tall) covers most of her 320 x 240 frame, not all
+    assert outside.mean() > 0.1 and (alpha > 0).any()
     assert (out.frames[outside] == np.broadcast_to(plate, out.frames.shape)[outside]).all()
     centre = out.placements[:, :, :] @ np.array([32.0, 32.0, 1.0])
     assert (centre[:, 0] > 0).all() and (centre[:, 0] < STAGE[0]).all()    # moved into her frame
