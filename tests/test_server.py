@@ -455,3 +455,17 @@ def test_serve_refuses_openvino_on_cuda_in_one_line(tiny_run):
                        timeout=120)
     assert r.returncode == 2 and "--backend openvino runs on the CPU" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_a_preview_png_is_stored_and_exact(channels):
+    """A lone frame's PNG (the live preview) is written unfiltered at zlib level 0: any decoder reads
+    back the very pixels, straight alpha included, and it is about as large as the raw pixels."""
+    import cv2
+    from engine.serve.frames import stored_png
+    image = np.random.default_rng(channels).integers(0, 256, (37, 53, channels), dtype=np.uint8)
+    data = stored_png(image)
+    back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    back = cv2.cvtColor(back, cv2.COLOR_BGRA2RGBA if channels == 4 else cv2.COLOR_BGR2RGB)
+    assert np.array_equal(back, image)
+    assert image.nbytes < len(data) < image.nbytes * 1.05
