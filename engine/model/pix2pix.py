@@ -106,6 +106,8 @@ class Pix2Pix:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.G = Generator(size=cfg.size, ngf=cfg.ngf, in_channels=temporal.in_channels(self.temporal),
                            out_channels=CHANNELS).to(device, memory_format=fmt)
+        if self.temporal:
+            temporal.start_as_single_frame(self.G)
         if cfg.size >> (cfg.scales - 1) < 32:          # the coarsest PatchGAN needs 32 px to see a patch
             raise UserError(f"--scales {cfg.scales} is too many for {cfg.size} px: the coarsest scale would be "
                             f"{cfg.size >> (cfg.scales - 1)} px (at least 32)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from engine.model.tensors import to_model, to_uint8
 
@@ -32,6 +33,16 @@ WARMUP = 4                                # frames generated (and dropped) befor
 def in_channels(temporal: bool) -> int:
     """The generator's input channels: the skeleton, and with the temporal model its previous output."""
     return INPUT_CHANNELS if temporal else SKELETON_CHANNELS
+
+
+def start_as_single_frame(generator: nn.Module) -> None:
+    """Zero a new temporal generator's first-layer weights on its previous-frame channels, so it starts
+    as a single-frame generator and learns to use its previous output as training finds it useful (as
+    ControlNet's zero convolutions do). Randomly initialised, those channels feed G its own untrained
+    output back as noise: in 120 tiny steps its matte reached 0.2-0.45 of the mask against 0.56-0.65."""
+    first = next(m for m in generator.modules() if isinstance(m, nn.Conv2d))
+    with torch.no_grad():
+        first.weight[:, SKELETON_CHANNELS:] = 0
 
 
 def crop_theta(previous_crops: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
