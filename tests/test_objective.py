@@ -192,3 +192,17 @@ def test_validation_of_a_temporal_generator_follows_the_pairs(data):
 
 def test_joint_count_is_the_canonical_one():
     assert standing_pose(256).shape == (NUM_JOINTS, 3) and draw(standing_pose(64), 64).shape == (64, 64, 3)
+
+
+def test_a_new_temporal_generator_starts_as_a_single_frame_one(data):
+    """Its previous-frame input starts with no weight (then training decides what it is worth)."""
+    split = batches.load_split(data, "train", 64)
+    cfg = train.TrainConfig(steps=10, size=64, ngf=8, ndf=8, seed=0, temporal=True)
+    G = pix2pix.Pix2Pix(cfg, split, torch.device("cpu")).G.eval()
+    skeleton = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        cold = G(temporal.condition(skeleton, None, None, None))
+        warm = G(torch.cat([skeleton, torch.rand(1, 4, 64, 64) * 2 - 1], 1))
+    assert torch.equal(cold, warm)
+    first = G.model.model[0]
+    assert float(first.weight[:, :3].abs().sum()) > 0           # the skeleton's weights are the usual init
