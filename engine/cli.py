@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--armature", help="the armature to map, by object name (default: the first)")
     p.set_defaults(func=cmd_map)
 
-    p = add("demo", "the whole product end to end on a synthetic dancer (about 10 minutes on 2 CPU cores)")
+    p = add("demo", "the whole product end to end on a synthetic dancer (10 to 15 minutes on 2 CPU cores)")
     p.add_argument("--out", type=Path, default=Path("demo-output"),
                    help="folder to write, replaced when the demo finishes (default: demo-output)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a minute or two, blurry (what the tests run)")
