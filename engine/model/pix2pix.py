@@ -191,10 +191,12 @@ class Pix2Pix:
 
     # --- one iteration (names as in the pix2pix reference code) -----------------------------
 
-    def _generate(self, x: torch.Tensor, background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """G on its input -> (output (B, 4, S, S), composite over the background, alpha), in fp32."""
+    def _generate(self, x: torch.Tensor, background: torch.Tensor,
+                  G: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """G (default: the step's, DDP-wrapped) on its input -> (output (B, 4, S, S), composite over the
+        background, alpha), in fp32."""
         with autocast(self.device, self.amp):
-            out = self.G_step(x)
+            out = (G or self.G_step)(x)
         out = out.float()
         return out, composite(out, background), split_rgba(out)[1]
 
@@ -205,7 +207,8 @@ class Pix2Pix:
             self.skeleton, self.real, self.mask = b["skeleton"], b["real"], b["mask"]
             return
         with torch.no_grad():                              # t-1: a cold start, not trained (see the docstring)
-            out0, fake0, _ = self._generate(temporal.condition(b["skeleton0"], None, None, None), b["background0"])
+            # (G itself: a pass without gradients has nothing for DDP to reduce)
+            out0, fake0, _ = self._generate(temporal.condition(b["skeleton0"], None, None, None), b["background0"], self.G)
         x1 = temporal.condition(b["skeleton"], out0, b["crops0"], b["crops"])
         cold = b["cold"][:, None, None, None]               # some frames see BLANK: G learns cold starts too
         x1 = torch.cat([x1[:, :temporal.SKELETON_CHANNELS], torch.where(cold, -1.0, x1[:, temporal.SKELETON_CHANNELS:])], 1)
