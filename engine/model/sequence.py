@@ -42,6 +42,18 @@ def lane_count(count: int, max_batch: int, temporal: bool) -> int:
     return int(min(max(count // MIN_LANE, 1), max_batch))
 
 
+def consecutive_runs(values: list[int]) -> list[tuple[int, int]]:
+    """Positions [a, b) of each run of consecutive values: [3, 4, 5, 9, 10] -> [(0, 3), (3, 5)]."""
+    runs, at = [], 0
+    while at < len(values):
+        end = at + 1
+        while end < len(values) and values[end] == values[end - 1] + 1:
+            end += 1
+        runs.append((at, end))
+        at = end
+    return runs
+
+
 @dataclass
 class Previous:
     """What one open sequence holds between requests (S * S * 4 bytes + 3 floats)."""
@@ -181,13 +193,7 @@ class Sequence:
 
     def _skeletons(self, indices: list[int]) -> np.ndarray:
         """framed.skeletons over each run of consecutive indices (a non-temporal batch is one slice)."""
-        parts, at = [], 0
-        while at < len(indices):
-            end = at + 1
-            while end < len(indices) and indices[end] == indices[end - 1] + 1:
-                end += 1
-            parts.append(self.framed.skeletons(indices[at], indices[end - 1] + 1))
-            at = end
+        parts = [self.framed.skeletons(indices[a], indices[b - 1] + 1) for a, b in consecutive_runs(indices)]
         if not parts:
             return self.framed.skeletons(0, 0)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

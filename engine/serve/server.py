@@ -427,12 +427,10 @@ class Server:
         """Kept frames of a job, [(k, crop)], k in [0, count): placed where their poses are, then encoded.
         Each run of consecutive k is placed in one call (a non-temporal batch is one run)."""
         import numpy as np
+
+        from engine.model.sequence import consecutive_runs
         r, predictor, first = job.request, job.predictor, job.sequence.first
-        at = 0
-        while at < len(kept):
-            end = at + 1
-            while end < len(kept) and kept[end][0] == kept[end - 1][0] + 1:
-                end += 1
+        for at, end in consecutive_runs([k for k, _ in kept]):
             start, images = kept[at][0], np.stack([crop for _, crop in kept[at:end]])
             start_time = time.perf_counter()
             placed = predictor.place(images, job.framed.part(first + start, first + start + len(images)),
@@ -446,7 +444,6 @@ class Server:
                     v = placed.novelty[n]
                     job.novelty[start + n] = None if not np.isfinite(v) else round(float(v), 4)
             job.done += len(images)
-            at = end
 
     @staticmethod
     def _reply(job: Job) -> protocol.RenderReply:
